@@ -1,0 +1,83 @@
+"""The one attention entry point of the clbench Transformer.
+
+``attention(q, k, v, lengths=..., causal=..., scale=...)`` picks an implementation:
+
+* ``sdpa``: torch's ``scaled_dot_product_attention`` (the default everywhere for now);
+* ``reference``: a plain softmax(QKᵀ)V in the input dtype, for tests and debugging.
+
+``CLBENCH_ATTENTION=sdpa|reference`` forces one. Padding is given as ``lengths`` (the number of
+valid keys of each sequence); a query row with no valid key yields zeros, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+IMPLEMENTATIONS = ("sdpa", "reference")
+
+
+def _key_mask(lengths: torch.Tensor | None, n_q: int, n_k: int, causal: bool, device) -> torch.Tensor | None:
+    """Boolean ``(B or 1, 1, n_q, n_k)`` mask of allowed (query, key) pairs, or None if all are."""
+    mask = None
+    if lengths is not None:
+        keys = torch.arange(n_k, device=device)
+        mask = (keys[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, n_k)
+    if causal:
+        c = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(n_k - n_q)[None, None]
+        mask = c if mask is None else mask & c
+    return mask
+
+
+def reference_attention(q, k, v, lengths=None, causal=False, scale=None) -> torch.Tensor:
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    mask = _key_mask(lengths, q.shape[-2], k.shape[-2], causal, q.device)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+    return p @ v
+
+
+def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None) -> torch.Tensor:
+    if lengths is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    mask = _key_mask(lengths, q.shape[-2], k.shape[-2], causal, q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    # Rows without any valid key come back as NaN from the math backend: make them zeros.
+    empty = ~mask.any(dim=-1, keepdim=True)  # (B, 1, n_q, 1)
+    if bool(empty.any()):
+        out = out.masked_fill(empty, 0.0)
+    return out
+
+
+def choose(q: torch.Tensor) -> str:
+    forced = os.environ.get("CLBENCH_ATTENTION")
+    if forced:
+        if forced not in IMPLEMENTATIONS:
+            from .errors import UserError
+
+            raise UserError(
+                f"CLBENCH_ATTENTION={forced!r} is not one of: {', '.join(IMPLEMENTATIONS)}"
+            )
+        return forced
+    return "sdpa"
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    lengths: torch.Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention over ``(B, H, N, D)`` tensors; ``lengths`` ``(B,)`` counts each row's valid keys."""
+    impl = choose(q)
+    if impl == "reference":
+        return reference_attention(q, k, v, lengths, causal, scale)
+    return sdpa_attention(q, k, v, lengths, causal, scale)

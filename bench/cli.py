@@ -1,0 +1,138 @@
+"""The ``clbench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+DEFAULT_SUITE = "quick"
+
+
+def _results_table(console: Console, tables, reporter: str = "console") -> None:
+    from .host import get_host
+
+    get_host().get("reporters", reporter).obj(tables, None, console)
+
+
+def cmd_run(args, console: Console) -> int:
+    from .host import get_host
+    from .suite import load_suite
+    from .suiterun import run_suite
+    from clbench.results import load
+
+    host = get_host()
+    suite = load_suite(args.suite or DEFAULT_SUITE, host)
+    out = Path(args.out) if args.out else Path("clbench-results") / suite.name
+    err = Console(stderr=True)
+    err.print(f"suite [bold]{suite.name}[/bold]: {len(suite.cells)} cells → {out}")
+    run = run_suite(
+        suite,
+        out,
+        executor=args.executor,
+        force=args.force,
+        console=err,
+        progress=not args.no_progress,
+        host=host,
+    )
+    tables = load(out)
+    mine = set(c.run_id for c in suite.cells)
+    tables.summary = tables.summary[tables.summary["run_id"].isin(mine)]
+    _results_table(console, tables)
+    for r in run.not_ok:
+        err.print(f"[red]{r.status}[/red] {r.cell['strategy']} seed {r.cell['seed']} on {r.cell['stream']}: {r.cell['error']}")
+    console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)")
+    return 1 if run.not_ok else 0
+
+
+def cmd_show(args, console: Console) -> int:
+    from clbench.results import load
+
+    tables = load(args.dir)
+    _results_table(console, tables)
+    bad = tables.cells[tables.cells["status"] != "ok"]
+    for _, r in bad.iterrows():
+        console.print(f"{r['status']}: {r['strategy']} seed {r['seed']} on {r['stream']}: {r['error']}")
+    return 0
+
+
+def cmd_list(args, console: Console) -> int:
+    from .host import get_host
+    from .suite import builtin_suites
+
+    host = get_host()
+    for kind in ("streams", "strategies"):
+        table = Table(title=kind, show_header=True)
+        table.add_column("name")
+        table.add_column("description")
+        table.add_column("plugin")
+        for name in host.names(kind):
+            e = host.get(kind, name)
+            table.add_row(name, e.description, e.plugin)
+        console.print(table)
+    table = Table(title="suites")
+    table.add_column("name")
+    table.add_column("description")
+    import tomllib
+
+    for name, text in sorted(builtin_suites().items()):
+        table.add_row(name, tomllib.loads(text).get("description", ""))
+    console.print(table)
+    return 0
+
+
+def cmd_plugins(args, console: Console) -> int:
+    from .host import get_host
+
+    for name, what in get_host().plugins():
+        console.print(f"[bold]{name}[/bold]")
+        for kind, names in what.items():
+            console.print(f"  {kind}: {', '.join(names)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="clbench", description="Benchmark continual learning of Transformers.")
+    p.add_argument("--version", action="version", version=f"clbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a suite (the built-in 'quick' suite when none is given)")
+    r.add_argument("suite", nargs="?", help="a suite file (.toml) or the name of a built-in suite")
+    r.add_argument("--out", help="results folder (default: clbench-results/<suite name>)")
+    r.add_argument("--executor", default="local", help="how cells run (default: local)")
+    r.add_argument("--force", action="store_true", help="run cells again even if they have results")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("show", help="print the summary of a results folder")
+    s.add_argument("dir")
+    s.set_defaults(fn=cmd_show)
+
+    sub.add_parser("list", help="list streams, strategies and built-in suites").set_defaults(fn=cmd_list)
+    sub.add_parser("plugins", help="list loaded plugins and what each registers").set_defaults(fn=cmd_plugins)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.fn(args, console)
+    except UserError as exc:
+        print(f"clbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("clbench: interrupted; finished cells are saved, run again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The plugin host: loads built-in plugins, then the ``clbench`` entry-point group, and keeps the
+registries that the registration hooks fill.
+
+``CLBENCH_PLUGINS`` (comma-separated) restricts which plugins load: built-ins by module name
+(``clbench.strategies.naive``) or short name (``naive``), third-party plugins by entry-point name.
+Set it to an empty string to load none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import UserError
+
+#: Built-in plugins, loaded before any third-party one. They use the same hooks as everyone.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "clbench.tasks.digits",
+    "clbench.strategies.naive",
+    "clbench.strategies.joint",
+    "clbench.strategies.cumulative",
+    "clbench.results.metrics",
+    "clbench.plugins.executors",
+    "clbench.plugins.reporters",
+)
+
+KINDS = ("streams", "strategies", "metrics", "reporters", "executors")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered thing: its name, the object, a description and the plugin that gave it."""
+
+    kind: str
+    name: str
+    obj: Any
+    description: str
+    plugin: str
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+class Host:
+    """The global plugin manager and its registries."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("clbench")
+        self.pm.add_hookspecs(hookspecs)
+        self._registries: dict[str, dict[str, Entry]] | None = None
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self, allow: str | None = None) -> "Host":
+        """Load the built-ins, then entry points, honouring ``allow`` (``CLBENCH_PLUGINS``)."""
+        allowed = None if allow is None else {a.strip() for a in allow.split(",") if a.strip()}
+
+        def ok(name: str) -> bool:
+            return allowed is None or name in allowed or _short(name) in allowed
+
+        for modname in DEFAULT_PLUGINS:
+            if ok(modname):
+                self.pm.register(importlib.import_module(modname), name=modname)
+        for ep in entry_points(group="clbench"):
+            if not ok(ep.name) or self.pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not take clbench down
+                print(f"clbench: warning: plugin {ep.name!r} failed to load: {exc}", file=sys.stderr)
+                continue
+            self.pm.register(plugin, name=ep.name)
+        return self
+
+    def register(self, plugin: Any, name: str | None = None) -> str:
+        """Register a plugin object or module (tests use this in a fixture)."""
+        self._registries = None
+        return self.pm.register(plugin, name=name)
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> None:
+        self._registries = None
+        self.pm.unregister(plugin, name=name)
+
+    # -- registries ----------------------------------------------------------------------------
+    @property
+    def registries(self) -> dict[str, dict[str, Entry]]:
+        if self._registries is None:
+            self._registries = self._collect()
+        return self._registries
+
+    def _collect(self) -> dict[str, dict[str, Entry]]:
+        regs: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        for kind in KINDS:
+            caller = getattr(self.pm.hook, f"register_{kind}")
+            for impl in caller.get_hookimpls():
+                plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+
+                def register(name: str, obj: Any, description: str = "", *, _kind=kind, _p=plugin_name) -> None:
+                    if not isinstance(name, str) or not name:
+                        raise ValueError(f"plugin {_p!r} registered a {_kind[:-1]} without a name")
+                    if not callable(obj):
+                        raise ValueError(f"plugin {_p!r}: {_kind[:-1]} {name!r} is not callable")
+                    if name in regs[_kind]:
+                        other = regs[_kind][name].plugin
+                        raise UserError(
+                            f"{_kind[:-1]} {name!r} is registered twice: by {other!r} and by {_p!r}"
+                        )
+                    doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+                    regs[_kind][name] = Entry(_kind, name, obj, doc, _p)
+
+                impl.function(register=register)
+        return regs
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry ``name`` of ``kind``; an unknown name is a one-line error listing the known."""
+        reg = self.registries[kind]
+        if name not in reg:
+            known = ", ".join(sorted(reg)) or "none"
+            raise UserError(f"unknown {kind[:-1]} {name!r} (known {kind}: {known})")
+        return reg[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.registries[kind])
+
+    def plugins(self) -> list[tuple[str, dict[str, list[str]]]]:
+        """Each loaded plugin with what it registered, by kind."""
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            what: dict[str, list[str]] = {}
+            for kind, reg in self.registries.items():
+                names = [e.name for e in reg.values() if e.plugin == name]
+                if names:
+                    what[kind] = names
+            hooks = sorted(
+                h.name
+                for h in self.pm.get_hookcallers(plugin) or []
+                if not h.name.startswith("register_")
+            )
+            if hooks:
+                what["hooks"] = hooks
+            out.append((name, what))
+        return out
+
+
+_host: Host | None = None
+
+
+def get_host() -> Host:
+    """The process-wide host, loaded on first use."""
+    global _host
+    if _host is None:
+        _host = Host().load(os.environ.get("CLBENCH_PLUGINS"))
+    return _host
+
+
+def reset_host() -> None:
+    """Forget the process-wide host (the next :func:`get_host` loads plugins again)."""
+    global _host
+    _host = None
+
+
+def new_cell_manager() -> pluggy.PluginManager:
+    """A fresh plugin manager for one cell's strategy objects and observers."""
+    pm = pluggy.PluginManager("clbench")
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def firstresult_conflicts(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
+    """``firstresult`` hooks implemented by more than one plugin of ``pm`` (a refused mix)."""
+    out = []
+    for name in dir(pm.hook):
+        caller = getattr(pm.hook, name)
+        if not isinstance(caller, pluggy.HookCaller) or caller.spec is None:
+            continue
+        if caller.spec.opts.get("firstresult"):
+            impls = caller.get_hookimpls()
+            if len(impls) > 1:
+                out.append((name, [pm.get_name(i.plugin) for i in impls]))
+    return out
+
+
+Register = Callable[..., None]

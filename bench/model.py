@@ -1,0 +1,151 @@
+"""The clbench Transformer, in one file (after nanoGPT's model.py).
+
+An encoder of pre-norm blocks over token ids or patch vectors, with a classification head over the
+stream's label space. Attention goes through :func:`clbench.attention.attention`; padding is
+expressed as sequence lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attention
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 64  # width of the residual stream
+    n_layers: int = 2  # number of Transformer blocks
+    n_heads: int = 4  # attention heads; d_model must be divisible by it
+    mlp_ratio: int = 4  # hidden width of the MLP, as a multiple of d_model
+    dropout: float = 0.0  # dropout on attention output and MLP (0 keeps runs deterministic)
+    causal: bool = False  # bidirectional encoder (False) or causal decoder (True)
+    pooling: str = "mean"  # "mean" over valid positions, or "first" (a CLS-style first position)
+    max_len: int = 512  # positional embeddings available; longer inputs are an error
+    bias: bool = True  # biases in Linear and LayerNorm layers
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads = cfg.n_heads
+        self.causal = cfg.causal
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, N, C) -> (B, H, N, D)
+        q, k, v = (t.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = attention(q, k, v, lengths=lengths, causal=self.causal)
+        y = y.transpose(1, 2).contiguous().view(B, N, C)
+        return self.dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), lengths)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A Transformer classifier.
+
+    :param input_kind: ``"tokens"`` (``x`` is ``(B, N)`` int64 ids < ``input_dim``) or
+        ``"patches"`` (``x`` is ``(B, N, input_dim)`` float vectors).
+    :param n_classes: the size of the stream's label space (the head's outputs).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, input_kind: str, input_dim: int, n_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.input_kind = input_kind
+        if input_kind == "tokens":
+            self.embed = nn.Embedding(input_dim, cfg.d_model)
+        elif input_kind == "patches":
+            self.embed = nn.Linear(input_dim, cfg.d_model, bias=cfg.bias)
+        else:
+            raise ValueError(f"unknown input kind {input_kind!r}")
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.head = nn.Linear(cfg.d_model, n_classes, bias=True)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled ``(B, d_model)`` features of a batch."""
+        B, N = x.shape[0], x.shape[1]
+        if N > self.cfg.max_len:
+            raise ValueError(f"sequence of {N} positions exceeds max_len={self.cfg.max_len}")
+        pos = torch.arange(N, device=x.device)
+        h = self.drop(self.embed(x) + self.pos(pos))  # (B, N, C)
+        if lengths is not None and bool((lengths >= N).all()):
+            lengths = None  # nothing is padded: let attention take its fast path
+        for block in self.blocks:
+            h = block(h, lengths)
+        h = self.ln_f(h)
+        if self.cfg.pooling == "first":
+            return h[:, 0]
+        if lengths is None:
+            return h.mean(dim=1)
+        valid = (pos[None, :] < lengths[:, None]).to(h.dtype)  # (B, N)
+        return (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp_min(1.0)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        class_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(B, n_classes)``; ``class_mask`` ``(B, n_classes)`` bool sets the logits of
+        classes outside each example's task to -inf (task-incremental scenarios)."""
+        logits = self.head(self.features(x, lengths))
+        if class_mask is not None:
+            logits = logits.masked_fill(~class_mask, float("-inf"))
+        return logits
+
+    def n_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,268 @@
+"""Suite files (TOML) and the cells they expand into.
+
+A suite names streams (each with parameters and task orders), strategies (each with
+parameters; several names combine into one cell), seeds, and the model and training sections.
+Every field is checked before any cell runs; a mistake is a one-line :class:`UserError` that
+names the field and the file. See docs/suites.md for the format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import UserError
+from .model import ModelConfig
+from .params import _type_ok, _type_name, check_params
+
+#: Bumped when a change makes earlier results incomparable (it is part of every config hash).
+RESULTS_FORMAT = 1
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 3  # passes over each task's training data
+    batch_size: int = 32  # examples per optimizer step
+    lr: float = 1e-3  # learning rate
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # rebuilt at the start of every task
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # for sgd
+    grad_clip: float = 1.0  # max gradient norm (keeps class-incremental heads from collapsing the features); 0 disables
+    eval_batch_size: int = 256  # examples per evaluation forward pass
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One strategy column of a suite: a label and the (name, params) pairs it combines."""
+
+    label: str
+    parts: tuple[tuple[str, dict], ...]
+
+    def to_json(self) -> list:
+        return [[name, params] for name, params in self.parts]
+
+
+@dataclass
+class Cell:
+    """One cell of a suite: everything that determines its results."""
+
+    suite: str
+    stream: str
+    stream_params: dict[str, Any]
+    order: str  # a label: "default", a named order, or "2-0-1-..."
+    order_value: Any  # what the stream factory gets as ``order`` (None for default)
+    strategy: StrategySpec
+    seed: int
+    model: ModelConfig
+    training: TrainingConfig
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": RESULTS_FORMAT,
+            "stream": self.stream,
+            "stream_params": self.stream_params,
+            "order": self.order_value,
+            "strategy": self.strategy.to_json(),
+            "seed": self.seed,
+            "model": asdict(self.model),
+            "training": {k: v for k, v in asdict(self.training).items() if k not in ("device", "eval_batch_size")},
+        }
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.config(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def run_id(self) -> str:
+        return self.config_hash
+
+    def describe(self) -> str:
+        return f"{self.stream}[{self.order}] · {self.strategy.label} · seed {self.seed}"
+
+
+@dataclass
+class Suite:
+    name: str
+    path: str
+    description: str
+    cells: list[Cell] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+
+TOP_KEYS = {"name", "description", "seeds", "model", "training", "streams", "strategies"}
+
+
+def builtin_suites() -> dict[str, str]:
+    """Names of the suites shipped as package data, mapped to their TOML text."""
+    out = {}
+    for entry in resources.files("clbench.suites").iterdir():
+        if entry.name.endswith(".toml"):
+            out[entry.name[:-5]] = entry.read_text(encoding="utf-8")
+    return out
+
+
+def read_suite(spec: str) -> tuple[dict, str]:
+    """Parse a suite given as a path or a built-in name; return (data, where)."""
+    path = Path(spec)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"suite file not found: {spec}")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    else:
+        suites = builtin_suites()
+        if spec not in suites:
+            raise UserError(
+                f"unknown suite {spec!r}: not a file, and not a built-in suite ({', '.join(sorted(suites))})"
+            )
+        text, where = suites[spec], f"built-in suite '{spec}'"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{where}: invalid TOML: {exc}") from None
+    return data, where
+
+
+def _need(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise UserError(f"{where}: {msg}")
+
+
+def _dataclass_from(cls, table: Any, where: str, section: str):
+    _need(isinstance(table, dict), where, f"[{section}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in table.items():
+        _need(key in known, where, f"unknown field '{section}.{key}' (fields: {', '.join(known)})")
+        _need(
+            _type_ok(value, hints[key]),
+            where,
+            f"field '{section}.{key}' must be {_type_name(hints[key])}, got {value!r}",
+        )
+    return cls(**table)
+
+
+def _order_label(value: Any) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, str):
+        return value
+    return "-".join(str(v) for v in value)
+
+
+def parse_suite(data: dict, where: str, host=None) -> Suite:
+    """Validate a parsed suite against the loaded plugins and expand it into cells."""
+    from .host import get_host
+
+    host = host or get_host()
+    for key in data:
+        _need(key in TOP_KEYS, where, f"unknown field '{key}' (fields: {', '.join(sorted(TOP_KEYS))})")
+    name = data.get("name", Path(where).stem if where.endswith(".toml") else "suite")
+    _need(isinstance(name, str), where, "field 'name' must be a string")
+    description = data.get("description", "")
+    _need(isinstance(description, str), where, "field 'description' must be a string")
+    seeds = data.get("seeds", [0])
+    _need(
+        isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds),
+        where,
+        "field 'seeds' must be a non-empty list of integers",
+    )
+    model = _dataclass_from(ModelConfig, data.get("model", {}), where, "model")
+    _need(model.d_model % model.n_heads == 0, where, "model.d_model must be divisible by model.n_heads")
+    training = _dataclass_from(TrainingConfig, data.get("training", {}), where, "training")
+
+    streams = data.get("streams")
+    _need(isinstance(streams, list) and streams, where, "missing field 'streams' (a list of [[streams]] tables)")
+    strategies = data.get("strategies")
+    _need(
+        isinstance(strategies, list) and strategies,
+        where,
+        "missing field 'strategies' (a list of [[strategies]] tables)",
+    )
+
+    stream_specs = []
+    for i, s in enumerate(streams):
+        at = f"streams[{i}]"
+        _need(isinstance(s, dict), where, f"{at} must be a table")
+        for key in s:
+            _need(key in {"name", "params", "orders"}, where, f"unknown field '{at}.{key}' (fields: name, params, orders)")
+        _need(isinstance(s.get("name"), str), where, f"missing field '{at}.name'")
+        params = s.get("params", {})
+        _need(isinstance(params, dict), where, f"field '{at}.params' must be a table")
+        entry = _wrap(lambda: host.get("streams", s["name"]), where)
+        _need("order" not in params, where, f"'{at}.params.order': give task orders as '{at}.orders'")
+        full = _wrap(lambda: check_params(entry.obj, params, what=f"stream '{s['name']}'", exclude=("order",)), where)
+        orders = s.get("orders", [None])
+        _need(isinstance(orders, list) and orders, where, f"field '{at}.orders' must be a non-empty list")
+        for o in orders:
+            _need(
+                o is None or isinstance(o, (str, list)),
+                where,
+                f"'{at}.orders': each order is a name or a list of tasks, got {o!r}",
+            )
+        orders = [None if o == "default" else o for o in orders]
+        stream_specs.append((s["name"], full, orders))
+
+    strategy_specs = []
+    for i, s in enumerate(strategies):
+        at = f"strategies[{i}]"
+        _need(isinstance(s, dict), where, f"{at} must be a table")
+        for key in s:
+            _need(key in {"name", "params", "label"}, where, f"unknown field '{at}.{key}' (fields: name, params, label)")
+        names = s.get("name")
+        if isinstance(names, str):
+            names = [names]
+        _need(
+            isinstance(names, list) and names and all(isinstance(n, str) for n in names),
+            where,
+            f"missing field '{at}.name' (a strategy name, or a list of names to combine)",
+        )
+        params = s.get("params", {})
+        _need(isinstance(params, dict), where, f"field '{at}.params' must be a table")
+        if len(names) > 1:
+            for key in params:
+                _need(key in names, where, f"'{at}.params.{key}': with several strategies, params are keyed by strategy name")
+        parts = []
+        for n in names:
+            entry = _wrap(lambda: host.get("strategies", n), where)
+            p = params.get(n, {}) if len(names) > 1 else params
+            _need(isinstance(p, dict), where, f"field '{at}.params.{n}' must be a table")
+            parts.append((n, _wrap(lambda: check_params(entry.obj, p, what=f"strategy '{n}'"), where)))
+        label = s.get("label", "+".join(names))
+        _need(isinstance(label, str), where, f"field '{at}.label' must be a string")
+        strategy_specs.append(StrategySpec(label, tuple(parts)))
+
+    labels = [sp.label for sp in strategy_specs]
+    dup = {x for x in labels if labels.count(x) > 1}
+    _need(not dup, where, f"strategy label(s) {', '.join(sorted(dup))} appear twice: give each a distinct 'label'")
+
+    cells = []
+    for sname, sparams, orders in stream_specs:
+        for order in orders:
+            for strat in strategy_specs:
+                for seed in seeds:
+                    cells.append(
+                        Cell(name, sname, sparams, _order_label(order), order, strat, seed, model, training)
+                    )
+    return Suite(name=name, path=where, description=description, cells=cells)
+
+
+def _wrap(fn, where: str):
+    try:
+        return fn()
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def load_suite(spec: str, host=None) -> Suite:
+    data, where = read_suite(spec)
+    return parse_suite(data, where, host)

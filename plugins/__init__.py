@@ -1,0 +1,2 @@
+"""clbench.plugins: built-in plugins that are neither strategies nor streams (executors,
+reporters, progress)."""

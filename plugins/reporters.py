@@ -1,0 +1,53 @@
+"""Built-in reporters. ``console`` prints the leaderboard (mean ± sd over seeds) with rich."""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+
+from clbench import hookimpl
+from clbench.results.summary import aggregate
+
+SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity")
+
+
+def _fmt(mean: float, std: float, pct: bool = True) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    scale = 100.0 if pct else 1.0
+    s = f"{mean * scale:.1f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        s += f" ± {std * scale:.1f}"
+    return s
+
+
+def console_report(tables, out, console) -> None:
+    agg = aggregate(tables.summary)
+    if agg.empty:
+        console.print("no results")
+        return
+    for (stream, order), g in agg.groupby(["stream", "order"], sort=False):
+        table = Table(title=f"{stream} · order {order} · mean ± sd over seeds (accuracy in %)")
+        table.add_column("rank", justify="right")
+        table.add_column("strategy")
+        table.add_column("seeds", justify="right")
+        for m in SHOWN:
+            if f"{m}_mean" in g:
+                table.add_column(m.upper() if m in ("acc", "aia", "bwt", "fwt") else m, justify="right")
+        table.add_column("train s", justify="right")
+        for _, r in g.sort_values("rank", na_position="last").iterrows():
+            cells = [
+                "–" if math.isnan(r["rank"]) else str(int(r["rank"])),
+                str(r["strategy"]),
+                f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
+            ]
+            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in SHOWN if f"{m}_mean" in g]
+            cells.append(_fmt(r["train_seconds_mean"], r["train_seconds_std"], pct=False))
+            table.add_row(*cells)
+        console.print(table)
+
+
+@hookimpl
+def register_reporters(register):
+    register("console", console_report, description="leaderboard table in the terminal")

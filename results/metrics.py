@@ -1,0 +1,117 @@
+"""Continual-learning metrics as pure functions of the accuracy matrix.
+
+``R[i, j]`` is the accuracy on task j after training task i (0-based here; T tasks), ``b[j]``
+the accuracy on task j before any training, and ``R_ref`` the accuracy matrix of the
+``cumulative`` run with the same stream, order, seed, model and training config.
+
+Libraries disagree on some of these; the variants are here under their own names so a report
+can say which it uses (see docs/metrics.md):
+
+* ``forgetting`` is max-based (Chaudhry et al. 2018); ``forgetting_last`` is Avalanche's
+  "accuracy just after learning minus final accuracy".
+* ``bwt`` divides by T-1 (Lopez-Paz & Ranzato 2017); ``bwt_over_t`` divides by T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clbench import hookimpl
+
+
+@dataclass
+class Matrices:
+    """A cell's accuracy matrices. ``R``: (T, T); ``b``: (T,); ``R_ref``: (T, T) or None."""
+
+    R: np.ndarray
+    b: np.ndarray | None = None
+    R_ref: np.ndarray | None = None
+
+    @property
+    def T(self) -> int:
+        return self.R.shape[0]
+
+
+def acc(R: np.ndarray) -> float:
+    """ACC = (1/T) Σ_j R[T, j]: mean final accuracy (Lopez-Paz & Ranzato 2017)."""
+    return float(np.mean(R[-1]))
+
+
+def average_incremental_accuracy(R: np.ndarray) -> float:
+    """(1/T) Σ_k (1/k) Σ_{j≤k} R[k, j] (Rebuffi et al. 2017)."""
+    T = R.shape[0]
+    return float(np.mean([np.mean(R[k, : k + 1]) for k in range(T)]))
+
+
+def bwt(R: np.ndarray) -> float:
+    """BWT = 1/(T-1) Σ_{j<T} (R[T, j] − R[j, j]) (Lopez-Paz & Ranzato 2017); NaN when T = 1."""
+    T = R.shape[0]
+    if T < 2:
+        return float("nan")
+    return float(np.mean([R[-1, j] - R[j, j] for j in range(T - 1)]))
+
+
+def bwt_over_t(R: np.ndarray) -> float:
+    """The variant that divides the same sum by T (some codebases do)."""
+    T = R.shape[0]
+    return float(sum(R[-1, j] - R[j, j] for j in range(T - 1)) / T)
+
+
+def fwt(R: np.ndarray, b: np.ndarray) -> float:
+    """FWT = 1/(T-1) Σ_{j≥2} (R[j-1, j] − b̄_j) (Lopez-Paz & Ranzato 2017); NaN when T = 1."""
+    T = R.shape[0]
+    if T < 2:
+        return float("nan")
+    return float(np.mean([R[j - 1, j] - b[j] for j in range(1, T)]))
+
+
+def forgetting(R: np.ndarray) -> float:
+    """F = 1/(T-1) Σ_{j<T} (max_{l<T} R[l, j] − R[T, j]) (Chaudhry et al. 2018); NaN when T = 1.
+
+    The max runs over l = j..T-1 (before task j is learned its accuracy is not "knowledge"); the
+    final row is excluded from the max as in the paper.
+    """
+    T = R.shape[0]
+    if T < 2:
+        return float("nan")
+    return float(np.mean([R[j : T - 1, j].max() - R[-1, j] for j in range(T - 1)]))
+
+
+def forgetting_last(R: np.ndarray) -> float:
+    """Avalanche's forgetting: 1/(T-1) Σ_{j<T} (R[j, j] − R[T, j]) (first-minus-last)."""
+    T = R.shape[0]
+    if T < 2:
+        return float("nan")
+    return float(np.mean([R[j, j] - R[-1, j] for j in range(T - 1)]))
+
+
+def intransigence(R: np.ndarray, R_ref: np.ndarray | None) -> float:
+    """Mean over k of I_k = R*[k, k] − R[k, k] (Chaudhry et al. 2018), R* = ``cumulative``'s."""
+    if R_ref is None or R_ref.shape != R.shape:
+        return float("nan")
+    return float(np.mean(np.diag(R_ref) - np.diag(R)))
+
+
+def plasticity(R: np.ndarray) -> float:
+    """Learning accuracy: (1/T) Σ_k R[k, k], accuracy on each task right after learning it."""
+    return float(np.mean(np.diag(R)))
+
+
+#: name -> (function of Matrices, description); the built-in metrics plugin registers these.
+BUILTIN = {
+    "acc": (lambda m: acc(m.R), "mean final accuracy"),
+    "aia": (lambda m: average_incremental_accuracy(m.R), "average incremental accuracy"),
+    "bwt": (lambda m: bwt(m.R), "backward transfer"),
+    "fwt": (lambda m: fwt(m.R, m.b) if m.b is not None else float("nan"), "forward transfer"),
+    "forgetting": (lambda m: forgetting(m.R), "max-based forgetting"),
+    "intransigence": (lambda m: intransigence(m.R, m.R_ref), "against cumulative, same seed"),
+    "plasticity": (lambda m: plasticity(m.R), "accuracy right after learning each task"),
+}
+
+
+@hookimpl
+def register_metrics(register):
+    for name, (fn, description) in BUILTIN.items():
+        register(name, fn, description=description)

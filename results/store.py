@@ -1,0 +1,112 @@
+"""Results on disk: Parquet files, each cell's rows written atomically (write, then rename).
+
+Layout of a results folder::
+
+    DIR/cells/<run_id>.measurements.parquet   # one cell's measurements
+    DIR/cells/<run_id>.cell.parquet           # its `cells` row; written last: it marks the cell done
+    DIR/measurements.parquet                  # all cells, rebuilt at the end of a run
+    DIR/cells.parquet
+    DIR/summary.parquet
+
+The per-cell files are the source of truth; the three tables at the top are rebuilt from them at
+the end of every run (and by :func:`clbench.results.load`, which reads the per-cell files).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from clbench.errors import UserError
+
+MEASUREMENT_COLUMNS = [
+    "run_id", "suite", "stream", "order", "strategy", "params", "seed",
+    "train_task", "eval_task", "metric", "value",
+]
+
+
+@dataclass
+class Tables:
+    """The three result tables of a results folder, as DataFrames."""
+
+    measurements: pd.DataFrame
+    cells: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare_out(out: Path) -> Path:
+    """Create the results folder (and its cells/) or fail with one line if it is not writable."""
+    out = Path(out)
+    try:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+        probe = out / "cells" / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write results to {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def write_cell(out: Path, cell: dict, measurements: list[dict]) -> None:
+    """Write one cell's rows: its measurements first, then its cells row (the completion mark)."""
+    d = Path(out) / "cells"
+    m = pd.DataFrame(measurements, columns=MEASUREMENT_COLUMNS)
+    _atomic_parquet(m, d / f"{cell['run_id']}.measurements.parquet")
+    _atomic_parquet(pd.DataFrame([cell]), d / f"{cell['run_id']}.cell.parquet")
+
+
+def done_cells(out: Path) -> dict[str, str]:
+    """run_id -> status of every cell with a complete record in ``out``."""
+    d = Path(out) / "cells"
+    if not d.is_dir():
+        return {}
+    done = {}
+    for f in d.glob("*.cell.parquet"):
+        run_id = f.name[: -len(".cell.parquet")]
+        if (d / f"{run_id}.measurements.parquet").exists():
+            done[run_id] = str(pd.read_parquet(f, columns=["status"])["status"].iloc[0])
+    return done
+
+
+def read_parts(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    d = Path(out) / "cells"
+    cell_files = sorted(d.glob("*.cell.parquet")) if d.is_dir() else []
+    if not cell_files:
+        if (Path(out) / "cells.parquet").exists():
+            return pd.read_parquet(Path(out) / "measurements.parquet"), pd.read_parquet(Path(out) / "cells.parquet")
+        raise UserError(f"no clbench results in {out}")
+    cells, meas = [], []
+    for f in cell_files:
+        run_id = f.name[: -len(".cell.parquet")]
+        mf = d / f"{run_id}.measurements.parquet"
+        if not mf.exists():
+            continue
+        cells.append(pd.read_parquet(f))
+        meas.append(pd.read_parquet(mf))
+    cells_df = pd.concat(cells, ignore_index=True).sort_values(["suite", "stream", "order", "strategy", "seed"], kind="stable")
+    meas_df = pd.concat(meas, ignore_index=True) if meas else pd.DataFrame(columns=MEASUREMENT_COLUMNS)
+    return meas_df.reset_index(drop=True), cells_df.reset_index(drop=True)
+
+
+def write_tables(out: Path, tables: Tables) -> None:
+    out = Path(out)
+    _atomic_parquet(tables.measurements, out / "measurements.parquet")
+    _atomic_parquet(tables.cells, out / "cells.parquet")
+    _atomic_parquet(tables.summary, out / "summary.parquet")
