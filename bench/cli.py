@@ -22,6 +22,22 @@ def _results_table(console: Console, tables, reporter: str = "console") -> None:
 
 
 def cmd_run(args, console: Console) -> int:
+    # --data-dir is the default data folder of text streams, which read it from CLBENCH_DATA
+    # (docs/streams.md); set for this run only.
+    if not getattr(args, "data_dir", None):
+        return _run(args, console)
+    old = os.environ.get("CLBENCH_DATA")
+    os.environ["CLBENCH_DATA"] = args.data_dir
+    try:
+        return _run(args, console)
+    finally:
+        if old is None:
+            os.environ.pop("CLBENCH_DATA", None)
+        else:
+            os.environ["CLBENCH_DATA"] = old
+
+
+def _run(args, console: Console) -> int:
     from .host import get_host
     from .suite import load_suite
     from .suiterun import run_suite
@@ -31,7 +47,6 @@ def cmd_run(args, console: Console) -> int:
     suite = load_suite(args.suite or DEFAULT_SUITE, host)
     out = Path(args.out) if args.out else Path("clbench-results") / suite.name
     err = Console(stderr=True)
-    err.print(f"suite [bold]{suite.name}[/bold]: {len(suite.cells)} cells → {out}")
     run = run_suite(
         suite,
         out,
@@ -47,7 +62,7 @@ def cmd_run(args, console: Console) -> int:
     _results_table(console, tables)
     for r in run.not_ok:
         err.print(f"[red]{r.status}[/red] {r.cell['strategy']} seed {r.cell['seed']} on {r.cell['stream']}: {r.cell['error']}")
-    console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)")
+    console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)", soft_wrap=True)
     return 1 if run.not_ok else 0
 
 
@@ -110,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", default="local", help="how cells run (default: local)")
     r.add_argument("--force", action="store_true", help="run cells again even if they have results")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--data-dir", help="data folder of text streams that set none (default: $CLBENCH_DATA)")
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("show", help="print the summary of a results folder")
@@ -124,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=200)  # piped: don't squeeze tables into 80 columns
     try:
         return args.fn(args, console)
     except UserError as exc:

@@ -23,15 +23,35 @@ from .errors import UserError
 #: Built-in plugins, loaded before any third-party one. They use the same hooks as everyone.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.tasks.digits",
+    "clbench.tasks.text",
+    "clbench.tasks.hub",
     "clbench.strategies.naive",
     "clbench.strategies.joint",
     "clbench.strategies.cumulative",
+    "clbench.strategies.replay",
+    "clbench.strategies.ewc",
+    "clbench.strategies.lwf",
+    "clbench.strategies.agem",
+    "clbench.strategies.der",
+    "clbench.strategies.si",
+    "clbench.strategies.gdumb",
+    "clbench.strategies.lora",
     "clbench.results.metrics",
     "clbench.plugins.executors",
     "clbench.plugins.reporters",
 )
 
 KINDS = ("streams", "strategies", "metrics", "reporters", "executors")
+SINGULAR = {"streams": "stream", "strategies": "strategy", "metrics": "metric", "reporters": "reporter", "executors": "executor"}
+
+
+def implemented_hooks(obj: Any) -> list[str]:
+    """Names of the training-loop hooks a strategy class (or object) implements."""
+    return sorted(
+        name
+        for name in dir(obj)
+        if not name.startswith("_") and hasattr(getattr(obj, name, None), "clbench_impl")
+    )
 
 
 @dataclass(frozen=True)
@@ -104,13 +124,13 @@ class Host:
 
                 def register(name: str, obj: Any, description: str = "", *, _kind=kind, _p=plugin_name) -> None:
                     if not isinstance(name, str) or not name:
-                        raise ValueError(f"plugin {_p!r} registered a {_kind[:-1]} without a name")
+                        raise ValueError(f"plugin {_p!r} registered a {SINGULAR[_kind]} without a name")
                     if not callable(obj):
-                        raise ValueError(f"plugin {_p!r}: {_kind[:-1]} {name!r} is not callable")
+                        raise ValueError(f"plugin {_p!r}: {SINGULAR[_kind]} {name!r} is not callable")
                     if name in regs[_kind]:
                         other = regs[_kind][name].plugin
                         raise UserError(
-                            f"{_kind[:-1]} {name!r} is registered twice: by {other!r} and by {_p!r}"
+                            f"{SINGULAR[_kind]} {name!r} is registered twice: by {other!r} and by {_p!r}"
                         )
                     doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
                     regs[_kind][name] = Entry(_kind, name, obj, doc, _p)
@@ -123,28 +143,27 @@ class Host:
         reg = self.registries[kind]
         if name not in reg:
             known = ", ".join(sorted(reg)) or "none"
-            raise UserError(f"unknown {kind[:-1]} {name!r} (known {kind}: {known})")
+            raise UserError(f"unknown {SINGULAR[kind]} {name!r} (known {kind}: {known})")
         return reg[name]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.registries[kind])
 
     def plugins(self) -> list[tuple[str, dict[str, list[str]]]]:
-        """Each loaded plugin with what it registered, by kind."""
+        """Each loaded plugin with what it registered, by kind (a strategy is listed with the
+        training-loop hooks it implements, e.g. ``"joint (train_data)"``)."""
         out = []
-        for name, plugin in self.pm.list_name_plugin():
+        for name, _plugin in self.pm.list_name_plugin():
             what: dict[str, list[str]] = {}
             for kind, reg in self.registries.items():
-                names = [e.name for e in reg.values() if e.plugin == name]
+                names = []
+                for e in reg.values():
+                    if e.plugin != name:
+                        continue
+                    hooks = implemented_hooks(e.obj) if kind == "strategies" else []
+                    names.append(f"{e.name} ({', '.join(hooks)})" if hooks else e.name)
                 if names:
                     what[kind] = names
-            hooks = sorted(
-                h.name
-                for h in self.pm.get_hookcallers(plugin) or []
-                if not h.name.startswith("register_")
-            )
-            if hooks:
-                what["hooks"] = hooks
             out.append((name, what))
         return out
 

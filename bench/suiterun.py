@@ -81,6 +81,7 @@ def run_suite(
     executor_obj = host.get("executors", executor).obj()
     streams = preflight(suite, host)
     out = prepare_out(Path(out))
+    console.print(f"suite [bold]{suite.name}[/bold]: {len(suite.cells)} cells → {out}", soft_wrap=True)
 
     done = {} if force else {k: v for k, v in done_cells(out).items() if v == "ok"}
     todo = [c for c in suite.cells if c.run_id not in done]

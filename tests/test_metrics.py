@@ -1,0 +1,97 @@
+"""Metrics against matrices computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from clbench.results import metrics as M
+
+# R[i, j]: accuracy on task j after training task i (3 tasks), b: before training.
+R = np.array(
+    [
+        [0.90, 0.10, 0.20],
+        [0.60, 0.80, 0.30],
+        [0.50, 0.70, 0.95],
+    ]
+)
+b = np.array([0.30, 0.20, 0.10])
+R_ref = np.array(
+    [
+        [0.95, 0.0, 0.0],
+        [0.90, 0.85, 0.0],
+        [0.90, 0.85, 0.90],
+    ]
+)
+
+
+def test_acc():
+    assert M.acc(R) == pytest.approx((0.50 + 0.70 + 0.95) / 3)
+
+
+def test_average_incremental_accuracy():
+    expected = (0.90 + (0.60 + 0.80) / 2 + (0.50 + 0.70 + 0.95) / 3) / 3
+    assert M.average_incremental_accuracy(R) == pytest.approx(expected)
+
+
+def test_bwt_and_its_over_t_variant():
+    s = (0.50 - 0.90) + (0.70 - 0.80)
+    assert M.bwt(R) == pytest.approx(s / 2)
+    assert M.bwt_over_t(R) == pytest.approx(s / 3)
+
+
+def test_fwt_uses_the_before_training_baseline():
+    assert M.fwt(R, b) == pytest.approx(((0.10 - 0.20) + (0.30 - 0.10)) / 2)
+
+
+def test_forgetting_is_max_based():
+    # task 0: max(0.90, 0.60) - 0.50 = 0.40; task 1: max(0.80) - 0.70 = 0.10
+    assert M.forgetting(R) == pytest.approx((0.40 + 0.10) / 2)
+
+
+def test_forgetting_variants_differ_when_accuracy_peaks_after_learning():
+    # Task 0 is learned to 0.5, then improves to 0.9 (backward transfer), then drops to 0.6.
+    R2 = np.array([[0.5, 0.0, 0.0], [0.9, 0.8, 0.0], [0.6, 0.8, 0.9]])
+    assert M.forgetting(R2) == pytest.approx(((0.9 - 0.6) + (0.8 - 0.8)) / 2)
+    assert M.forgetting_last(R2) == pytest.approx(((0.5 - 0.6) + 0.0) / 2)
+    assert M.forgetting_last(R2) == pytest.approx(-M.bwt(R2))
+    assert M.forgetting(R2) > M.forgetting_last(R2)
+
+
+def test_intransigence_against_cumulative():
+    assert M.intransigence(R, R_ref) == pytest.approx(((0.95 - 0.90) + (0.85 - 0.80) + (0.90 - 0.95)) / 3)
+    assert math.isnan(M.intransigence(R, None))
+
+
+def test_plasticity_is_the_diagonal_mean():
+    assert M.plasticity(R) == pytest.approx((0.90 + 0.80 + 0.95) / 3)
+
+
+def test_one_task_streams_have_undefined_transfer():
+    R1 = np.array([[0.7]])
+    assert M.acc(R1) == pytest.approx(0.7)
+    for fn in (M.bwt, M.forgetting, M.forgetting_last):
+        assert math.isnan(fn(R1))
+    assert math.isnan(M.fwt(R1, np.array([0.1])))
+
+
+def test_summary_uses_the_registered_metrics(host):
+    import pandas as pd
+
+    from clbench.results import summarize
+
+    rows = []
+    for rid, mat in (("a", R), ("ref", R_ref)):
+        for j in range(3):
+            rows.append(dict(run_id=rid, train_task=-1, eval_task=j, metric="acc", value=b[j]))
+            for i in range(3):
+                rows.append(dict(run_id=rid, train_task=i, eval_task=j, metric="acc", value=mat[i, j]))
+    meas = pd.DataFrame(rows)
+    common = dict(suite="s", stream="x", stream_params="{}", order="default", params="[]", seed=0,
+                  model="{}", training="{}", status="ok")
+    cells = pd.DataFrame([dict(run_id="a", strategy="naive", **common), dict(run_id="ref", strategy="cumulative", **common)])
+    s = summarize(meas, cells).set_index("run_id")
+    assert s.loc["a", "acc"] == pytest.approx(M.acc(R))
+    assert s.loc["a", "fwt"] == pytest.approx(M.fwt(R, b))
+    assert s.loc["a", "intransigence"] == pytest.approx(M.intransigence(R, R_ref))
+    assert s.loc["ref", "intransigence"] == pytest.approx(0.0)

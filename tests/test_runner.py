@@ -1,0 +1,134 @@
+"""The cell runner: the evaluation protocol, determinism, and failure isolation."""
+
+import numpy as np
+import pytest
+import torch
+
+import clbench
+from clbench.results import accuracy_matrix
+from conftest import make_suite
+
+
+def test_every_task_is_evaluated_before_training_and_after_each_task(run_suite_dict):
+    run, t = run_suite_dict(make_suite(["naive"], training={"epochs": 3, "batch_size": 32}))
+    assert [r.status for r in run.ran] == ["ok"]
+    m = t.measurements
+    assert set(m["metric"]) == {"acc", "loss"}
+    assert sorted(m["train_task"].unique()) == [-1, 0, 1, 2, 3, 4]
+    assert len(m) == 6 * 5 * 2  # (before + 5 tasks) × 5 eval tasks × 2 metrics
+    R, b = accuracy_matrix(m, run.ran[0].cell["run_id"])
+    assert R.shape == (5, 5) and b.shape == (5,)
+    # class-incremental naive: the task just learned is learned, earlier ones are forgotten
+    assert np.diag(R).mean() > 0.8
+    assert R[-1, :-1].max() < 0.2
+    cell = t.cells.iloc[0]
+    assert cell["status"] == "ok" and cell["n_tasks"] == 5
+    assert cell["trainable_params"] == cell["total_params"] > 0
+    assert cell["examples_seen"] > 0 and cell["train_seconds"] > 0
+
+
+def test_two_runs_of_a_cell_give_the_same_matrix_bit_for_bit(run_suite_dict, tmp_path):
+    data = make_suite(["naive"], seeds=[3])
+    _, a = run_suite_dict(data, out=tmp_path / "a")
+    _, b = run_suite_dict(data, out=tmp_path / "b")
+    va = a.measurements.sort_values(["train_task", "eval_task", "metric"])["value"].to_numpy()
+    vb = b.measurements.sort_values(["train_task", "eval_task", "metric"])["value"].to_numpy()
+    assert np.array_equal(va, vb)
+    _, c = run_suite_dict(make_suite(["naive"], seeds=[4]), out=tmp_path / "c")
+    vc = c.measurements.sort_values(["train_task", "eval_task", "metric"])["value"].to_numpy()
+    assert not np.array_equal(va, vc)
+
+
+def test_joint_and_cumulative_train_on_the_unions(run_suite_dict):
+    run, t = run_suite_dict(make_suite(["naive", {"name": "joint", "params": {"repeat": 1}}, "cumulative"]))
+    seen = t.cells.set_index("strategy")["examples_seen"]
+    per_task = seen["naive"]  # naive: every task once, epochs = 1
+    assert seen["joint"] == per_task
+    sizes = [len(task.train) for task in clbench.tasks.digits.split_digits(patch_size=4).tasks]
+    assert seen["cumulative"] == sum(sum(sizes[: k + 1]) for k in range(5))
+    s = t.summary.set_index("strategy")
+    assert s.loc["joint", "bwt"] == 0.0 and s.loc["joint", "forgetting"] == 0.0
+    assert s.loc["cumulative", "intransigence"] == 0.0
+    assert not np.isnan(s.loc["naive", "intransigence"])
+
+
+class Boom:
+    """Raises in the middle of training."""
+
+    @clbench.hookimpl
+    def after_task(self, cell, task):
+        if cell.task_index == 1:
+            raise RuntimeError("boom at task 1")
+
+
+class NanLoss:
+    """Adds a NaN to the loss."""
+
+    @clbench.hookimpl
+    def loss_terms(self, cell, batch, logits, loss):
+        if cell.task_index == 2:
+            return torch.tensor(float("nan"))
+
+
+class Faulty:
+    __test__ = False
+
+    @clbench.hookimpl
+    def register_strategies(self, register):
+        register("boom", Boom)
+        register("nan-loss", NanLoss)
+
+
+@pytest.fixture
+def faulty(host):
+    p = Faulty()
+    host.register(p, name="faulty")
+    yield
+    host.unregister(p)
+
+
+def test_a_failing_plugin_and_a_nan_loss_are_recorded_and_the_suite_goes_on(run_suite_dict, faulty):
+    run, t = run_suite_dict(make_suite(["boom", "nan-loss", "naive"]))
+    status = t.cells.set_index("strategy")["status"]
+    assert status.to_dict() == {"boom": "failed", "nan-loss": "diverged", "naive": "ok"}
+    err = t.cells.set_index("strategy")["error"]
+    assert err["boom"] == "RuntimeError: boom at task 1"
+    assert "task 2" in err["nan-loss"]
+    assert "boom at task 1" in t.cells.set_index("strategy")["traceback"]["boom"]
+    # the measurements taken before the failure are kept; the summary marks the cell's metrics NaN
+    boom_id = t.cells.set_index("strategy")["run_id"]["boom"]
+    assert set(t.measurements[t.measurements.run_id == boom_id]["train_task"]) == {-1, 0}
+    assert np.isnan(t.summary.set_index("strategy").loc["boom", "acc"])
+    assert len(run.not_ok) == 2
+
+
+def test_task_incremental_masks_the_head_to_the_task_classes(run_suite_dict):
+    data = make_suite(["naive"], stream_params={"patch_size": 4, "scenario": "task-incremental"})
+    run, t = run_suite_dict(data)
+    R, b = accuracy_matrix(t.measurements, run.ran[0].cell["run_id"])
+    # with the head masked to two classes, even a forgetful model is far above 1/10 on old tasks
+    assert R[-1].mean() > 0.5
+
+
+def test_class_mask_sets_other_tasks_logits_to_minus_infinity():
+    from clbench.model import ModelConfig, Transformer
+    from clbench.tasks.digits import split_digits
+
+    stream = split_digits(patch_size=4, scenario="task-incremental")
+    model = Transformer(ModelConfig(d_model=16, n_heads=2, n_layers=1), input_kind="patches", input_dim=16, n_classes=10)
+    batch = stream.tasks[2].test[:4]
+    logits = model(batch.x, batch.lengths, stream.class_mask()[batch.t])
+    assert torch.isfinite(logits[:, [4, 5]]).all()
+    assert torch.isinf(logits[:, [0, 1, 2, 3, 6, 7, 8, 9]]).all()
+    assert stream.class_mask().sum(1).tolist() == [2] * 5
+
+
+def test_finished_cells_are_not_run_again(run_suite_dict, tmp_path):
+    data = make_suite(["naive", "cumulative"])
+    out = tmp_path / "r"
+    first, t1 = run_suite_dict(data, out=out)
+    again, t2 = run_suite_dict(data, out=out)
+    assert len(first.ran) == 2 and again.ran == [] and again.skipped == 2
+    assert t1.measurements.equals(t2.measurements)
+    forced, _ = run_suite_dict(data, out=out, force=True)
+    assert len(forced.ran) == 2

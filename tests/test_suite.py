@@ -1,0 +1,73 @@
+"""Suite parsing: expansion into cells, config hashes, and one-line errors naming field and file."""
+
+import pytest
+
+from clbench.errors import UserError
+from clbench.suite import builtin_suites, load_suite, parse_suite
+from conftest import make_suite
+
+
+def test_expands_streams_orders_strategies_and_seeds(host):
+    data = make_suite(["naive", "joint"], orders=["default", [1, 0, 2, 3, 4]], seeds=[0, 1, 2])
+    suite = parse_suite(data, "s.toml", host)
+    assert len(suite.cells) == 2 * 2 * 3
+    assert {c.order for c in suite.cells} == {"default", "1-0-2-3-4"}
+    assert len({c.run_id for c in suite.cells}) == 12
+    assert suite.cells[0].model.d_model == 32
+
+
+def test_config_hash_ignores_the_suite_name_and_device(host):
+    a = parse_suite(make_suite(["naive"], name="a"), "a.toml", host).cells[0]
+    b = parse_suite(make_suite(["naive"], name="b", training={"device": "cpu", "eval_batch_size": 7}), "b.toml", host).cells[0]
+    c = parse_suite(make_suite(["naive"], training={"lr": 0.5}), "c.toml", host).cells[0]
+    assert a.run_id == b.run_id
+    assert a.run_id != c.run_id
+
+
+def test_defaults_are_filled_into_strategy_params(host):
+    cell = parse_suite(make_suite(["joint"]), "s.toml", host).cells[0]
+    assert cell.strategy.parts == (("joint", {"repeat": 0}),)
+
+
+def test_builtin_suites_parse(host):
+    assert "quick" in builtin_suites()
+    for name in builtin_suites():
+        assert load_suite(name, host).cells
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(sedes=[0]), r"s\.toml: unknown field 'sedes'"),
+        (lambda d: d.update(seeds="0"), r"s\.toml: field 'seeds' must be a non-empty list of integers"),
+        (lambda d: d["model"].update(d_model="big"), r"s\.toml: field 'model\.d_model' must be int, got 'big'"),
+        (lambda d: d["training"].update(epoch=3), r"s\.toml: unknown field 'training\.epoch'"),
+        (lambda d: d["training"].update(optimizer="adagrad"), r"field 'training\.optimizer' must be 'adam' \| 'adamw' \| 'sgd'"),
+        (lambda d: d.pop("streams"), r"s\.toml: missing field 'streams'"),
+        (lambda d: d["streams"][0].pop("name"), r"s\.toml: missing field 'streams\[0\]\.name'"),
+        (lambda d: d["streams"][0].update(name="mnist"), r"s\.toml: unknown stream 'mnist' \(known streams: .*split-digits"),
+        (lambda d: d["streams"][0]["params"].update(n_taks=5), r"stream 'split-digits' has no parameter 'n_taks'"),
+        (lambda d: d["streams"][0]["params"].update(scenario="class-il"), r"parameter 'scenario' must be"),
+        (lambda d: d["strategies"].append({"name": "replya"}), r"unknown strategy 'replya' \(known strategies: .*naive"),
+        (lambda d: d["strategies"].append({"name": "joint", "params": {"repaet": 1}}), r"strategy 'joint' has no parameter 'repaet'"),
+        (lambda d: d["strategies"].append({"name": "naive"}), r"strategy label\(s\) naive appear twice"),
+        (lambda d: d["model"].update(n_heads=3), r"model\.d_model must be divisible by model\.n_heads"),
+    ],
+)
+def test_mistakes_are_one_line_errors_naming_the_field_and_file(host, change, message):
+    data = make_suite(["naive"])
+    change(data)
+    with pytest.raises(UserError, match=message) as err:
+        parse_suite(data, "s.toml", host)
+    assert "\n" not in str(err.value)
+
+
+def test_suite_file_errors(tmp_path, host):
+    with pytest.raises(UserError, match="suite file not found"):
+        load_suite(str(tmp_path / "none.toml"), host)
+    with pytest.raises(UserError, match="unknown suite 'nosuch'.*quick"):
+        load_suite("nosuch", host)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seeds = [0,\n")
+    with pytest.raises(UserError, match=r"bad\.toml: invalid TOML"):
+        load_suite(str(bad), host)
