@@ -2,11 +2,16 @@
 
 ``attention(q, k, v, lengths=..., causal=..., scale=...)`` picks an implementation:
 
-* ``sdpa``: torch's ``scaled_dot_product_attention`` (the default everywhere for now);
+* ``triton``: our FlashAttention-2 kernels (:mod:`clbench.kernels`), the default for CUDA tensors;
+* ``sdpa``: torch's ``scaled_dot_product_attention``, the default for CPU tensors (and on CUDA
+  when Triton is missing or the inputs are outside what the kernels take: head_dim > 128, fp64);
 * ``reference``: a plain softmax(QKᵀ)V in the input dtype, for tests and debugging.
 
-``CLBENCH_ATTENTION=sdpa|reference`` forces one. Padding is given as ``lengths`` (the number of
-valid keys of each sequence); a query row with no valid key yields zeros, never NaN.
+``CLBENCH_ATTENTION=triton|sdpa|reference`` forces one. Forcing ``triton`` on CPU tensors needs
+``TRITON_INTERPRET=1`` in the environment before the kernels are first imported (Triton then
+runs them in its interpreter: slow, for tests). Triton is imported only when the ``triton`` path
+is taken. Padding is given as ``lengths`` (the number of valid keys of each sequence); a query
+row with no valid key yields zeros, never NaN. See docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-IMPLEMENTATIONS = ("sdpa", "reference")
+IMPLEMENTATIONS = ("triton", "sdpa", "reference")
+
+_kernels = None  # clbench.kernels once imported; False if Triton could not be imported
 
 
 def _key_mask(lengths: torch.Tensor | None, n_q: int, n_k: int, causal: bool, device) -> torch.Tensor | None:
@@ -54,7 +61,21 @@ def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None) -> torch.Ten
     return out
 
 
-def choose(q: torch.Tensor) -> str:
+def kernels():
+    """``clbench.kernels``, imported on first use; None if Triton cannot be imported here."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from . import kernels as mod
+        except ImportError:
+            mod = False
+        _kernels = mod
+    return _kernels or None
+
+
+def choose(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None,
+           lengths: torch.Tensor | None = None) -> str:
+    """The implementation :func:`attention` uses for these inputs."""
     forced = os.environ.get("CLBENCH_ATTENTION")
     if forced:
         if forced not in IMPLEMENTATIONS:
@@ -63,8 +84,23 @@ def choose(q: torch.Tensor) -> str:
             raise UserError(
                 f"CLBENCH_ATTENTION={forced!r} is not one of: {', '.join(IMPLEMENTATIONS)}"
             )
+        if forced == "triton":
+            why = _triton_unsupported(q, k, v, lengths)
+            if why:
+                from .errors import UserError
+
+                raise UserError(f"CLBENCH_ATTENTION=triton cannot run here: {why}")
         return forced
+    if q.is_cuda and _triton_unsupported(q, k, v, lengths) is None:
+        return "triton"
     return "sdpa"
+
+
+def _triton_unsupported(q, k, v, lengths) -> str | None:
+    mod = kernels()
+    if mod is None:
+        return "triton is not installed (or does not import)"
+    return mod.unsupported(q, q if k is None else k, q if v is None else v, lengths)
 
 
 def attention(
@@ -77,7 +113,9 @@ def attention(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Attention over ``(B, H, N, D)`` tensors; ``lengths`` ``(B,)`` counts each row's valid keys."""
-    impl = choose(q)
+    impl = choose(q, k, v, lengths)
+    if impl == "triton":
+        return kernels().flash_attention(q, k, v, lengths=lengths, causal=causal, scale=scale)
     if impl == "reference":
         return reference_attention(q, k, v, lengths, causal, scale)
     return sdpa_attention(q, k, v, lengths, causal, scale)

@@ -1,0 +1,333 @@
+"""The Triton attention kernels (clbench.kernels) and the attention dispatch.
+
+Triton decides when a kernel is *defined*, that is at the first import of ``clbench.kernels``,
+whether it is compiled for the GPU or run by its CPU interpreter. So this module sets
+``TRITON_INTERPRET=1`` before that import, and checks that it took. The whole test process keeps
+the variable: it only matters to code that imports Triton. With ``CLBENCH_TEST_DEVICE=cuda`` the
+same tests run the compiled kernels on a GPU instead.
+
+Accuracy criterion (FlashAttention's own, as in its hopper/test_flash_attn.py): against a float64
+reference, the error of our output and gradients is at most twice the error of a plain torch
+implementation in the same dtype (:func:`clbench.attention.reference_attention`) plus a noise
+floor: ``(ref + 0.3 - 0.3 - ref)`` in that dtype, plus 1e-6 for the output and 1e-5 for the
+gradients. The gradients' extra floor is for fp32 only in practice: a query row with a single
+valid key (length 1) makes torch's softmax backward cancel exactly (``dP - sum(P dP)`` with P = 1),
+while FlashAttention-2 subtracts ``delta = rowsum(dO * O)``, computed apart, and is off by about
+ulp(dP), which dK sums over every query row (a few 1e-6 at N = 200).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+DEVICE = os.environ.get("CLBENCH_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # before the first import of clbench.kernels (see above)
+
+triton = pytest.importorskip("triton", reason="triton is not installed on this platform")
+
+from clbench import attention as dispatch  # noqa: E402
+from clbench import kernels  # noqa: E402
+from clbench.attention import attention, reference_attention  # noqa: E402
+from clbench.errors import UserError  # noqa: E402
+from clbench.kernels import flash_attention  # noqa: E402
+
+if DEVICE == "cpu" and not kernels.INTERPRET:
+    raise RuntimeError(
+        "clbench.kernels was imported before tests/test_kernels.py set TRITON_INTERPRET=1; "
+        "run the kernel tests in their own process or set TRITON_INTERPRET=1 in the environment"
+    )
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _grads(fn, q, k, v, do, **kw):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, **kw)
+    out.backward(do)
+    return {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
+
+
+def check_against_reference(q, k, v, lengths=None, causal=False, scale=None, seed=0):
+    """Output and dq, dk, dv of our kernels against float64, FlashAttention's criterion."""
+    g = torch.Generator().manual_seed(seed)
+    do = torch.randn(q.shape, generator=g).to(device=q.device, dtype=q.dtype)
+    kw = dict(lengths=lengths, causal=causal, scale=scale)
+    ours = _grads(flash_attention, q, k, v, do, **kw)
+    ref = _grads(reference_attention, q.double(), k.double(), v.double(), do.double(), **kw)
+    same_dtype = _grads(reference_attention, q, k, v, do, **kw)
+    for name in ("out", "dq", "dk", "dv"):
+        a, r, t = ours[name], ref[name], same_dtype[name]
+        assert a.dtype == q.dtype and a.shape == r.shape, name
+        assert torch.isfinite(a).all(), f"{name} has non-finite values"
+        err = (a.double() - r).abs().max().item()
+        err_torch = (t.double() - r).abs().max().item()
+        rounded = r.to(q.dtype)
+        noise = (rounded + 0.3 - 0.3 - rounded).abs().max().item() + (1e-6 if name == "out" else 1e-5)
+        assert err <= 2 * err_torch + noise, (
+            f"{name}: max error {err:.3g} > 2 x torch's {err_torch:.3g} + {noise:.3g}"
+        )
+
+
+def make_inputs(B, H, N, D, dtype, seed=0, n_k=None, lengths="mixed"):
+    """q, k, v ~ N(0, 1) and lengths: a length-1 sequence, a full one, the rest random."""
+    g = torch.Generator().manual_seed(seed)
+    n_k = N if n_k is None else n_k
+    q = torch.randn(B, H, N, D, generator=g).to(DEVICE, DTYPES[dtype])
+    k, v = (torch.randn(B, H, n_k, D, generator=g).to(DEVICE, DTYPES[dtype]) for _ in range(2))
+    if lengths == "mixed":
+        lens = torch.randint(1, n_k + 1, (B,), generator=g)
+        lens[0] = 1
+        lens[-1] = n_k
+        lengths = lens.to(DEVICE)
+    return q, k, v, lengths
+
+
+# -- the correctness matrix ------------------------------------------------------------------
+
+# A representative part runs by default; the full matrix is marked slow (it runs in CI).
+FAST = [
+    # (N, D, causal, dtype, lengths)
+    (1, 64, True, "fp16", "mixed"),
+    (17, 32, False, "fp32", "mixed"),
+    (97, 64, True, "fp16", "mixed"),
+    (97, 32, True, "bf16", "mixed"),
+    (128, 32, True, "fp32", None),
+    (200, 32, False, "fp16", "mixed"),
+]
+FULL = [
+    (n, d, c, dt, ln)
+    for dt in ("fp32", "fp16", "bf16")
+    for c in (False, True)
+    for n in (1, 17, 97, 128, 200)
+    for d in (32, 64)
+    for ln in ("mixed", None)
+    if (n, d, c, dt, ln) not in FAST and not (ln is None and n in (1, 17))
+]
+
+
+def _id(case):
+    n, d, c, dt, ln = case
+    return f"N{n}-D{d}-{'causal' if c else 'full'}-{dt}-{'lengths' if ln else 'dense'}"
+
+
+@pytest.mark.parametrize("case", FAST, ids=_id)
+def test_matches_float64_reference(case):
+    n, d, causal, dtype, lengths = case
+    q, k, v, lengths = make_inputs(3, 2, n, d, dtype, lengths=lengths)
+    check_against_reference(q, k, v, lengths, causal)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", FULL, ids=_id)
+def test_matches_float64_reference_full_matrix(case):
+    n, d, causal, dtype, lengths = case
+    q, k, v, lengths = make_inputs(3, 2, n, d, dtype, seed=n + d, lengths=lengths)
+    check_against_reference(q, k, v, lengths, causal, seed=1)
+
+
+# Other tilings (on a GPU the autotuner picks among several); interpreted runs default to 64 x 64.
+TILINGS = [
+    {"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 32)},
+    {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)},
+]
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="block sizes are fixed only in the interpreter")
+@pytest.mark.parametrize("tiling", TILINGS, ids=["narrow-keys", "narrow-queries"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_other_tilings(monkeypatch, tiling, causal):
+    monkeypatch.setattr(kernels.flash, "INTERPRET_BLOCKS", tiling)
+    q, k, v, lengths = make_inputs(3, 1, 50, 32, "fp32", seed=3)
+    check_against_reference(q, k, v, lengths, causal)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DEVICE != "cpu", reason="block sizes are fixed only in the interpreter")
+@pytest.mark.parametrize("tiling", TILINGS + [{"fwd": (128, 64), "dkdv": (32, 128), "dq": (128, 32)}])
+@pytest.mark.parametrize("n", [33, 130])
+def test_other_tilings_full(monkeypatch, tiling, n):
+    monkeypatch.setattr(kernels.flash, "INTERPRET_BLOCKS", tiling)
+    for causal in (False, True):
+        q, k, v, lengths = make_inputs(2, 2, n, 64, "fp16", seed=n)
+        check_against_reference(q, k, v, lengths, causal)
+
+
+@pytest.mark.parametrize("d", [16, 48, 128])
+def test_head_dims(d):
+    """16 and 128 are the ends of the range; 48 is padded to a 64-wide tile."""
+    q, k, v, lengths = make_inputs(2, 2, 40, d, "fp16", seed=d)
+    check_against_reference(q, k, v, lengths, causal=True)
+
+
+def test_queries_and_keys_of_different_lengths_and_a_scale():
+    """Causal attention is aligned to the bottom right (query i sees keys j <= i + N_K - N_Q)."""
+    q, k, v, lengths = make_inputs(2, 2, 20, 32, "fp32", n_k=45, seed=4)
+    check_against_reference(q, k, v, lengths, causal=True, scale=0.3)
+    q, k, v, lengths = make_inputs(2, 2, 45, 32, "fp32", n_k=20, seed=5)  # first rows see no key
+    check_against_reference(q, k, v, None, causal=True)
+    check_against_reference(q, k, v, lengths, causal=False, scale=0.05)
+
+
+def test_rows_without_a_valid_key_give_zeros_not_nan():
+    q, k, v, _ = make_inputs(3, 2, 70, 32, "fp16", seed=6)
+    lengths = torch.tensor([0, 70, 0], device=DEVICE)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = flash_attention(q, k, v, lengths=lengths, causal=True)
+    out.backward(torch.ones_like(out))
+    assert torch.isfinite(out).all() and all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    for b in (0, 2):
+        assert torch.equal(out[b], torch.zeros_like(out[b]))
+        assert not q.grad[b].any() and not k.grad[b].any() and not v.grad[b].any()
+    assert out[1].abs().sum() > 0 and q.grad[1].abs().sum() > 0
+
+
+def test_padding_content_does_not_matter():
+    """Keys and values past a sequence's length, even NaN, change neither output nor gradients."""
+    q, k, v, lengths = make_inputs(3, 1, 70, 32, "fp32", seed=7)
+    clean = [flash_attention(q, k, v, lengths=lengths, causal=c) for c in (False, True)]
+    k2, v2 = k.clone(), v.clone()
+    for b, n in enumerate(lengths.tolist()):
+        k2[b, :, n:] = float("nan")
+        v2[b, :, n:] = float("inf")
+    k2.requires_grad_()
+    for c, ref in zip((False, True), clean):
+        out = flash_attention(q, k2, v2, lengths=lengths, causal=c)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        out.sum().backward()
+        assert torch.isfinite(k2.grad).all()
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="counts the interpreter's matrix products")
+def test_key_blocks_past_the_length_and_the_diagonal_are_skipped(monkeypatch):
+    """Count the tile products the interpreter executes: blocks that no query can see (past the
+    sequence's length, above the causal diagonal) are never visited, not merely masked."""
+    from triton.runtime import interpreter
+
+    monkeypatch.setattr(kernels.flash, "INTERPRET_BLOCKS", {"fwd": (64, 64), "dkdv": (64, 64), "dq": (64, 64)})
+    count = [0]
+    real_dot = interpreter.interpreter_builder.create_dot
+
+    def counting_dot(*args, **kw):
+        count[0] += 1
+        return real_dot(*args, **kw)
+
+    monkeypatch.setattr(interpreter.interpreter_builder, "create_dot", counting_dot)
+
+    def products(lengths, causal):
+        q, k, v, _ = make_inputs(1, 1, 256, 32, "fp16", seed=8)
+        q.requires_grad_()
+        count[0] = 0
+        out = flash_attention(q, k, v, lengths=lengths, causal=causal)
+        fwd = count[0]
+        out.sum().backward()
+        return fwd, count[0] - fwd
+
+    # 4 query blocks x 4 key blocks; per (query, key) block pair the forward does 2 products, the
+    # backward 4 (dK and dV: S, dV, dP, dK) + 3 (dQ: S, dP, dQ)
+    assert products(None, False) == (4 * 4 * 2, 4 * 4 * 7)
+    # length 70: key blocks 2 and 3 are never visited
+    assert products(torch.tensor([70]), False) == (4 * 2 * 2, 4 * 2 * 7)
+    # causal: query block i visits key blocks 0..i
+    assert products(None, True) == (10 * 2, 10 * 7)
+    # both: min(i + 1, 2) key blocks
+    assert products(torch.tensor([70]), True) == (7 * 2, 7 * 7)
+    # a length-0 sequence: nothing at all
+    assert products(torch.tensor([0]), True) == (0, 0)
+
+
+def test_bad_inputs_are_refused_with_a_reason():
+    q = torch.randn(1, 1, 4, 8, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="dtype"):
+        flash_attention(q, q, q)
+    q = torch.randn(1, 1, 4, 256, device=DEVICE)
+    with pytest.raises(ValueError, match="head_dim 256"):
+        flash_attention(q, q, q)
+    q = torch.randn(2, 1, 4, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="lengths"):
+        flash_attention(q, q, q, lengths=torch.tensor([1.0, 2.0]))
+
+
+# -- the dispatch ----------------------------------------------------------------------------
+
+
+def test_dispatch_defaults_and_forcing(monkeypatch):
+    monkeypatch.delenv("CLBENCH_ATTENTION", raising=False)
+    cpu = torch.randn(1, 1, 4, 8)
+    assert dispatch.choose(cpu) == "sdpa"
+    q, k, v, lengths = make_inputs(2, 2, 9, 16, "fp32", seed=9)
+    for name in ("triton", "sdpa", "reference"):
+        monkeypatch.setenv("CLBENCH_ATTENTION", name)
+        assert dispatch.choose(q, k, v, lengths) == name
+        out = attention(q, k, v, lengths=lengths, causal=True)
+        torch.testing.assert_close(out, reference_attention(q, k, v, lengths, True), atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv("CLBENCH_ATTENTION", "flash")
+    with pytest.raises(UserError, match="not one of: triton, sdpa, reference"):
+        attention(q, k, v)
+    monkeypatch.setenv("CLBENCH_ATTENTION", "triton")
+    q64 = q.double()
+    with pytest.raises(UserError, match="cannot run here: dtype torch.float64"):
+        attention(q64, q64, q64)
+
+
+def test_cuda_tensors_default_to_triton(monkeypatch):
+    """choose() sends CUDA tensors to the kernels when they take them, else to SDPA."""
+    monkeypatch.delenv("CLBENCH_ATTENTION", raising=False)
+
+    class FakeCuda:  # what choose() looks at, without a GPU
+        is_cuda = True
+
+    seen = []
+    monkeypatch.setattr(kernels, "unsupported", lambda *a: seen.append(a) or None)
+    assert dispatch.choose(FakeCuda()) == "triton" and seen
+    monkeypatch.setattr(kernels, "unsupported", lambda *a: "head_dim 256 is outside 1..128")
+    assert dispatch.choose(FakeCuda()) == "sdpa"
+    monkeypatch.setattr(dispatch, "_kernels", False)  # triton missing
+    assert dispatch.choose(FakeCuda()) == "sdpa"
+
+
+def test_cpu_users_never_import_triton():
+    code = (
+        "import sys, torch\n"
+        "from clbench.model import ModelConfig, Transformer\n"
+        "m = Transformer(ModelConfig(d_model=32, n_heads=2, n_layers=1), input_kind='tokens', input_dim=9, n_classes=3)\n"
+        "m(torch.randint(0, 9, (2, 5)), torch.tensor([3, 5])).sum().backward()\n"
+        "assert 'triton' not in sys.modules and 'clbench.kernels' not in sys.modules\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CLBENCH_ATTENTION", "TRITON_INTERPRET")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# -- the model trains the same on both paths ---------------------------------------------------
+
+
+def test_model_training_steps_match_sdpa(monkeypatch):
+    from clbench.model import ModelConfig, Transformer
+
+    def losses(impl: str) -> list[float]:
+        monkeypatch.setenv("CLBENCH_ATTENTION", impl)
+        torch.manual_seed(0)
+        cfg = ModelConfig(d_model=32, n_heads=2, n_layers=2, causal=False)
+        model = Transformer(cfg, input_kind="tokens", input_dim=20, n_classes=4).to(DEVICE)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randint(0, 20, (4, 24), generator=g).to(DEVICE)
+        y = torch.randint(0, 4, (4,), generator=g).to(DEVICE)
+        lengths = torch.tensor([24, 5, 17, 1], device=DEVICE)
+        out = []
+        for _ in range(4):
+            loss = torch.nn.functional.cross_entropy(model(x, lengths), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    sdpa, ours = losses("sdpa"), losses("triton")
+    assert sdpa[-1] < sdpa[0]  # it learns something, so the steps matter
+    assert ours == pytest.approx(sdpa, rel=1e-4, abs=1e-5)
