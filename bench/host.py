@@ -28,7 +28,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.strategies.naive",
     "clbench.strategies.joint",
     "clbench.strategies.cumulative",
-    "clbench.strategies.lora",
     "clbench.strategies.replay",
     "clbench.strategies.ewc",
     "clbench.strategies.lwf",
