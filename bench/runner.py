@@ -28,6 +28,7 @@ from .host import firstresult_conflicts, get_host, new_cell_manager
 from .suite import Cell
 
 from clbench.tasks import Batch, Examples, Stream, Task
+from clbench.tasks.batching import batch_indices
 
 
 class Diverged(Exception):
@@ -286,9 +287,8 @@ def run_cell(
                 ctx.optimizer = opt = make_optimizer(params, tcfg)
                 for _epoch in range(tcfg.epochs):
                     running = torch.zeros((), device=device)
-                    perm = torch.randperm(n, generator=ctx.generator).to(device)
-                    for s in range(0, n, bs):
-                        batch = data[perm[s : s + bs]]
+                    for idx in batch_indices(data.lengths, bs, ctx.generator, tcfg.batching, tcfg.length_window):
+                        batch = data[idx.to(device)]
                         batch = hook.train_batch(cell=ctx, batch=batch) or batch
                         logits = ctx.logits(batch)
                         loss = F.cross_entropy(logits, batch.y)
@@ -305,7 +305,8 @@ def run_cell(
                         running += detached
                         examples_seen += len(batch)
                         tokens_seen += batch.lengths.sum()
-                        padded_positions += batch.x.shape[1] * len(batch) if stream.input_kind == "tokens" else batch.lengths.sum()
+                        # positions computed: token batches are trimmed to their longest sequence (ctx.logits)
+                        padded_positions += batch.lengths.max() * len(batch) if stream.input_kind == "tokens" else batch.lengths.sum()
                         hook.after_step(cell=ctx, step=step, loss=detached)
                     if not bool(torch.isfinite(running)):
                         raise Diverged(f"loss is {running.item()} on task {i} ({task.name})")

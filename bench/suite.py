@@ -33,6 +33,8 @@ class TrainingConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0  # for sgd
     grad_clip: float = 1.0  # max gradient norm (keeps class-incremental heads from collapsing the features); 0 disables
+    batching: Literal["random", "length"] = "random"  # "length": batches from length-sorted windows (less padding)
+    length_window: int = 16  # batching = "length": batches per length-sorted window
     eval_batch_size: int = 256  # examples per evaluation forward pass
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
 
@@ -179,6 +181,7 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
     model = _dataclass_from(ModelConfig, data.get("model", {}), where, "model")
     _need(model.d_model % model.n_heads == 0, where, "model.d_model must be divisible by model.n_heads")
     training = _dataclass_from(TrainingConfig, data.get("training", {}), where, "training")
+    _need(training.length_window >= 1, where, "training.length_window must be at least 1")
 
     streams = data.get("streams")
     _need(isinstance(streams, list) and streams, where, "missing field 'streams' (a list of [[streams]] tables)")

@@ -1,0 +1,59 @@
+"""The order in which a task's training examples are cut into batches.
+
+``training.batching`` in a suite picks one:
+
+* ``"random"``: a random permutation cut into consecutive batches (the default).
+* ``"length"``: the permutation is cut into windows of ``training.length_window`` batches; each
+  window is sorted by sequence length and cut into batches, and the batches of the epoch are
+  shuffled. Sequences in a batch then have similar lengths, so trimming a batch to its longest
+  sequence leaves few padding positions to compute; within a window the examples still mix.
+
+Both draw only from the cell's seeded generator, so a cell runs the same batches every time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BATCHINGS = ("random", "length")
+
+
+def batch_indices(
+    lengths: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    batching: str = "random",
+    window: int = 16,
+) -> list[torch.Tensor]:
+    """One epoch of batches: index tensors (on the CPU) into the ``n`` examples.
+
+    :param lengths: ``(n,)`` sequence lengths of the examples.
+    :param window: batches per length-sorted window (``batching="length"``).
+    """
+    n = int(lengths.shape[0])
+    perm = torch.randperm(n, generator=generator)
+    if batching == "random":
+        return list(perm.split(batch_size))
+    if batching != "length":
+        raise ValueError(f"unknown batching {batching!r} (known: {', '.join(BATCHINGS)})")
+    lens = lengths.detach().cpu()[perm]
+    batches: list[torch.Tensor] = []
+    for w in perm.split(batch_size * max(window, 1)):
+        # stable sort: equal lengths keep their random order
+        order = torch.sort(lens[: len(w)], stable=True).indices
+        batches.extend(w[order].split(batch_size))
+        lens = lens[len(w) :]
+    shuffle = torch.randperm(len(batches), generator=generator)
+    return [batches[i] for i in shuffle.tolist()]
+
+
+def padding_fraction(lengths: torch.Tensor, batches: list[torch.Tensor]) -> float:
+    """The share of computed positions that are padding when each batch is trimmed to its
+    longest sequence (what the runner records as ``padding_fraction``)."""
+    lengths = lengths.detach().cpu()
+    real = computed = 0
+    for b in batches:
+        lb = lengths[b]
+        real += int(lb.sum())
+        computed += int(lb.max()) * len(b) if len(b) else 0
+    return 1.0 - real / computed if computed else float("nan")
