@@ -169,14 +169,14 @@ def inject(model: nn.Module, targets, rank: int, alpha: float, dropout: float = 
 
 def _check_targets(targets) -> None:
     if not targets:
-        raise UserError("strategy 'lora': target_modules is empty (name at least one projection)")
+        raise UserError("parameter 'target_modules' must name at least one projection, got []")
     if len(set(targets)) != len(targets):
-        raise UserError(f"strategy 'lora': target_modules {list(targets)} names a module twice")
+        raise UserError(f"parameter 'target_modules' must name each module once, got {list(targets)}")
     for whole, parts in (("qkv", ("q", "k", "v")), ("proj", ("attn.proj", "mlp.proj"))):
         overlap = [p for p in parts if p in targets]
         if whole in targets and overlap:
             raise UserError(
-                f"strategy 'lora': target_modules names both '{whole}' and {', '.join(repr(p) for p in overlap)} (the first contains the others)"
+                f"parameter 'target_modules' names both '{whole}' and {', '.join(repr(p) for p in overlap)}, but the first contains the others"
             )
 
 
@@ -207,17 +207,17 @@ class LoRA:
         lambda_l2: float | None = None,
     ):
         if rank < 1:
-            raise UserError(f"strategy 'lora': rank must be >= 1, got {rank}")
+            raise UserError(f"parameter 'rank' must be >= 1, got {rank}")
         if alpha <= 0:
-            raise UserError(f"strategy 'lora': alpha must be > 0, got {alpha}")
+            raise UserError(f"parameter 'alpha' must be > 0, got {alpha}")
         if not 0.0 <= dropout < 1.0:
-            raise UserError(f"strategy 'lora': dropout must be in [0, 1), got {dropout}")
+            raise UserError(f"parameter 'dropout' must be in [0, 1), got {dropout}")
         _check_targets(target_modules)
         for name, value in (("lambda_orth", lambda_orth), ("lambda_l2", lambda_l2)):
             if value is not None and mode != "olora":
-                raise UserError(f"strategy 'lora': {name} applies to mode 'olora' only (mode is {mode!r})")
+                raise UserError(f"parameter '{name}' applies to mode 'olora' only (mode is {mode!r})")
             if value is not None and value < 0:
-                raise UserError(f"strategy 'lora': {name} must be >= 0, got {value}")
+                raise UserError(f"parameter '{name}' must be >= 0, got {value}")
         self.mode = mode
         self.rank, self.alpha, self.dropout = rank, alpha, dropout
         self.targets = tuple(target_modules)

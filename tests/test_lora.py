@@ -67,18 +67,18 @@ class Watch:
     "params, message",
     [
         ({"mode": "lora"}, "parameter 'mode' must be"),
-        ({"rank": 0}, "rank must be >= 1"),
+        ({"rank": 0}, "strategy 'lora': parameter 'rank' must be >= 1, got 0"),
         ({"alpha": 1.5, "rnak": 4}, "has no parameter 'rnak'"),
         ({"target_modules": ["qkv", "attention"]}, "parameter 'target_modules' must be"),
-        ({"target_modules": ["qkv", "q"]}, "names both 'qkv' and 'q'"),
-        ({"target_modules": []}, "target_modules is empty"),
-        ({"mode": "seq", "lambda_orth": 0.1}, "lambda_orth applies to mode 'olora' only"),
+        ({"target_modules": ["qkv", "q"]}, "parameter 'target_modules' names both 'qkv' and 'q'"),
+        ({"target_modules": []}, "parameter 'target_modules' must name at least one"),
+        ({"mode": "seq", "lambda_orth": 0.1}, "parameter 'lambda_orth' applies to mode 'olora' only"),
     ],
 )
 def test_a_wrong_parameter_is_one_line_naming_it(host, params, message):
     with pytest.raises(UserError, match=message) as exc:  # as `clbench run` checks a suite
         preflight(parse_suite(make_suite([{"name": "lora", "params": params}]), "s.toml", host), host)
-    assert "\n" not in str(exc.value)
+    assert "\n" not in str(exc.value) and str(exc.value).count("strategy 'lora'") == 1
 
 
 def test_the_aliases_fix_the_mode(host):

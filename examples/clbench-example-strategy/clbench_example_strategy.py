@@ -16,7 +16,7 @@ class L2Anchor:
 
     def __init__(self, strength: float = 1.0):
         if strength < 0:
-            raise UserError(f"strategy 'l2-anchor': strength must be >= 0, got {strength}")
+            raise UserError(f"parameter 'strength' must be >= 0, got {strength}")
         self.strength = strength
         self.anchor: dict[str, torch.Tensor] = {}
 

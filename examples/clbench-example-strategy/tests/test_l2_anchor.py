@@ -38,7 +38,7 @@ def test_the_penalty_is_zero_at_the_anchor_and_grows_quadratically():
 
 
 def test_a_negative_strength_is_refused():
-    with pytest.raises(UserError, match="strength must be >= 0"):
+    with pytest.raises(UserError, match="parameter 'strength' must be >= 0"):
         L2Anchor(strength=-1.0)
 
 
