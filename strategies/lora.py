@@ -26,6 +26,7 @@ docs/lora.md.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Literal
 
@@ -254,12 +255,10 @@ class LoRA:
         if self.heads is not None:
             self.heads.active = head
 
-    def _add(self, name: str, model) -> None:
+    def _add(self, name: str) -> None:
         for layer in self.layers:
             layer.add(name)
         if self.heads is not None:
-            import copy
-
             self.heads.copies[name] = copy.deepcopy(self.heads.base).requires_grad_(True)
         self.adapters.append(name)
 
@@ -288,10 +287,10 @@ class LoRA:
         if self.mode == "seq":
             self.new = "shared"
             if not self.adapters:
-                self._add("shared", cell.model)
+                self._add("shared")
         else:
             self.new = f"task{i}"
-            self._add(self.new, cell.model)
+            self._add(self.new)
         self._route([self.new] if self.mode in ("seq", "per-task") else self.adapters, self.new)
         self._trainable = self._train(cell.model)
 
