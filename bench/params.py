@@ -92,3 +92,12 @@ def check_params(fn: Callable, params: dict[str, Any], *, what: str, exclude: tu
         else:
             raise UserError(f"{what}: missing required parameter '{key}'")
     return full
+
+
+def require(ok: bool, name: str, must: str, value: Any) -> None:
+    """A plugin's own check of a parameter's value (its range, a combination): when ``ok`` is
+    false, raise the one-line error ``parameter 'name' must be <must>, got <value>``.
+
+    The host prefixes where the value came from (the suite file and the strategy's name)."""
+    if not ok:
+        raise UserError(f"parameter '{name}' must be {must}, got {value!r}")

@@ -74,14 +74,15 @@ class CellContext:
         self.info: dict[str, Any] = {}  # strategies may report numbers here (e.g. buffer size)
 
     # helpers strategies use -------------------------------------------------------------------
-    def logits(self, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """Logits of ``batch`` (masked to each example's task in task-incremental scenarios)."""
+    def logits(self, batch: Batch, model: torch.nn.Module | None = None, masked: bool = True) -> torch.Tensor:
+        """Logits of ``batch`` (masked to each example's task in task-incremental scenarios,
+        unless ``masked`` is False: LwF distils the heads of earlier tasks)."""
         model = model or self.model
         x, lengths = batch.x, batch.lengths
         if self.stream.input_kind == "tokens" and x.shape[1] > 1:
             n = int(lengths.max())
             x = x[:, :n]
-        mask = None if self.class_mask is None else self.class_mask[batch.t]
+        mask = None if self.class_mask is None or not masked else self.class_mask[batch.t]
         return model(x, lengths, mask)
 
     def loss(self, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:

@@ -1,0 +1,66 @@
+"""``replay``: experience replay (Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual
+Learning"): a small memory of past examples, mixed into every training batch.
+
+Each training batch of ``b`` new examples gets ``round(ratio × b)`` examples drawn from the
+memory (without replacement) appended to it, through the ``train_batch`` hook. The memory is a
+:class:`~clbench.strategies.buffer.Buffer`: ``reservoir`` (a uniform sample of everything seen)
+or ``class-balanced`` (equal counts per class). With ``update = "online"`` every new batch is
+offered to the memory after it was mixed (the paper's reservoir ER); with ``"task-end"`` the
+whole task is offered once it has been trained on, so the memory only ever holds earlier tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from clbench import hookimpl
+from clbench.params import require
+from clbench.tasks import Examples
+
+from .buffer import Buffer, Policy, shuffled
+
+
+class Replay:
+    """Experience replay.
+
+    :param memory_size: examples the memory holds.
+    :param policy: ``"reservoir"`` or ``"class-balanced"``.
+    :param ratio: memory examples mixed in per new example (1.0: as many as the batch has).
+    :param update: ``"online"`` (offer each batch) or ``"task-end"`` (offer each whole task).
+    """
+
+    def __init__(
+        self,
+        memory_size: int = 200,
+        policy: Policy = "reservoir",
+        ratio: float = 1.0,
+        update: Literal["online", "task-end"] = "online",
+    ):
+        require(ratio > 0 and math.isfinite(ratio), "ratio", "a positive number", ratio)
+        self.memory = Buffer(memory_size, policy, name="replay")
+        self.ratio = ratio
+        self.update = update
+
+    @hookimpl
+    def train_batch(self, cell, batch):
+        mixed = None
+        if len(self.memory):
+            k = max(1, round(self.ratio * len(batch)))
+            mem, _ = self.memory.sample(k, cell.generator)
+            mixed = Examples.cat([batch, mem])
+        if self.update == "online":
+            self.memory.add(batch, cell.rng)
+            self.memory.report(cell)
+        return mixed
+
+    @hookimpl
+    def after_task(self, cell, task):
+        if self.update == "task-end":
+            self.memory.add(shuffled(task.train, cell.rng), cell.rng)
+            self.memory.report(cell)
+
+
+@hookimpl
+def register_strategies(register):
+    register("replay", Replay, description="experience replay: a memory mixed into every batch (Chaudhry et al. 2019)")
