@@ -8,6 +8,7 @@ cell runs. A wrong name or a wrong type is a :class:`~clbench.errors.UserError` 
 from __future__ import annotations
 
 import inspect
+import keyword
 import types
 import typing
 from typing import Any, Callable, Literal
@@ -67,22 +68,32 @@ def signature_params(fn: Callable) -> dict[str, inspect.Parameter]:
     return out
 
 
+def _suite_name(name: str) -> str:
+    """How a suite spells a parameter: ``lambda_`` (a keyword's Python spelling) is ``lambda``."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
+
+
 def check_params(fn: Callable, params: dict[str, Any], *, what: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check ``params`` against ``fn``'s signature; return them with defaults filled in.
 
     :param what: how the error names the plugin, e.g. ``strategy 'replay'``.
     :param exclude: parameters the host passes itself (not settable from a suite).
+
+    A parameter whose Python name is a keyword plus ``_`` (``lambda_``) is written without the
+    underscore in a suite (``lambda``); the returned dict uses the Python name.
     """
     accepted = {k: p for k, p in signature_params(fn).items() if k not in exclude}
     for key, value in params.items():
-        if key not in accepted:
-            names = ", ".join(sorted(accepted)) or "none"
+        name = key + "_" if keyword.iskeyword(key) and key + "_" in accepted else key
+        if name not in accepted:
+            names = ", ".join(sorted(_suite_name(k) for k in accepted)) or "none"
             raise UserError(f"{what} has no parameter '{key}' (it takes: {names})")
-        ann = accepted[key].annotation
+        ann = accepted[name].annotation
         if not _type_ok(value, ann):
             raise UserError(
                 f"{what}: parameter '{key}' must be {_type_name(ann)}, got {value!r}"
             )
+    params = {(k + "_" if keyword.iskeyword(k) and k + "_" in accepted else k): v for k, v in params.items()}
     full = {}
     for key, p in accepted.items():
         if key in params:

@@ -229,6 +229,7 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
             where,
             f"missing field '{at}.name' (a strategy name, or a list of names to combine)",
         )
+        _need(len(set(names)) == len(names), where, f"'{at}.name' names a strategy more than once: {names}")
         params = s.get("params", {})
         _need(isinstance(params, dict), where, f"field '{at}.params' must be a table")
         if len(names) > 1:

@@ -11,7 +11,8 @@ training later tasks the loss gets the quadratic penalty
 with ``θ*_t`` the parameters after task t. ``mode = "separate"`` keeps one (F_t, θ*_t) pair per
 task, as the paper does for several tasks; ``mode = "online"`` keeps one running Fisher
 ``F ← gamma · F + F_t`` anchored at the latest parameters (online EWC; ``gamma`` < 1 lets old
-tasks fade). The parameter is ``lambda_`` (``lambda`` is a Python keyword).
+tasks fade). Suites write λ as ``lambda`` (its Python name is ``lambda_``, ``lambda`` being a
+keyword).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def quadratic_penalty(model, importance: dict[str, torch.Tensor], anchor: dict[s
 class EWC:
     """Elastic weight consolidation.
 
-    :param lambda_: strength of the penalty (λ in the paper).
+    :param lambda_: strength of the penalty (λ in the paper; ``lambda`` in a suite).
     :param mode: ``"separate"`` (one penalty per earlier task) or ``"online"`` (one running one).
     :param gamma: decay of the running Fisher in ``"online"`` mode (1.0: no decay).
     :param fisher_samples: most training examples of a task used to estimate its Fisher.
@@ -112,7 +113,7 @@ class EWC:
         gamma: float = 1.0,
         fisher_samples: int = 1000,
     ):
-        require(lambda_ >= 0 and math.isfinite(lambda_), "lambda_", "a number >= 0", lambda_)
+        require(lambda_ >= 0 and math.isfinite(lambda_), "lambda", "a number >= 0", lambda_)
         require(0 < gamma <= 1, "gamma", "in (0, 1]", gamma)
         require(mode == "online" or gamma == 1.0, "gamma", "1.0 unless mode is 'online'", gamma)
         require(fisher_samples > 0, "fisher_samples", "a positive integer", fisher_samples)
