@@ -37,6 +37,13 @@ def cmd_run(args, console: Console) -> int:
             os.environ["CLBENCH_DATA"] = old
 
 
+def _executor_args(args) -> tuple[str, dict]:
+    """The executor and its options: ``--workers`` alone means ``pool``, ``--address`` alone ``ray``."""
+    name = args.executor or ("ray" if args.address else "pool" if args.workers is not None else "local")
+    options = {k: v for k, v in (("workers", args.workers), ("address", args.address)) if v is not None}
+    return name, options
+
+
 def _run(args, console: Console) -> int:
     from .host import get_host
     from .suite import load_suite
@@ -47,10 +54,12 @@ def _run(args, console: Console) -> int:
     suite = load_suite(args.suite or DEFAULT_SUITE, host)
     out = Path(args.out) if args.out else Path("clbench-results") / suite.name
     err = Console(stderr=True)
+    executor, options = _executor_args(args)
     run = run_suite(
         suite,
         out,
-        executor=args.executor,
+        executor=executor,
+        executor_options=options,
         force=args.force,
         console=err,
         progress=not args.no_progress,
@@ -122,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a suite (the built-in 'quick' suite when none is given)")
     r.add_argument("suite", nargs="?", help="a suite file (.toml) or the name of a built-in suite")
     r.add_argument("--out", help="results folder (default: clbench-results/<suite name>)")
-    r.add_argument("--executor", default="local", help="how cells run (default: local)")
+    r.add_argument("--executor", help="how cells run: local (default), pool, ray (see docs/executors.md)")
+    r.add_argument("--workers", type=int, help="cells at a time (alone: the pool executor with N processes)")
+    r.add_argument("--address", help="address of a Ray cluster (alone: the ray executor); default: a local Ray")
     r.add_argument("--force", action="store_true", help="run cells again even if they have results")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--data-dir", help="data folder of text streams that set none (default: $CLBENCH_DATA)")

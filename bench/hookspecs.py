@@ -80,7 +80,9 @@ def register_executors(register: Callable) -> None:
 
     :param register: ``register(name, factory, description="")``. ``factory(**options)`` returns
         an object with ``map(fn, cells)`` that yields ``fn(cell)`` for every cell, in any order,
-        as each finishes.
+        as each finishes, or ``clbench.plugins.executors.WorkerDied(cell, error)`` for a cell
+        whose process died. ``in_process = True`` on the object: ``fn`` runs in the driver;
+        otherwise ``fn`` is picklable (docs/executors.md).
     """
 
 

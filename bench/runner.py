@@ -157,18 +157,10 @@ def versions() -> str:
     )
 
 
-def run_cell(
-    cell: Cell,
-    *,
-    observers: Iterable[Any] = (),
-    stream: Stream | None = None,
-    host=None,
-) -> CellResult:
-    """Run one cell. ``observers`` are extra plugins for the cell's hooks (progress bars);
-    ``stream`` may be passed in when it was already built (the suite builds each once)."""
-    host = host or get_host()
-    started = time.perf_counter()
-    row: dict[str, Any] = {
+def cell_row(cell: Cell) -> dict[str, Any]:
+    """A cell's ``cells`` row before it runs: :func:`run_cell` fills in the rest; the suite
+    records it as it is (status ``failed``) for a cell whose worker process died."""
+    return {
         "run_id": cell.run_id,
         "config_hash": cell.config_hash,
         "suite": cell.suite,
@@ -203,6 +195,20 @@ def run_cell(
         "versions": versions(),
         "started_at": time.time(),
     }
+
+
+def run_cell(
+    cell: Cell,
+    *,
+    observers: Iterable[Any] = (),
+    stream: Stream | None = None,
+    host=None,
+) -> CellResult:
+    """Run one cell. ``observers`` are extra plugins for the cell's hooks (progress bars);
+    ``stream`` may be passed in when it was already built (the suite builds each once)."""
+    host = host or get_host()
+    started = time.perf_counter()
+    row = cell_row(cell)
     meas: list[dict[str, Any]] = []
     base = {
         "run_id": cell.run_id,

@@ -1,17 +1,34 @@
 """Run a whole suite: check everything first, then run the cells with an executor and write each
-cell's rows as it comes back. Finished cells (by config hash) are not run again unless forced."""
+cell's rows as it comes back. Finished cells (by config hash) are not run again unless forced.
+
+Executors that run cells in other processes get :func:`run_cell_in_worker` with a
+:class:`WorkerSetup`: the driver's plugins and environment, so that a worker runs a cell exactly
+as the driver would."""
 
 from __future__ import annotations
 
+import functools
+import os
+import pickle
+import sys
+import traceback
+import types
+import uuid
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from .errors import UserError
-from .host import firstresult_conflicts, get_host, new_cell_manager
-from .runner import CellResult, build_stream, make_strategies, run_cell
+from .host import DEFAULT_PLUGINS, Host, firstresult_conflicts, get_host, new_cell_manager
+from .params import check_params
+from .runner import CellResult, build_stream, cell_row, make_strategies, run_cell
 from .suite import Cell, Suite
+
+#: Environment variables a worker process gets from the driver (data folders of text streams).
+WORKER_ENV = ("CLBENCH_DATA",)
 
 
 @dataclass
@@ -62,11 +79,118 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
     return streams
 
 
+# -- running cells in other processes ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ModuleRef:
+    """A plugin that is a module travels by name (modules do not pickle)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker process needs to run cells as the driver would.
+
+    ``allow`` lists the built-in and entry-point plugins the driver has loaded (a worker loads the
+    same), ``plugins`` the others (registered at run time, e.g. by a test), pickled; ``sys_path``
+    lets the worker import the modules that define them; ``env`` holds :data:`WORKER_ENV`.
+    """
+
+    token: str
+    allow: str
+    plugins: bytes
+    sys_path: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, host: Host) -> "WorkerSetup":
+        known = set(DEFAULT_PLUGINS) | {ep.name for ep in entry_points(group="clbench")}
+        allow, extra = [], []
+        for name, plugin in host.pm.list_name_plugin():
+            if name in known:
+                allow.append(name)
+            elif isinstance(plugin, types.ModuleType):
+                extra.append((name, _ModuleRef(plugin.__name__)))
+            else:
+                extra.append((name, plugin))
+        try:
+            blob = pickle.dumps(extra)
+        except Exception as exc:
+            raise UserError(
+                f"plugins {', '.join(n for n, _ in extra)} cannot be sent to worker processes "
+                f"({type(exc).__name__}: {exc}); use the local executor"
+            ) from None
+        env = tuple((k, os.environ[k]) for k in WORKER_ENV if k in os.environ)
+        return cls(uuid.uuid4().hex, ",".join(allow), blob, tuple(sys.path), env)
+
+    def host(self) -> Host:
+        for p in self.sys_path:
+            if p not in sys.path:
+                sys.path.append(p)
+        os.environ.update(dict(self.env))
+        host = Host().load(self.allow)
+        for name, plugin in pickle.loads(self.plugins):
+            if isinstance(plugin, _ModuleRef):
+                import importlib
+
+                plugin = importlib.import_module(plugin.name)
+            host.register(plugin, name=name)
+        return host
+
+
+_worker: dict[str, Any] = {}  # this worker process's host and built streams, for one WorkerSetup
+
+
+def run_cell_in_worker(cell: Cell, setup: WorkerSetup) -> CellResult:
+    """Run ``cell`` in a worker process (what out-of-process executors call; picklable with
+    ``functools.partial``). The host and each stream are built once per process and setup."""
+    from . import host as host_mod
+
+    try:
+        if _worker.get("token") != setup.token:
+            _worker.clear()
+            _worker.update(token=setup.token, host=setup.host(), streams={})
+            host_mod._host = _worker["host"]
+        host, streams = _worker["host"], _worker["streams"]
+        key = _stream_key(cell)
+        if key not in streams:
+            streams[key] = build_stream(cell, host)
+    except UserError:
+        raise
+    except Exception as exc:  # the worker could not be set up: the cell fails, the suite goes on
+        row = cell_row(cell)
+        row.update(status="failed", error=f"worker setup: {type(exc).__name__}: {exc}".splitlines()[0],
+                   traceback=traceback.format_exc())
+        return CellResult(row, [])
+    return run_cell(cell, stream=streams[key], host=host)
+
+
+def worker_died(cell: Cell, error: str) -> CellResult:
+    """The result of a cell whose worker process died: failed, no measurements."""
+    row = cell_row(cell)
+    row.update(status="failed", error=error)
+    return CellResult(row, [])
+
+
+def make_executor(name: str, options: dict | None = None, host=None):
+    """The executor ``name`` built with ``options`` (checked against its signature)."""
+    host = host or get_host()
+    factory = host.get("executors", name).obj
+    opts = check_params(factory, options or {}, what=f"executor '{name}'")
+    try:
+        return factory(**opts)
+    except UserError as exc:
+        raise UserError(f"executor '{name}': {exc}") from None
+
+
 def run_suite(
     suite: Suite,
     out: Path,
     *,
     executor: str = "local",
+    executor_options: dict | None = None,
     force: bool = False,
     console: Console | None = None,
     progress: bool = True,
@@ -78,8 +202,10 @@ def run_suite(
 
     host = host or get_host()
     console = console or Console(stderr=True)
-    executor_obj = host.get("executors", executor).obj()
+    executor_obj = make_executor(executor, executor_options, host)
+    in_process = getattr(executor_obj, "in_process", False)
     streams = preflight(suite, host)
+    setup = None if in_process else WorkerSetup.of(host)
     out = prepare_out(Path(out))
     console.print(f"suite [bold]{suite.name}[/bold]: {len(suite.cells)} cells → {out}", soft_wrap=True)
 
@@ -90,13 +216,20 @@ def run_suite(
         console.print(f"{run.skipped} of {len(suite.cells)} cells already have results in {out} (--force runs them again)")
 
     with SuiteProgress(len(todo), console=console, enabled=progress) as bars:
-        in_process = getattr(executor_obj, "in_process", False)
+        from clbench.plugins.executors import WorkerDied
 
-        def fn(cell: Cell) -> CellResult:
-            observers = [bars.cell_observer(cell)] if in_process else []
-            return run_cell(cell, observers=observers, stream=streams.get(_stream_key(cell)), host=host)
+        if in_process:
+
+            def fn(cell: Cell) -> CellResult:
+                observers = [bars.cell_observer(cell)]
+                return run_cell(cell, observers=observers, stream=streams.get(_stream_key(cell)), host=host)
+
+        else:
+            fn = functools.partial(run_cell_in_worker, setup=setup)
 
         for result in executor_obj.map(fn, todo):
+            if isinstance(result, WorkerDied):
+                result = worker_died(result.cell, result.error)
             write_cell(out, result.cell, result.measurements)
             run.ran.append(result)
             bars.cell_done(result)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +36,7 @@ class Tables:
     measurements: pd.DataFrame
     cells: pd.DataFrame
     summary: pd.DataFrame
+    sources: list[str] = field(default_factory=list)  # the results folders they were read from
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -52,7 +53,8 @@ def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def prepare_out(out: Path) -> Path:
-    """Create the results folder (and its cells/) or fail with one line if it is not writable."""
+    """Create the results folder (and its cells/) or fail with one line if it is not writable.
+    Temporary files that a killed run left behind are removed (nothing reads them anyway)."""
     out = Path(out)
     try:
         (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,8 @@ def prepare_out(out: Path) -> Path:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"cannot write results to {out}: {exc.strerror or exc}") from None
+    for stale in [*out.glob(".*.tmp"), *(out / "cells").glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)  # half-written by a run that was killed; never read
     return out
 
 

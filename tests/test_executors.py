@@ -1,0 +1,159 @@
+"""Executors: the process pool and Ray run cells in other processes; results come back to the
+driver, which writes them; a failing plugin, a NaN loss and a dying worker are isolated."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import clbench
+from clbench.cli import main
+from conftest import make_suite
+
+TINY_STREAM = {"patch_size": 4, "n_tasks": 3}
+
+
+class Boom:
+    """Raises in the middle of training (and writes the id of its process to ``pidfile``)."""
+
+    def __init__(self, pidfile: str = ""):
+        self.pidfile = pidfile
+
+    @clbench.hookimpl
+    def after_task(self, cell, task):
+        if self.pidfile:
+            with open(self.pidfile, "w") as fh:
+                fh.write(str(os.getpid()))
+        if cell.task_index == 1:
+            raise RuntimeError("boom at task 1")
+
+
+class NanLoss:
+    """Adds a NaN to the loss."""
+
+    @clbench.hookimpl
+    def loss_terms(self, cell, batch, logits, loss):
+        if cell.task_index == 2:
+            return torch.tensor(float("nan"))
+
+
+class Die:
+    """Kills the process that runs the cell (only ever run in a worker process)."""
+
+    @clbench.hookimpl
+    def before_task(self, cell, task):
+        if cell.task_index == 1:
+            os._exit(3)
+
+
+class Faulty:
+    __test__ = False
+
+    @clbench.hookimpl
+    def register_strategies(self, register):
+        register("boom", Boom)
+        register("nan-loss", NanLoss)
+        register("die", Die)
+
+
+@pytest.fixture
+def faulty(host):
+    p = Faulty()
+    host.register(p, name="faulty")
+    yield
+    host.unregister(p)
+
+
+def _acc(t, strategy):
+    """The accuracy values of a strategy's cell, in a fixed order."""
+    m = t.measurements[(t.measurements["strategy"] == strategy) & (t.measurements["metric"] == "acc")]
+    return m.sort_values(["train_task", "eval_task"])["value"].to_numpy()
+
+
+def _check_isolated(t, run):
+    status = t.cells.set_index("strategy")["status"].to_dict()
+    err = t.cells.set_index("strategy")["error"]
+    assert status["boom"] == "failed" and err["boom"] == "RuntimeError: boom at task 1"
+    assert "boom at task 1" in t.cells.set_index("strategy")["traceback"]["boom"]
+    assert status["nan-loss"] == "diverged" and "task 2" in err["nan-loss"]
+    assert status["naive"] == "ok"
+    assert len(_acc(t, "naive")) == 4 * 3  # before training + 3 tasks, × 3 eval tasks
+    assert sorted(r.cell["strategy"] for r in run.ran) == sorted(status)
+
+
+def test_pool_runs_cells_in_workers_and_isolates_failures(run_suite_dict, faulty, tmp_path):
+    pidfile = tmp_path / "pid"
+    boom = {"name": "boom", "params": {"pidfile": str(pidfile)}}
+    data = make_suite([boom, "nan-loss", "naive"], stream_params=TINY_STREAM)
+    run, t = run_suite_dict(data, out=tmp_path / "pool", executor="pool", executor_options={"workers": 2})
+    _check_isolated(t, run)
+    assert len(run.not_ok) == 2
+    assert int(pidfile.read_text()) != os.getpid()  # the cells ran in another process
+    # same numbers as in this process (the workers use one torch thread each: allow one test
+    # example of difference in an accuracy, from a different summation order)
+    _, ref = run_suite_dict(make_suite(["naive"], stream_params=TINY_STREAM), out=tmp_path / "local")
+    n_test = min(len(task.test) for task in clbench.tasks.digits.split_digits(**TINY_STREAM).tasks)
+    assert np.abs(_acc(t, "naive") - _acc(ref, "naive")).max() <= 1 / n_test + 1e-9
+    assert set(ref.cells["run_id"]) <= set(t.cells["run_id"])  # same config hash either way
+
+
+@pytest.mark.slow
+def test_pool_records_a_dying_worker_as_failed_and_goes_on(run_suite_dict, faulty):
+    data = make_suite(["die", "boom", "nan-loss", "naive"], stream_params=TINY_STREAM)
+    run, t = run_suite_dict(data, executor="pool", executor_options={"workers": 2})
+    _check_isolated(t, run)
+    cell = t.cells.set_index("strategy").loc["die"]
+    assert cell["status"] == "failed" and "worker process" in cell["error"] and "died" in cell["error"]
+    # its measurements are gone with the process; the cell reruns on the next run
+    assert (t.measurements["strategy"] != "die").all()
+
+
+@pytest.mark.slow
+def test_ray_on_a_local_instance_with_two_cpus(run_suite_dict, faulty):
+    ray = pytest.importorskip("ray")
+    data = make_suite(["die", "boom", "nan-loss", "naive"], stream_params=TINY_STREAM)
+    run, t = run_suite_dict(data, executor="ray", executor_options={"workers": 2})
+    _check_isolated(t, run)
+    cell = t.cells.set_index("strategy").loc["die"]
+    assert cell["status"] == "failed" and "WorkerCrashedError" in cell["error"]
+    assert not ray.is_initialized()  # clbench started the local instance, and stopped it
+
+
+def test_worker_setup_carries_the_drivers_plugins(host, faulty):
+    from clbench.suiterun import WorkerSetup
+
+    setup = WorkerSetup.of(host)
+    assert "faulty" not in setup.allow.split(",") and "clbench.strategies.naive" in setup.allow.split(",")
+    worker_host = setup.host()  # what a worker process builds
+    assert worker_host.names("strategies") == host.names("strategies")
+    assert worker_host.names("executors") == host.names("executors")
+
+
+def test_a_plugin_that_cannot_be_pickled_is_one_line(host):
+    from clbench.errors import UserError
+    from clbench.suiterun import WorkerSetup
+
+    class Local:  # defined in a function: pickle cannot find it
+        @clbench.hookimpl
+        def register_strategies(self, register):
+            pass
+
+    host.register(Local(), name="local-plugin")
+    with pytest.raises(UserError, match="local-plugin cannot be sent to worker processes"):
+        WorkerSetup.of(host)
+
+
+def test_executor_options_on_the_command_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    out = str(tmp_path / "r")
+    assert main(["run", "--executor", "ray", "--out", out]) == 2
+    assert capsys.readouterr().err == "clbench: error: executor 'ray': Ray is not installed: pip install 'clbench[ray]'\n"
+    assert main(["run", "--address", "localhost:6379", "--out", out]) == 2  # --address alone means ray
+    assert "Ray is not installed" in capsys.readouterr().err
+    assert main(["run", "--workers", "0", "--out", out]) == 2
+    assert capsys.readouterr().err == "clbench: error: executor 'pool': parameter 'workers' must be at least 1, got 0\n"
+    assert main(["run", "--executor", "local", "--workers", "2", "--out", out]) == 2
+    assert "executor 'local' has no parameter 'workers'" in capsys.readouterr().err
+    assert not os.path.exists(out)  # nothing written before the mistake was reported
