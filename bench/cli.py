@@ -86,6 +86,38 @@ def cmd_show(args, console: Console) -> int:
     return 0
 
 
+def cmd_report(args, console: Console) -> int:
+    from .host import get_host
+    from clbench.results import load
+
+    tables = load(*args.dirs)
+    for name in args.reporter or ["markdown", "html"]:
+        get_host().get("reporters", name).obj(tables, Path(args.out), console)
+    return 0
+
+
+def cmd_compare(args, console: Console) -> int:
+    from clbench.results import load
+    from clbench.results.report import METRICS, compare
+
+    df = compare(load(args.a), load(args.b), tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b)
+    table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · Welch's t-test over seeds")
+    for col in ("stream", "order", "strategy", "metric", "A", "B", "B − A", "p"):
+        table.add_column(col, justify="left" if col in ("stream", "order", "strategy", "metric") else "right")
+
+    def side(mean, std, n):
+        return "–" if n == 0 else f"{mean * 100:.1f}" + ("" if n < 2 else f" ± {std * 100:.1f}") + f" (n={n})"
+
+    for _, r in df.iterrows():
+        p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}" + (" *" if r["p"] < 0.05 else "")
+        table.add_row(str(r["stream"]), str(r["order"]), str(r["strategy"]), str(r["metric"]),
+                      side(r["a_mean"], r["a_std"], r["a_n"]), side(r["b_mean"], r["b_std"], r["b_n"]),
+                      "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", p)
+    console.print(table)
+    console.print("* p < 0.05; p is – with fewer than two seeds on a side, or when no side varies")
+    return 0
+
+
 def cmd_list(args, console: Console) -> int:
     from .host import get_host
     from .suite import builtin_suites
@@ -142,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print the summary of a results folder")
     s.add_argument("dir")
     s.set_defaults(fn=cmd_show)
+
+    rp = sub.add_parser("report", help="write report.md and a self-contained report.html from results folders")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="results folders (their cells are put together)")
+    rp.add_argument("--out", default="clbench-report", help="report folder (default: clbench-report)")
+    rp.add_argument("--reporter", action="append", help="a reporter to run (repeatable; default: markdown and html)")
+    rp.set_defaults(fn=cmd_report)
+
+    c = sub.add_parser("compare", help="line up two results folders with a significance test over seeds")
+    c.add_argument("a", metavar="A")
+    c.add_argument("b", metavar="B")
+    c.add_argument("--metric", action="append", help="a summary metric (repeatable; default: acc, bwt, fwt, forgetting)")
+    c.add_argument("--strategy-a", help="compare this strategy of A ...")
+    c.add_argument("--strategy-b", help="... with this strategy of B (matched on stream and order)")
+    c.set_defaults(fn=cmd_compare)
 
     sub.add_parser("list", help="list streams, strategies and built-in suites").set_defaults(fn=cmd_list)
     sub.add_parser("plugins", help="list loaded plugins and what each registers").set_defaults(fn=cmd_plugins)

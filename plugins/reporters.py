@@ -1,4 +1,5 @@
-"""Built-in reporters. ``console`` prints the leaderboard (mean ± sd over seeds) with rich."""
+"""Built-in reporters. ``console`` prints the leaderboard (mean ± sd over seeds) with rich;
+``markdown`` and ``html`` write the comparison report (clbench.results.report) to a folder."""
 
 from __future__ import annotations
 
@@ -48,6 +49,28 @@ def console_report(tables, out, console) -> None:
         console.print(table)
 
 
+def _need_out(out, name: str):
+    from clbench.errors import UserError
+
+    if out is None:
+        raise UserError(f"the {name} reporter writes files: give an output folder (--out)")
+    return out
+
+
+def markdown_report(tables, out, console) -> None:
+    from clbench.results.report import write_markdown
+
+    console.print(f"wrote {write_markdown(tables, _need_out(out, 'markdown'))}", soft_wrap=True)
+
+
+def html_report(tables, out, console) -> None:
+    from clbench.results.report import write_html
+
+    console.print(f"wrote {write_html(tables, _need_out(out, 'html'))}", soft_wrap=True)
+
+
 @hookimpl
 def register_reporters(register):
     register("console", console_report, description="leaderboard table in the terminal")
+    register("markdown", markdown_report, description="report.md with PNG plots, in the output folder")
+    register("html", html_report, description="self-contained report.html (plots embedded), in the output folder")

@@ -13,15 +13,31 @@ from .store import Tables, read_parts, write_tables
 from .summary import accuracy_matrix, aggregate, summarize
 
 
-def load(path: str | Path) -> Tables:
-    """The tables of a results folder (every finished cell in it), as DataFrames."""
+def load(path: str | Path, *more: str | Path) -> Tables:
+    """The tables of one or more results folders (every finished cell in them), as DataFrames.
+
+    A cell (by config hash) found in several folders is taken from the first that has it.
+    """
+    import pandas as pd
+
     from clbench.errors import UserError
 
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"results folder not found: {path}")
-    measurements, cells = read_parts(path)
-    return Tables(measurements, cells, summarize(measurements, cells))
+    paths = [Path(p) for p in (path, *more)]
+    meas, cells, seen = [], [], set()
+    for p in paths:
+        if not p.is_dir():
+            raise UserError(f"results folder not found: {p}")
+        m, c = read_parts(p)
+        c = c[~c["run_id"].isin(seen)]
+        seen |= set(c["run_id"])
+        meas.append(m[m["run_id"].isin(set(c["run_id"]))])
+        cells.append(c)
+    if len(paths) == 1:
+        measurements, cells_df = meas[0], cells[0]
+    else:
+        measurements = pd.concat(meas, ignore_index=True)
+        cells_df = pd.concat(cells, ignore_index=True)
+    return Tables(measurements, cells_df, summarize(measurements, cells_df), sources=[str(p) for p in paths])
 
 
 __all__ = ["Matrices", "Tables", "accuracy_matrix", "aggregate", "load", "summarize", "write_tables"]

@@ -1,0 +1,452 @@
+"""Comparison reports: a leaderboard per stream, accuracy-matrix heatmaps, accuracy over tasks,
+forgetting per task and cost, as Markdown (with PNG files) and as one self-contained HTML page;
+and :func:`compare`, which lines up two result sets with Welch's t-test over seeds.
+
+Every function takes :class:`~clbench.results.Tables` (what :func:`clbench.results.load`
+returns) or its DataFrames, so a notebook can use the pieces::
+
+    tables = clbench.results.load("results/a", "results/b")
+    leaderboard(tables.summary)            # one row per (stream, order, strategy)
+    forgetting_per_task(tables)            # one row per cell and task
+    write_html(tables, "report/")          # report/report.html
+
+A report groups cells by (stream, order); within a group, one line per strategy, aggregated
+over the seeds whose cells finished (cells that failed or diverged are counted, not averaged).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .store import Tables
+from .summary import accuracy_matrix, aggregate
+
+#: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
+METRICS = ("acc", "bwt", "fwt", "forgetting")
+#: Cost columns in the leaderboard: (summary column, heading, unit scale, format).
+COST = (
+    ("train_seconds", "train s", 1.0, "{:.1f}"),
+    ("peak_memory_mb", "peak MB", 1.0, "{:.0f}"),
+    ("trainable_params", "trainable params", 1.0, "{:,.0f}"),
+)
+HEADINGS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting"}
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (stream, order, strategy): ``seeds`` (finished), ``not_ok``, and for each
+    metric and cost column ``<col>_mean``, ``<col>_std`` and ``<col>_sem`` over seeds, and
+    ``rank`` by mean ACC within (stream, order); sorted by stream, order and rank."""
+    if summary.empty:
+        return pd.DataFrame()
+    cols = [m for m in METRICS if m in summary] + [c for c, *_ in COST if c in summary and c not in ("train_seconds", "trainable_params")]
+    agg = aggregate(summary, metrics=cols)
+    return agg.sort_values(["stream", "order", "rank"], na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _ok_cells(tables: Tables) -> pd.DataFrame:
+    return tables.cells[tables.cells["status"] == "ok"]
+
+
+def cell_matrices(tables: Tables) -> dict[str, np.ndarray]:
+    """run_id -> accuracy matrix ``R`` of every finished cell."""
+    return {rid: accuracy_matrix(tables.measurements, rid)[0] for rid in _ok_cells(tables)["run_id"]}
+
+
+def mean_matrices(tables: Tables) -> dict[tuple[str, str], dict[str, tuple[np.ndarray, int]]]:
+    """(stream, order) -> strategy -> (mean accuracy matrix over seeds, number of seeds).
+    Cells whose matrix shape differs from the group's most common one are left out."""
+    mats = cell_matrices(tables)
+    out: dict = {}
+    for (stream, order), g in _ok_cells(tables).groupby(["stream", "order"], sort=False):
+        shapes = pd.Series([mats[r].shape for r in g["run_id"]])
+        shape = shapes.mode().iloc[0]
+        out[(stream, order)] = {}
+        for strategy, gs in g.groupby("strategy", sort=False):
+            Rs = [mats[r] for r in gs["run_id"] if mats[r].shape == shape]
+            if Rs:
+                out[(stream, order)][strategy] = (np.mean(Rs, axis=0), len(Rs))
+    return out
+
+
+def accuracy_curves(tables: Tables) -> pd.DataFrame:
+    """One row per finished cell and task trained: ``after_task`` (1-based), ``acc_seen`` (mean
+    accuracy on the tasks trained so far) and ``acc_all`` (mean accuracy on every task)."""
+    mats = cell_matrices(tables)
+    rows = []
+    for _, c in _ok_cells(tables).iterrows():
+        R = mats[c["run_id"]]
+        for k in range(R.shape[0]):
+            rows.append({"stream": c["stream"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
+                         "after_task": k + 1, "acc_seen": float(R[k, : k + 1].mean()), "acc_all": float(R[k].mean())})
+    return pd.DataFrame(rows, columns=["stream", "order", "strategy", "seed", "after_task", "acc_seen", "acc_all"])
+
+
+def forgetting_per_task(tables: Tables) -> pd.DataFrame:
+    """One row per finished cell and task j but the last: ``forgetting`` = max_{j≤l<T} R[l, j] −
+    R[T, j] (the per-task term of the ``forgetting`` metric, Chaudhry et al. 2018)."""
+    mats = cell_matrices(tables)
+    rows = []
+    for _, c in _ok_cells(tables).iterrows():
+        R = mats[c["run_id"]]
+        T = R.shape[0]
+        for j in range(T - 1):
+            rows.append({"stream": c["stream"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
+                         "task": j, "forgetting": float(R[j : T - 1, j].max() - R[-1, j])})
+    return pd.DataFrame(rows, columns=["stream", "order", "strategy", "seed", "task", "forgetting"])
+
+
+def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
+            strategy_a: str | None = None, strategy_b: str | None = None) -> pd.DataFrame:
+    """Line up two result sets: one row per (stream, order, strategy, metric) found in both, with
+    mean, sd and seeds of each side, ``diff`` (B − A), and Welch's t-test over seeds (``t``,
+    ``p``; NaN with fewer than two seeds on a side, or when neither side varies). With ``strategy_a``/``strategy_b``, those
+    two strategies are compared (they may come from the same result set), matched on (stream, order).
+    """
+    from scipy import stats
+
+    from clbench.errors import UserError
+
+    def pick(tables: Tables, strategy: str | None, side: str) -> pd.DataFrame:
+        s = tables.summary[tables.summary["status"] == "ok"]
+        if strategy is not None:
+            if strategy not in set(s["strategy"]):
+                raise UserError(f"result set {side} has no finished cells of strategy {strategy!r}")
+            s = s[s["strategy"] == strategy].assign(strategy=f"{strategy_a} vs {strategy_b}")
+        return s
+
+    sa, sb = pick(a, strategy_a, "A"), pick(b, strategy_b, "B")
+    for m in metrics:
+        if m not in sa or m not in sb:
+            raise UserError(f"unknown metric {m!r} (metrics: {', '.join(c for c in METRICS)})")
+    keys = ["stream", "order", "strategy"]
+    common = sa[keys].drop_duplicates().merge(sb[keys].drop_duplicates())
+    if common.empty:
+        raise UserError("the two result sets have no (stream, order, strategy) in common")
+    rows = []
+    for _, k in common.iterrows():
+        ga = sa[(sa[keys] == k.values).all(axis=1)]
+        gb = sb[(sb[keys] == k.values).all(axis=1)]
+        for m in metrics:
+            xa, xb = ga[m].astype(float).dropna().to_numpy(), gb[m].astype(float).dropna().to_numpy()
+            if len(xa) > 1 and len(xb) > 1:
+                with warnings.catch_warnings():  # identical values: NaN, said in the output
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    t, p = stats.ttest_ind(xb, xa, equal_var=False)
+            else:
+                t = p = float("nan")
+            rows.append({**k.to_dict(), "metric": m,
+                         "a_mean": xa.mean() if len(xa) else np.nan, "a_std": xa.std(ddof=1) if len(xa) > 1 else np.nan, "a_n": len(xa),
+                         "b_mean": xb.mean() if len(xb) else np.nan, "b_std": xb.std(ddof=1) if len(xb) > 1 else np.nan, "b_n": len(xb),
+                         "diff": (xb.mean() - xa.mean()) if len(xa) and len(xb) else np.nan,
+                         "t": float(t), "p": float(p)})
+    return pd.DataFrame(rows)
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """A rendered plot: ``name`` (a file stem), ``title``, ``alt`` text and PNG bytes."""
+
+    name: str
+    title: str
+    alt: str
+    png: bytes
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to PNG only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(*parts) -> str:
+    s = "-".join(str(p) for p in parts)
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in s).strip("-")
+
+
+def _task_names(tables: Tables, stream: str, order: str) -> list[str] | None:
+    c = tables.cells[(tables.cells["stream"] == stream) & (tables.cells["order"] == order) & (tables.cells["status"] == "ok")]
+    if c.empty:
+        return None
+    return json.loads(c["tasks"].iloc[0]) if "tasks" in c else None
+
+
+def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.ndarray, int]]) -> Figure:
+    """One heatmap per strategy of the mean accuracy matrix (rows: after training task i)."""
+    plt = _pyplot()
+    n = len(means)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    T = next(iter(means.values()))[0].shape[0]
+    size = 1.2 + 0.45 * T
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 0.8, rows * size + 0.4), squeeze=False)
+    names = _task_names(tables, stream, order)
+    labels = names if names and len(names) == T and max(map(len, names)) <= 8 else [str(j) for j in range(T)]
+    im = None
+    for ax, (strategy, (R, seeds)) in zip(axes.flat, means.items()):
+        im = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
+        ax.set_title(f"{strategy} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=9)
+        ax.set_xticks(range(T), labels, fontsize=7, rotation=45 if T > 6 else 0)
+        ax.set_yticks(range(T), labels, fontsize=7)
+        ax.set_xlabel("evaluated on task", fontsize=8)
+        ax.set_ylabel("after training task", fontsize=8)
+        if T <= 10:
+            for i in range(T):
+                for j in range(T):
+                    ax.text(j, i, f"{R[i, j] * 100:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if R[i, j] < 0.6 else "black")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy %")
+    alt = f"accuracy matrices of {', '.join(means)} on {stream}, order {order}"
+    return Figure(_slug("matrices", stream, order), "Accuracy matrices (mean over seeds, %)", alt, _png(fig))
+
+
+def curves(stream: str, order: str, df: pd.DataFrame) -> Figure:
+    """Mean accuracy on the tasks seen so far after each task, ± sd over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for strategy, g in df.groupby("strategy", sort=False):
+        s = g.groupby("after_task")["acc_seen"].agg(["mean", "std"]).fillna({"std": 0.0})
+        ax.plot(s.index, s["mean"] * 100, marker="o", label=strategy)
+        ax.fill_between(s.index, (s["mean"] - s["std"]) * 100, (s["mean"] + s["std"]) * 100, alpha=0.2)
+    ax.set_xlabel("tasks trained")
+    ax.set_ylabel("accuracy on tasks seen so far %")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(sorted(df["after_task"].unique()))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    alt = f"accuracy over tasks of {', '.join(df['strategy'].unique())} on {stream}, order {order}"
+    return Figure(_slug("curves", stream, order), "Accuracy over tasks (mean ± sd over seeds)", alt, _png(fig))
+
+
+def forgetting_bars(stream: str, order: str, df: pd.DataFrame) -> Figure:
+    """Forgetting of each task but the last, one bar per strategy, mean ± sd over seeds."""
+    plt = _pyplot()
+    strategies = list(df["strategy"].unique())
+    tasks = sorted(df["task"].unique())
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(tasks) * len(strategies) + 2), 3.6))
+    width = 0.8 / len(strategies)
+    for k, strategy in enumerate(strategies):
+        s = df[df["strategy"] == strategy].groupby("task")["forgetting"].agg(["mean", "std"]).reindex(tasks)
+        x = np.arange(len(tasks)) + (k - (len(strategies) - 1) / 2) * width
+        ax.bar(x, s["mean"] * 100, width, yerr=s["std"].fillna(0) * 100, label=strategy, capsize=2)
+    ax.set_xticks(range(len(tasks)), [str(t) for t in tasks])
+    ax.set_xlabel("task")
+    ax.set_ylabel("forgetting %")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    alt = f"forgetting per task of {', '.join(strategies)} on {stream}, order {order}"
+    return Figure(_slug("forgetting", stream, order), "Forgetting per task (mean ± sd over seeds)", alt, _png(fig))
+
+
+def cost_bars(stream: str, order: str, board: pd.DataFrame) -> Figure:
+    """Training time, peak memory and trainable parameters per strategy (mean ± sd over seeds)."""
+    plt = _pyplot()
+    cols = [(c, h) for c, h, *_ in COST if f"{c}_mean" in board]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 0.4 * len(board) + 1.4), squeeze=False)
+    y = np.arange(len(board))
+    for ax, (c, heading) in zip(axes[0], cols):
+        ax.barh(y, board[f"{c}_mean"], xerr=board[f"{c}_std"].fillna(0), capsize=2, color="tab:gray")
+        ax.set_yticks(y, board["strategy"], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(heading, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    alt = f"training time, peak memory and trainable parameters of {', '.join(board['strategy'])} on {stream}, order {order}"
+    return Figure(_slug("cost", stream, order), "Cost (mean ± sd over seeds)", alt, _png(fig))
+
+
+# -- the report as blocks, rendered to Markdown or HTML -------------------------------------------
+
+
+def _pct(mean, std, sem) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    s = f"{mean * 100:.1f}"
+    if not pd.isna(std):
+        s += f" ± {std * 100:.1f}"
+    if not pd.isna(sem):
+        s += f" [{sem * 100:.1f}]"
+    return s
+
+
+def _num(fmt: str, mean, std) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    s = fmt.format(mean)
+    if not pd.isna(std) and std > 0:
+        s += " ± " + fmt.format(std)
+    return s
+
+
+def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The leaderboard of one (stream, order) as a header and rows of strings."""
+    metrics = [m for m in METRICS if f"{m}_mean" in board]
+    cost = [(c, h, f) for c, h, _s, f in COST if f"{c}_mean" in board]
+    header = ["rank", "strategy", "seeds", *(HEADINGS[m] for m in metrics), *(h for _c, h, _f in cost)]
+    rows = []
+    for _, r in board.iterrows():
+        rows.append([
+            "–" if pd.isna(r["rank"]) else str(int(r["rank"])),
+            str(r["strategy"]),
+            f"{r['seeds']}" + (f" (+{r['not_ok']} not ok)" if r["not_ok"] else ""),
+            *(_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_sem"]) for m in metrics),
+            *(_num(f, r[f"{c}_mean"], r[f"{c}_std"]) for c, _h, f in cost),
+        ])
+    return header, rows
+
+
+def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
+    """The report as a list of blocks: ``("h1"|"h2"|"h3"|"p", text)``, ``("table", header,
+    rows)`` and ``("figure", Figure)``."""
+    cells = tables.cells
+    n_ok = int((cells["status"] == "ok").sum())
+    out: list[tuple] = [("h1", "clbench report")]
+    what = f"{len(cells)} cells ({n_ok} ok, {len(cells) - n_ok} failed or diverged)"
+    if sources:
+        what += " from " + ", ".join(sources)
+    out.append(("p", what + "."))
+    out.append(("p", "Metrics in % as mean ± sd [standard error] over seeds; rank by mean ACC. "
+                     "ACC: mean final accuracy; BWT: backward transfer; FWT: forward transfer; "
+                     "forgetting: max-based (Chaudhry et al. 2018). Cost: training seconds, peak memory "
+                     "(MB; " + ", ".join(sorted(set(cells["memory_kind"].dropna()) - {""})) + "), "
+                     "and the most parameters trained at once."))
+    board = leaderboard(tables.summary)
+    means = mean_matrices(tables)
+    curves_df = accuracy_curves(tables)
+    forget_df = forgetting_per_task(tables)
+    for (stream, order), b in board.groupby(["stream", "order"], sort=False):
+        out.append(("h2", f"{stream} · order {order}"))
+        out.append(("h3", "Leaderboard"))
+        out.append(("table", *leaderboard_rows(b)))
+        sel = lambda df: df[(df["stream"] == stream) & (df["order"] == order)]  # noqa: E731
+        if means.get((stream, order)):
+            out.append(("h3", "Accuracy matrices"))
+            out.append(("figure", heatmaps(tables, stream, order, means[(stream, order)])))
+        if not sel(curves_df).empty:
+            out.append(("h3", "Accuracy over tasks"))
+            out.append(("figure", curves(stream, order, sel(curves_df))))
+        if not sel(forget_df).empty:
+            out.append(("h3", "Forgetting per task"))
+            out.append(("figure", forgetting_bars(stream, order, sel(forget_df))))
+        ok = b[b["seeds"] > 0]
+        if not ok.empty:
+            out.append(("h3", "Cost"))
+            out.append(("figure", cost_bars(stream, order, ok)))
+    bad = cells[cells["status"] != "ok"]
+    if not bad.empty:
+        out.append(("h2", "Cells that did not finish"))
+        out.append(("table", ["stream", "order", "strategy", "seed", "status", "error"],
+                    [[str(r["stream"]), str(r["order"]), str(r["strategy"]), str(r["seed"]), str(r["status"]), str(r["error"])]
+                     for _, r in bad.iterrows()]))
+    return out
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(bl: list[tuple], figures_dir: str = "figures") -> tuple[str, dict[str, bytes]]:
+    """Markdown text, and the PNG files it links to (relative path -> bytes)."""
+    lines, files = [], {}
+    for b in bl:
+        if b[0] in ("h1", "h2", "h3"):
+            lines += ["#" * int(b[0][1]) + " " + b[1], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "table":
+            header, rows = b[1], b[2]
+            lines.append("| " + " | ".join(map(_md_cell, header)) + " |")
+            lines.append("|" + "|".join("---" if h in ("strategy", "stream", "order", "status", "error") else "---:" for h in header) + "|")
+            lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
+            lines.append("")
+        elif b[0] == "figure":
+            f: Figure = b[1]
+            path = f"{figures_dir}/{f.name}.png"
+            files[path] = f.png
+            lines += [f"![{f.alt}]({path})", ""]
+    return "\n".join(lines), files
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
+th:nth-child(2), td:nth-child(2) { text-align: left; }
+th { background: #f4f4f4; }
+img { max-width: 100%; }
+h2 { border-top: 2px solid #ccc; padding-top: 1rem; margin-top: 2rem; }
+"""
+
+
+def render_html(bl: list[tuple]) -> str:
+    """One self-contained HTML page: images are embedded as base64 data URIs."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             "<title>clbench report</title>", f"<style>{_CSS}</style>", "</head>", "<body>"]
+    for b in bl:
+        if b[0] in ("h1", "h2", "h3"):
+            parts.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
+        elif b[0] == "p":
+            parts.append(f"<p>{e(b[1])}</p>")
+        elif b[0] == "table":
+            header, rows = b[1], b[2]
+            parts.append('<table class="leaderboard">' if header[0] == "rank" else "<table>")
+            parts.append("<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
+            parts.append("</tbody></table>")
+        elif b[0] == "figure":
+            f: Figure = b[1]
+            data = base64.b64encode(f.png).decode("ascii")
+            parts.append(f'<figure><img alt="{e(f.alt)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{e(f.title)}</figcaption></figure>")
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+def write_markdown(tables: Tables, out: str | Path) -> Path:
+    """Write ``out/report.md`` and the PNG files it shows (``out/figures/``)."""
+    out = Path(out)
+    text, files = render_markdown(blocks(tables, tables.sources))
+    for rel, data in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    return out / "report.md"
+
+
+def write_html(tables: Tables, out: str | Path) -> Path:
+    """Write ``out/report.html``, a page with everything embedded (no other file needed)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(render_html(blocks(tables, tables.sources)), encoding="utf-8")
+    return out / "report.html"

@@ -1,0 +1,239 @@
+"""Reports: leaderboard numbers, per-task views, the Markdown and self-contained HTML files, and
+the comparison of two result sets. The tables are built from accuracy matrices chosen by hand."""
+
+import base64
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clbench.cli import main
+from clbench.errors import UserError
+from clbench.results import Tables, load, summarize
+from clbench.results.report import (
+    accuracy_curves,
+    compare,
+    forgetting_per_task,
+    leaderboard,
+    write_html,
+    write_markdown,
+)
+from clbench.results.store import MEASUREMENT_COLUMNS, prepare_out, write_cell
+from clbench.runner import cell_row
+from clbench.suite import parse_suite
+from conftest import make_suite
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def naive_R(last: float) -> np.ndarray:
+    """Forgets: task 0 (0.9 → 0.0), task 1 (0.8 → 0.1)."""
+    return np.array([[0.9, 0.0, 0.0], [0.1, 0.8, 0.0], [0.0, 0.1, last]])
+
+
+def flat_R(v: float) -> np.ndarray:
+    return np.array([[0.8, 0.1, 0.1], [0.8, 0.8, 0.1], [v, v, v]])
+
+
+def build(host, matrices: dict, failed=(), seconds=None) -> list[tuple[dict, list[dict]]]:
+    """Cells rows and measurements as the runner writes them: ``matrices[(strategy, seed)] = R``
+    (accuracy before training 0.1 everywhere); ``failed``: (strategy, seed) that failed."""
+    strategies = sorted({s for s, _ in matrices} | {s for s, _ in failed})
+    seeds = sorted({d for _, d in matrices} | {d for _, d in failed})
+    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params={"patch_size": 4, "n_tasks": 3}), "t.toml", host)
+    out = []
+    for cell in suite.cells:
+        key = (cell.strategy.label, cell.seed)
+        if key not in matrices and key not in failed:
+            continue
+        row = cell_row(cell)
+        row.update(tasks='["0-1", "2-3", "4-5"]', n_tasks=3, memory_kind="process-rss", peak_memory_mb=100.0,
+                   trainable_params=1000, train_seconds=(seconds or {}).get(key, 1.0))
+        meas = []
+        if key in failed:
+            row.update(status="failed", error="RuntimeError: boom")
+        else:
+            row["status"] = "ok"
+            base = {k: row[k] for k in ("run_id", "suite", "stream", "order", "strategy", "params", "seed")}
+            R = matrices[key]
+            for j in range(3):
+                meas.append({**base, "train_task": -1, "eval_task": j, "metric": "acc", "value": 0.1})
+            for i in range(3):
+                for j in range(3):
+                    meas.append({**base, "train_task": i, "eval_task": j, "metric": "acc", "value": R[i, j]})
+        out.append((row, meas))
+    return out
+
+
+def tables_of(rows) -> Tables:
+    cells = pd.DataFrame([r for r, _ in rows])
+    meas = pd.DataFrame([m for _, ms in rows for m in ms], columns=MEASUREMENT_COLUMNS)
+    return Tables(meas, cells, summarize(meas, cells))
+
+
+@pytest.fixture
+def tables(host):
+    m = {("naive", s): naive_R(last) for s, last in [(0, 0.9), (1, 0.8), (2, 0.7)]}
+    m.update({("cumulative", 0): flat_R(0.8), ("cumulative", 1): flat_R(0.8)})
+    return tables_of(build(host, m, failed=[("cumulative", 2)], seconds={("naive", 0): 1.0, ("naive", 1): 2.0, ("naive", 2): 3.0}))
+
+
+def test_leaderboard_mean_sd_standard_error_and_rank(tables):
+    board = leaderboard(tables.summary).set_index("strategy")
+    n = board.loc["naive"]
+    acc = np.array([0.9 + 0.1, 0.8 + 0.1, 0.7 + 0.1]) / 3  # final rows' means
+    assert n["acc_mean"] == pytest.approx(acc.mean())
+    assert n["acc_std"] == pytest.approx(1 / 30)
+    assert n["acc_sem"] == pytest.approx(1 / 30 / np.sqrt(3))
+    assert n["forgetting_mean"] == pytest.approx((0.9 + 0.7) / 2)
+    assert n["bwt_mean"] == pytest.approx(((0.0 - 0.9) + (0.1 - 0.8)) / 2)
+    assert n["train_seconds_mean"] == pytest.approx(2.0) and n["train_seconds_std"] == pytest.approx(1.0)
+    assert n["peak_memory_mb_mean"] == 100.0 and n["trainable_params_mean"] == 1000
+    c = board.loc["cumulative"]
+    assert (c["seeds"], c["not_ok"], c["acc_mean"], c["rank"]) == (2, 1, pytest.approx(0.8), 1)
+    assert n["rank"] == 2
+    assert list(leaderboard(tables.summary)["strategy"]) == ["cumulative", "naive"]  # by rank
+
+
+def test_forgetting_per_task_and_accuracy_over_tasks(tables):
+    f = forgetting_per_task(tables)
+    naive = f[f["strategy"] == "naive"].groupby("task")["forgetting"].mean()
+    assert naive.to_dict() == pytest.approx({0: 0.9, 1: 0.7})
+    # the metric is the mean of the per-task terms
+    per_cell = f.groupby(["strategy", "seed"])["forgetting"].mean()
+    s = tables.summary.set_index(["strategy", "seed"])["forgetting"].dropna()
+    assert per_cell.sort_index().to_numpy() == pytest.approx(s.sort_index().to_numpy())
+    c = accuracy_curves(tables)
+    n0 = c[(c["strategy"] == "naive") & (c["seed"] == 0)].set_index("after_task")
+    assert n0["acc_seen"].to_dict() == pytest.approx({1: 0.9, 2: 0.45, 3: 1.0 / 3})
+    assert n0["acc_all"].to_dict() == pytest.approx({1: 0.3, 2: 0.3, 3: 1.0 / 3})
+
+
+class Page(HTMLParser):
+    """Collects what the tests check, and that every element is closed in order."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.refs, self.imgs, self.tags = [], [], [], [], []
+        self.tables = []  # (class, rows of cell texts)
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        for k in ("src", "href"):
+            if k in attrs:
+                self.refs.append(attrs[k])
+        if tag == "img":
+            self.imgs.append(attrs)
+        if tag == "table":
+            self.tables.append((attrs.get("class"), []))
+        if tag == "tr":
+            self.tables[-1][1].append([])
+        if tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+        if tag in ("td", "th"):
+            self.tables[-1][1][-1].append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_html_report_is_self_contained_with_leaderboard_and_images(tables, tmp_path):
+    path = write_html(tables, tmp_path / "rep")
+    assert path == tmp_path / "rep" / "report.html" and list((tmp_path / "rep").iterdir()) == [path]
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    assert page.errors == [] and page.stack == []
+    assert "script" not in page.tags and "link" not in page.tags  # nothing loaded from elsewhere
+    # every reference is an embedded image: no broken link possible
+    assert page.refs and all(r.startswith("data:image/png;base64,") for r in page.refs)
+    assert len(page.imgs) == 4  # matrices, curves, forgetting, cost for the one (stream, order)
+    for img in page.imgs:
+        assert base64.b64decode(img["src"].split(",", 1)[1], validate=True).startswith(PNG)
+        assert img["alt"]
+    boards = [rows for cls, rows in page.tables if cls == "leaderboard"]
+    assert len(boards) == 1
+    header, *rows = boards[0]
+    assert header == ["rank", "strategy", "seeds", "ACC", "BWT", "FWT", "forgetting", "train s", "peak MB", "trainable params"]
+    assert [r[:3] for r in rows] == [["1", "cumulative", "2 (+1 not ok)"], ["2", "naive", "3"]]
+    assert rows[1][3] == "30.0 ± 3.3 [1.9]"  # ACC: mean ± sd [standard error], in %
+    assert rows[1][7] == "2.0 ± 1.0" and rows[1][9] == "1,000"
+    failed = [rows for cls, rows in page.tables if cls is None]
+    assert failed and ["split-digits", "default", "cumulative", "2", "failed", "RuntimeError: boom"] in failed[0]
+
+
+def test_markdown_report_links_its_figures(tables, tmp_path):
+    path = write_markdown(tables, tmp_path / "rep")
+    text = path.read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", text)
+    assert len(links) == 4
+    for link in links:
+        assert (tmp_path / "rep" / link).read_bytes().startswith(PNG)
+    assert "| 2 | naive | 3 | 30.0 ± 3.3 [1.9] |" in text
+    assert "| rank | strategy | seeds | ACC | BWT | FWT | forgetting | train s | peak MB | trainable params |" in text
+
+
+def _welch_sets(host):
+    """A: naive's ACC over seeds 0.2, 0.3, 0.4; B: 0.6, 0.7, 0.8 (flat final rows)."""
+    a = build(host, {("naive", s): flat_R(v) for s, v in enumerate([0.2, 0.3, 0.4])})
+    b = build(host, {("naive", s): flat_R(v) for s, v in enumerate([0.6, 0.7, 0.8])})
+    return a, b
+
+
+def test_compare_uses_welchs_t_test_over_seeds(host):
+    a, b = map(tables_of, _welch_sets(host))
+    df = compare(a, b, ("acc",)).iloc[0]
+    assert (df["strategy"], df["a_n"], df["b_n"]) == ("naive", 3, 3)
+    assert df["diff"] == pytest.approx(0.4)
+    # t = 0.4 / sqrt(0.01/3 + 0.01/3); Welch-Satterthwaite df = 4; two-sided p from t(4)
+    assert df["t"] == pytest.approx(4.898979, rel=1e-6)
+    assert df["p"] == pytest.approx(0.0080499, rel=1e-4)
+    same = compare(a, a, ("acc",)).iloc[0]
+    assert same["diff"] == 0 and same["p"] == pytest.approx(1.0)
+    with pytest.raises(UserError, match="no finished cells of strategy 'ewc'"):
+        compare(a, b, strategy_a="naive", strategy_b="ewc")
+
+
+def test_report_and_compare_commands(host, tmp_path, capsys):
+    a, b = _welch_sets(host)
+    for name, rows in (("a", a), ("b", b)):
+        prepare_out(tmp_path / name)
+        for row, meas in rows:
+            write_cell(tmp_path / name, row, meas)
+    # the same configs in both folders: load takes each cell from the first folder that has it
+    both = load(tmp_path / "a", tmp_path / "b")
+    assert len(both.cells) == 3 and both.sources == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert both.summary["acc"].sort_values().to_numpy() == pytest.approx([0.2, 0.3, 0.4])
+
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.md").exists() and (tmp_path / "rep" / "report.html").exists()
+    assert len(list((tmp_path / "rep" / "figures").glob("*.png"))) == 4
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "acc"]) == 0
+    out = capsys.readouterr().out
+    assert "naive" in out and "+40.0" in out and "0.00805 *" in out
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"clbench: error: results folder not found: {tmp_path / 'missing'}"
+
+
+def test_file_reporters_need_an_output_folder(host):
+    from rich.console import Console
+
+    with pytest.raises(UserError, match="the html reporter writes files"):
+        host.get("reporters", "html").obj(None, None, Console())
