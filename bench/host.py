@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.results.metrics",
     "clbench.plugins.executors",
     "clbench.plugins.reporters",
+    "clbench.plugins.avalanche",
 )
 
 KINDS = ("streams", "strategies", "metrics", "reporters", "executors")
