@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from clbench import hookimpl
 from clbench.errors import UserError
+from clbench.params import require
 
 Mode = Literal["per-task", "seq", "inc", "olora"]
 Target = Literal["qkv", "q", "k", "v", "proj", "attn.proj", "mlp.proj", "fc"]
@@ -169,16 +170,13 @@ def inject(model: nn.Module, targets, rank: int, alpha: float, dropout: float = 
 
 
 def _check_targets(targets) -> None:
-    if not targets:
-        raise UserError("parameter 'target_modules' must name at least one projection, got []")
-    if len(set(targets)) != len(targets):
-        raise UserError(f"parameter 'target_modules' must name each module once, got {list(targets)}")
+    targets = list(targets)
+    require(len(targets) > 0, "target_modules", "at least one projection", targets)
+    require(len(set(targets)) == len(targets), "target_modules", "a list without repeats", targets)
     for whole, parts in (("qkv", ("q", "k", "v")), ("proj", ("attn.proj", "mlp.proj"))):
         overlap = [p for p in parts if p in targets]
-        if whole in targets and overlap:
-            raise UserError(
-                f"parameter 'target_modules' names both '{whole}' and {', '.join(repr(p) for p in overlap)}, but the first contains the others"
-            )
+        must = f"without {', '.join(repr(p) for p in overlap)} when it names '{whole}' (which contains them)"
+        require(whole not in targets or not overlap, "target_modules", must, targets)
 
 
 class LoRA:
@@ -207,18 +205,13 @@ class LoRA:
         lambda_orth: float | None = None,
         lambda_l2: float | None = None,
     ):
-        if rank < 1:
-            raise UserError(f"parameter 'rank' must be >= 1, got {rank}")
-        if alpha <= 0:
-            raise UserError(f"parameter 'alpha' must be > 0, got {alpha}")
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"parameter 'dropout' must be in [0, 1), got {dropout}")
+        require(rank >= 1, "rank", ">= 1", rank)
+        require(alpha > 0, "alpha", "> 0", alpha)
+        require(0.0 <= dropout < 1.0, "dropout", "in [0, 1)", dropout)
         _check_targets(target_modules)
         for name, value in (("lambda_orth", lambda_orth), ("lambda_l2", lambda_l2)):
-            if value is not None and mode != "olora":
-                raise UserError(f"parameter '{name}' applies to mode 'olora' only (mode is {mode!r})")
-            if value is not None and value < 0:
-                raise UserError(f"parameter '{name}' must be >= 0, got {value}")
+            require(value is None or mode == "olora", name, f"left out unless mode is 'olora' (mode is {mode!r})", value)
+            require(value is None or value >= 0, name, ">= 0", value)
         self.mode = mode
         self.rank, self.alpha, self.dropout = rank, alpha, dropout
         self.targets = tuple(target_modules)

@@ -70,9 +70,9 @@ class Watch:
         ({"rank": 0}, "strategy 'lora': parameter 'rank' must be >= 1, got 0"),
         ({"alpha": 1.5, "rnak": 4}, "has no parameter 'rnak'"),
         ({"target_modules": ["qkv", "attention"]}, "parameter 'target_modules' must be"),
-        ({"target_modules": ["qkv", "q"]}, "parameter 'target_modules' names both 'qkv' and 'q'"),
-        ({"target_modules": []}, "parameter 'target_modules' must name at least one"),
-        ({"mode": "seq", "lambda_orth": 0.1}, "parameter 'lambda_orth' applies to mode 'olora' only"),
+        ({"target_modules": ["qkv", "q"]}, "parameter 'target_modules' must be without 'q' when it names 'qkv'"),
+        ({"target_modules": []}, "parameter 'target_modules' must be at least one projection, got \\[\\]"),
+        ({"mode": "seq", "lambda_orth": 0.1}, "parameter 'lambda_orth' must be left out unless mode is 'olora'"),
     ],
 )
 def test_a_wrong_parameter_is_one_line_naming_it(host, params, message):

@@ -8,15 +8,14 @@ Before each task it remembers the model's weights; while training on the task it
 import torch
 
 from clbench import hookimpl
-from clbench.errors import UserError
+from clbench.params import require
 
 
 class L2Anchor:
     """Pull the weights towards those of the previous task (an L2 penalty)."""
 
     def __init__(self, strength: float = 1.0):
-        if strength < 0:
-            raise UserError(f"parameter 'strength' must be >= 0, got {strength}")
+        require(strength >= 0, "strength", ">= 0", strength)  # else a one-line UserError
         self.strength = strength
         self.anchor: dict[str, torch.Tensor] = {}
 
