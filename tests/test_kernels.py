@@ -131,6 +131,24 @@ def test_matches_float64_reference_full_matrix(case):
     check_against_reference(q, k, v, lengths, causal, seed=1)
 
 
+@pytest.mark.parametrize("case", [(97, 64, True, "fp16", "mixed"), (50, 32, False, "fp32", "mixed")], ids=_id)
+def test_atomic_dq_matches_float64_reference(monkeypatch, case):
+    """CLBENCH_FLASH_DQ=atomic: dQ accumulated by the dK/dV kernel with atomic adds."""
+    monkeypatch.setenv("CLBENCH_FLASH_DQ", "atomic")
+    n, d, causal, dtype, lengths = case
+    q, k, v, lengths = make_inputs(3, 2, n, d, dtype, seed=11, lengths=lengths)
+    check_against_reference(q, k, v, lengths, causal)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in FULL if c[1] == 64 and c[4] == "mixed"], ids=_id)
+def test_atomic_dq_full_matrix(monkeypatch, case):
+    monkeypatch.setenv("CLBENCH_FLASH_DQ", "atomic")
+    n, d, causal, dtype, lengths = case
+    q, k, v, lengths = make_inputs(3, 2, n, d, dtype, seed=n + 2, lengths=lengths)
+    check_against_reference(q, k, v, lengths, causal, seed=2)
+
+
 # Other tilings (on a GPU the autotuner picks among several); interpreted runs default to 64 x 64.
 TILINGS = [
     {"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 32)},
@@ -239,6 +257,9 @@ def test_key_blocks_past_the_length_and_the_diagonal_are_skipped(monkeypatch):
     assert products(torch.tensor([70]), True) == (7 * 2, 7 * 7)
     # a length-0 sequence: nothing at all
     assert products(torch.tensor([0]), True) == (0, 0)
+    # atomic dQ: 5 products per block pair in the backward (S, dV, dP, dK, dQ)
+    monkeypatch.setenv("CLBENCH_FLASH_DQ", "atomic")
+    assert products(torch.tensor([70]), True) == (7 * 2, 7 * 5)
 
 
 def test_bad_inputs_are_refused_with_a_reason():
@@ -251,6 +272,16 @@ def test_bad_inputs_are_refused_with_a_reason():
     q = torch.randn(2, 1, 4, 8, device=DEVICE)
     with pytest.raises(ValueError, match="lengths"):
         flash_attention(q, q, q, lengths=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        flash_attention(q, q, q, scale=-1.0)
+
+
+def test_an_unknown_dq_mode_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("CLBENCH_FLASH_DQ", "fast")
+    q = torch.randn(1, 1, 4, 16, device=DEVICE, requires_grad=True)
+    out = flash_attention(q, q, q)
+    with pytest.raises(UserError, match="CLBENCH_FLASH_DQ='fast' is not one of: split, atomic"):
+        out.sum().backward()
 
 
 # -- the dispatch ----------------------------------------------------------------------------

@@ -6,10 +6,11 @@ online softmax in base 2 (the softmax scale times log2(e) is folded into the sco
 output accumulator in fp32 registers, and saves the row's log-sum-exp (base 2) for the backward.
 The attention matrix is never written to memory.
 
-Backward: ``delta = rowsum(dO ∘ O)`` first, then two kernels that recompute the probabilities
-from the saved log-sum-exp: one program per key block accumulates dK and dV over the query
-blocks that see it, one program per query block accumulates dQ over its key blocks. Neither
-needs atomics.
+Backward: ``delta = rowsum(dO ∘ O)`` first, then the probabilities are recomputed from the saved
+log-sum-exp: one program per key block accumulates dK and dV over the query blocks that see it,
+and one program per query block accumulates dQ over its key blocks (deterministic, the
+default). With ``CLBENCH_FLASH_DQ=atomic`` the dK/dV programs instead add their share of dQ to
+an fp32 buffer with atomic adds, as FlashAttention-2 does (see :func:`dq_mode`).
 
 Masking. ``lengths[b]`` is the number of valid keys of sequence ``b``. Loops stop at the last key
 block a query block can see (``min(length, causal diagonal)``), so blocks past a sequence's length
@@ -88,36 +89,42 @@ def _key_bounds(start_m, n_valid, diag, CAUSAL: tl.constexpr, BLOCK_M: tl.conste
 
 
 @triton.jit
-def _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+def _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_offs, v_offs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
               lo, hi, n_valid, diag, qk_scale,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr,
               DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """Fold key blocks ``[lo, hi)`` into the online softmax of one query block."""
     EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
+        k_at = k_ptrs + (k_offs + start_n * stride_kn)
+        v_at = v_ptrs + (v_offs + start_n * stride_vn)
         if MASKED or not EVEN_D:
-            kt = tl.load(k_ptrs + start_n * stride_kn, mask=(cols[None, :] < n_valid) & (offs_d[:, None] < HEAD_DIM),
-                         other=0.0)
-            v = tl.load(v_ptrs + start_n * stride_vn, mask=(cols[:, None] < n_valid) & (offs_d[None, :] < HEAD_DIM),
-                        other=0.0)
+            kt = tl.load(k_at, mask=(cols[None, :] < n_valid) & (offs_d[:, None] < HEAD_DIM), other=0.0)  # (BLOCK_D, BLOCK_N)
+            v = tl.load(v_at, mask=(cols[:, None] < n_valid) & (offs_d[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_N, BLOCK_D)
         else:
-            kt = tl.load(k_ptrs + start_n * stride_kn)
-            v = tl.load(v_ptrs + start_n * stride_vn)
+            kt = tl.load(k_at)
+            v = tl.load(v_at)
         if DOT_FP32:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        s = tl.dot(q, kt, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N), unscaled
         if MASKED:
             keep = cols[None, :] < n_valid
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
+            s = tl.where(keep, s * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+        else:  # qk_scale > 0, so max(s) * qk_scale = max(s * qk_scale); one FMA per score
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DTYPE).to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(DTYPE).to(v.dtype), v, acc, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -129,10 +136,13 @@ def _attn_fwd(Q, K, V, O, LSE, Lengths,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_on, stride_od,
               H, N_Q, N_K, qk_scale,
-              N_BUCKET: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              N_BUCKET, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
               CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, DOT_FP32: tl.constexpr,
               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # the last query blocks see the most keys: start them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    start_m = pid_m * BLOCK_M
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
@@ -148,17 +158,19 @@ def _attn_fwd(Q, K, V, O, LSE, Lengths,
                 + offs_d[None, :] * stride_qd, mask=row_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
     if DOT_FP32:  # the interpreter multiplies bf16 as integers: work on fp32 copies
         q = q.to(tl.float32)
-    k_ptrs = K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-    v_ptrs = V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    k_ptrs = K + b * stride_kb + h * stride_kh  # scalar bases; int32 tile offsets below
+    v_ptrs = V + b * stride_vb + h * stride_vh
+    k_offs = offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    v_offs = offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
 
     # m starts finite so that a row whose keys are all masked never computes (-inf) - (-inf)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
+    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_offs, v_offs, stride_kn, stride_vn, offs_m, offs_n,
                               offs_d, 0, full, n_valid, diag, qk_scale, False, CAUSAL, HEAD_DIM,
                               BLOCK_D, BLOCK_N, Q.dtype.element_ty, DOT_FP32, PRECISION)
-    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
+    acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_offs, v_offs, stride_kn, stride_vn, offs_m, offs_n,
                               offs_d, full, hi, n_valid, diag, qk_scale, True, CAUSAL, HEAD_DIM,
                               BLOCK_D, BLOCK_N, Q.dtype.element_ty, DOT_FP32, PRECISION)
     has_keys = l_i > 0.0
@@ -193,12 +205,15 @@ def _attn_bwd_delta(O, DO, DELTA,
 
 
 @triton.jit
-def _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m, offs_n,
-                  offs_d, lo, hi, N_Q, n_valid, diag, qk_scale,
+def _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m,
+                  offs_n, offs_d, lo, hi, N_Q, n_valid, diag, qk_scale, sm_scale,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
                   BLOCK_M: tl.constexpr, DTYPE: tl.constexpr, DOT_FP32: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                  PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr):
+    """Accumulate the query blocks ``[lo, hi)`` into one key block's dK and dV (and, with
+    DQ_ATOMIC, add their share of dQ to the fp32 accumulator)."""
     for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
         row_ok = rows < N_Q
         qt = tl.load(q_ptrs + start_m * stride_qn, mask=row_ok[None, :] & (offs_d[:, None] < HEAD_DIM),
@@ -217,24 +232,29 @@ def _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, stride_qn, stride_don, LSE, DEL
             if CAUSAL:
                 keep = keep & (offs_n[:, None] <= rows[None, :] + diag)
             pt = tl.where(keep, pt, 0.0)
-        dv += tl.dot(pt.to(DTYPE).to(do.dtype), do, input_precision=PRECISION)
+        dv = tl.dot(pt.to(DTYPE).to(do.dtype), do, dv, input_precision=PRECISION)
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(DTYPE).to(qt.dtype), tl.trans(qt), input_precision=PRECISION)
+        dst = (pt * (dpt - delta[None, :])).to(DTYPE).to(qt.dtype)
+        dk = tl.dot(dst, tl.trans(qt), dk, input_precision=PRECISION)
+        if DQ_ATOMIC:
+            dq = tl.dot(tl.trans(dst), k, input_precision=PRECISION) * sm_scale  # (BLOCK_M, BLOCK_D)
+            tl.atomic_add(dq_ptrs + start_m * HEAD_DIM, dq, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
+                          sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, Lengths,
+def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, Lengths, DQ_ACC,
                    stride_qb, stride_qh, stride_qn, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
                    stride_dob, stride_doh, stride_don, stride_dod,
                    stride_gb, stride_gh, stride_gn, stride_gd,  # dK and dV share one layout
                    H, N_Q, N_K, qk_scale, sm_scale,
-                   N_BUCKET: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   N_BUCKET, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, DOT_FP32: tl.constexpr,
-                   PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -255,6 +275,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, Lengths,
         v = v.to(tl.float32)
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[None, :] * stride_qn + offs_d[:, None] * stride_qd
     do_ptrs = DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod
+    dq_ptrs = DQ_ACC + bh.to(tl.int64) * N_Q * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
     LSE += bh * N_Q
     DELTA += bh * N_Q
 
@@ -271,12 +292,12 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, Lengths,
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dk, dv = _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m, offs_n,
-                           offs_d, lo, full, N_Q, n_valid, diag, qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_M,
-                           Q.dtype.element_ty, DOT_FP32, PRECISION)
-    dk, dv = _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m, offs_n,
-                           offs_d, full, hi, N_Q, n_valid, diag, qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_M,
-                           Q.dtype.element_ty, DOT_FP32, PRECISION)
+    dk, dv = _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m,
+                           offs_n, offs_d, lo, full, N_Q, n_valid, diag, qk_scale, sm_scale, True, CAUSAL,
+                           HEAD_DIM, BLOCK_M, Q.dtype.element_ty, DOT_FP32, PRECISION, DQ_ATOMIC)
+    dk, dv = _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m,
+                           offs_n, offs_d, full, hi, N_Q, n_valid, diag, qk_scale, sm_scale, False, CAUSAL,
+                           HEAD_DIM, BLOCK_M, Q.dtype.element_ty, DOT_FP32, PRECISION, DQ_ATOMIC)
     g_off = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd
     g_mask = (offs_n[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
     tl.store(DK + g_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=g_mask)
@@ -284,21 +305,23 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, Lengths,
 
 
 @triton.jit
-def _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+def _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, kt_offs, vt_offs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
              lo, hi, n_valid, diag, qk_scale,
              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
              BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr,
              DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """Accumulate the key blocks ``[lo, hi)`` into one query block's dQ."""
     EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
         if MASKED or not EVEN_D:
             t_mask = (cols[None, :] < n_valid) & (offs_d[:, None] < HEAD_DIM)
-            kt = tl.load(kt_ptrs + start_n * stride_kn, mask=t_mask, other=0.0)  # (BLOCK_D, BLOCK_N)
-            vt = tl.load(vt_ptrs + start_n * stride_vn, mask=t_mask, other=0.0)
+            kt = tl.load(kt_ptrs + (kt_offs + start_n * stride_kn), mask=t_mask, other=0.0)  # (BLOCK_D, BLOCK_N)
+            vt = tl.load(vt_ptrs + (vt_offs + start_n * stride_vn), mask=t_mask, other=0.0)
         else:
-            kt = tl.load(kt_ptrs + start_n * stride_kn)
-            vt = tl.load(vt_ptrs + start_n * stride_vn)
+            kt = tl.load(kt_ptrs + (kt_offs + start_n * stride_kn))
+            vt = tl.load(vt_ptrs + (vt_offs + start_n * stride_vn))
         if DOT_FP32:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
@@ -309,8 +332,8 @@ def _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, stride_kn, stride_vn, offs
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             p = tl.where(keep, p, 0.0)
         dp = tl.dot(do, vt, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(DTYPE).to(kt.dtype), tl.trans(kt), input_precision=PRECISION)
+        ds = (p * (dp - delta[:, None])).to(DTYPE).to(kt.dtype)
+        dq = tl.dot(ds, tl.trans(kt), dq, input_precision=PRECISION)
     return dq
 
 
@@ -322,10 +345,13 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, Lengths,
                  stride_dob, stride_doh, stride_don, stride_dod,
                  stride_gb, stride_gh, stride_gn, stride_gd,
                  H, N_Q, N_K, qk_scale, sm_scale,
-                 N_BUCKET: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 N_BUCKET, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, DOT_FP32: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # the last query blocks see the most keys: start them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    start_m = pid_m * BLOCK_M
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
@@ -347,14 +373,16 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, Lengths,
         do = do.to(tl.float32)
     lse = tl.load(LSE + bh * N_Q + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + bh * N_Q + offs_m, mask=row_ok, other=0.0)
-    kt_ptrs = K + b * stride_kb + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-    vt_ptrs = V + b * stride_vb + h * stride_vh + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd
+    kt_ptrs = K + b * stride_kb + h * stride_kh  # scalar bases; int32 tile offsets below
+    vt_ptrs = V + b * stride_vb + h * stride_vh
+    kt_offs = offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    vt_offs = offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq = _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+    dq = _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, kt_offs, vt_offs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
                   0, full, n_valid, diag, qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N,
                   Q.dtype.element_ty, DOT_FP32, PRECISION)
-    dq = _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+    dq = _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, kt_offs, vt_offs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
                   full, hi, n_valid, diag, qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N,
                   Q.dtype.element_ty, DOT_FP32, PRECISION)
     tl.store(DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd,
@@ -370,21 +398,38 @@ def _configs(shapes):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
-FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 32, 4, 4),
-               (128, 64, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 3), (32, 32, 4, 3)]
-DKDV_CONFIGS = [(32, 128, 4, 3), (32, 128, 4, 5), (32, 128, 8, 3), (64, 128, 8, 3), (64, 128, 8, 2),
-                (16, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 32, 4, 3)]
-DQ_CONFIGS = [(128, 32, 4, 3), (128, 32, 4, 5), (128, 32, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2),
-              (128, 16, 4, 3), (64, 32, 4, 3), (64, 64, 4, 3), (32, 16, 4, 3)]
+# Candidates for the autotuner (BLOCK_M, BLOCK_N, num_warps, num_stages), after the fused-attention
+# tutorial's choices for Hopper: wide query tiles in the forward and the dQ kernel, wide key tiles
+# in the dK/dV kernel; smaller tiles for short sequences (see _prune).
+FWD_CONFIGS = [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+               (64, 32, 4, 2)]
+DKDV_CONFIGS = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 3), (16, 64, 4, 2)]
+DQ_CONFIGS = [(128, 32, 4, 3), (128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 3), (64, 16, 4, 2)]
+# N_BUCKET (N rounded up to a power of two) is a plain argument that the kernels ignore: it keys
+# the tuning without compiling a kernel per sequence length.
 _KEY = ["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_LENGTHS"]  # the autotuner adds the tensors' dtypes
 
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles much longer than the sequence (N rounded up to a power of two, at least 32)."""
+    n = max(kwargs["N_BUCKET"], 32)
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= n and c.kwargs["BLOCK_N"] <= n]
+    return kept or configs[-1:]
+
+
+def _tuned(kernel, shapes, **kw):
+    return triton.autotune(_configs(shapes), key=_KEY, prune_configs_by={"early_config_prune": _prune}, **kw)(kernel)
+
+
 if INTERPRET:
-    _KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
+    _KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dkdv_atomic": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
 else:
     _KERNELS = {
-        "fwd": triton.autotune(_configs(FWD_CONFIGS), key=_KEY)(_attn_fwd),
-        "dkdv": triton.autotune(_configs(DKDV_CONFIGS), key=_KEY)(_attn_bwd_dkdv),
-        "dq": triton.autotune(_configs(DQ_CONFIGS), key=_KEY)(_attn_bwd_dq),
+        "fwd": _tuned(_attn_fwd, FWD_CONFIGS),
+        "dkdv": _tuned(_attn_bwd_dkdv, DKDV_CONFIGS),
+        # tuning runs the kernel several times: the dQ accumulator is zeroed before each run
+        "dkdv_atomic": _tuned(_attn_bwd_dkdv, DKDV_CONFIGS, reset_to_zero=["DQ_ACC"]),
+        "dq": _tuned(_attn_bwd_dq, DQ_CONFIGS),
     }
 
 
@@ -392,14 +437,32 @@ def _launch(name: str, grid_dim: str, n: int, bh: int, args: tuple, constexprs: 
     """Launch kernel ``name`` on a ``(cdiv(n, BLOCK_<grid_dim>), bh)`` grid."""
     kernel = _KERNELS[name]
     if INTERPRET:
-        m, nb = INTERPRET_BLOCKS[name]
+        m, nb = INTERPRET_BLOCKS[name.split("_")[0]]
         blocks = {"BLOCK_M": m, "BLOCK_N": nb}
         kernel[(triton.cdiv(n, blocks[f"BLOCK_{grid_dim}"]), bh)](*args, **constexprs, **blocks)
     else:
         kernel[lambda meta: (triton.cdiv(n, meta[f"BLOCK_{grid_dim}"]), bh)](*args, **constexprs)
 
 
-def _constexprs(q: torch.Tensor, n: int, causal: bool, has_lengths: bool) -> dict:
+def dq_mode() -> str:
+    """How the backward computes dQ: ``CLBENCH_FLASH_DQ=split`` (default) or ``atomic``.
+
+    ``split``: a second kernel, one program per query block, recomputes P and dP (7 tile products
+    per block pair instead of 5) and writes dQ once: deterministic. ``atomic``: the dK/dV kernel
+    also adds each block pair's share of dQ to an fp32 buffer with atomic adds, as
+    FlashAttention-2 does: fewer products, more memory traffic, run-to-run differences in the
+    last bits of dQ.
+    """
+    mode = os.environ.get("CLBENCH_FLASH_DQ", "split")
+    if mode not in ("split", "atomic"):
+        from ..errors import UserError
+
+        raise UserError(f"CLBENCH_FLASH_DQ={mode!r} is not one of: split, atomic")
+    return mode
+
+
+def _meta(q: torch.Tensor, n: int, causal: bool, has_lengths: bool) -> dict:
+    """The keyword arguments the three kernels share (``n``: the longer of N_Q and N_K)."""
     d = q.shape[-1]
     tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
     return dict(
@@ -429,7 +492,7 @@ def _forward(q, k, v, lengths, causal, scale):
         return o.zero_(), lse.fill_(float("inf"))
     args = (q, k, v, o, lse, lse if lengths is None else lengths,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, N_Q, N_K, scale * LOG2E)
-    _launch("fwd", "M", N_Q, B * H, args, _constexprs(q, N_K, causal, lengths is not None))
+    _launch("fwd", "M", N_Q, B * H, args, _meta(q, max(N_Q, N_K), causal, lengths is not None))
     return o, lse
 
 
@@ -441,7 +504,7 @@ def _backward(do, q, k, v, o, lse, lengths, causal, scale):
     dv = _empty_bnhd(B, H, N_K, D, v)
     if dq.numel() == 0 or dk.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    meta = _constexprs(q, N_K, causal, lengths is not None)
+    meta = _meta(q, max(N_Q, N_K), causal, lengths is not None)
     delta = torch.empty_like(lse)
     block = 64
     _attn_bwd_delta[(triton.cdiv(N_Q, block), B * H)](
@@ -449,11 +512,18 @@ def _backward(do, q, k, v, o, lse, lengths, causal, scale):
         HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=block)
     common = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
     lens = lse if lengths is None else lengths
+    qk_scale = scale * LOG2E
+    if dq_mode() == "atomic":
+        dq_acc = torch.zeros((B, H, N_Q, D), dtype=torch.float32, device=q.device)
+        _launch("dkdv_atomic", "N", N_K, B * H,
+                (q, k, v, do, dk, dv, lse, delta, lens, dq_acc, *common, *dk.stride(), H, N_Q, N_K, qk_scale,
+                 scale), {**meta, "DQ_ATOMIC": True})
+        return dq.copy_(dq_acc), dk, dv
     _launch("dkdv", "N", N_K, B * H,
-            (q, k, v, do, dk, dv, lse, delta, lens, *common, *dk.stride(), H, N_Q, N_K, scale * LOG2E, scale),
-            meta)
+            (q, k, v, do, dk, dv, lse, delta, lens, delta, *common, *dk.stride(), H, N_Q, N_K, qk_scale, scale),
+            {**meta, "DQ_ATOMIC": False})
     _launch("dq", "M", N_Q, B * H,
-            (q, k, v, do, dq, lse, delta, lens, *common, *dq.stride(), H, N_Q, N_K, scale * LOG2E, scale),
+            (q, k, v, do, dq, lse, delta, lens, *common, *dq.stride(), H, N_Q, N_K, qk_scale, scale),
             meta)
     return dq, dk, dv
 
@@ -504,13 +574,15 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: 
 
     :param lengths: ``(B,)`` number of valid keys of each sequence (None: all ``N_K`` are valid).
     :param causal: query ``i`` sees keys ``j <= i + N_K - N_Q`` only.
-    :param scale: the softmax scale, ``1/sqrt(head_dim)`` by default.
+    :param scale: the softmax scale (positive), ``1/sqrt(head_dim)`` by default.
     :returns: ``(B, H, N_Q, D)`` in the inputs' dtype (laid out as ``(B, N_Q, H, D)`` in memory).
     """
     why = unsupported(q, k, v, lengths)
     if why:
         raise ValueError(why)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"the softmax scale must be positive, got {scale}")
     if lengths is not None:
         lengths = lengths.to(device=q.device, dtype=torch.int32).contiguous()
     return FlashAttention.apply(q, k, v, lengths, bool(causal), scale)
