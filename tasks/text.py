@@ -93,10 +93,11 @@ def read_records(path: Path, fmt: str) -> list[tuple[str, dict]]:
         return [(f"items[{i}]", r) for i, r in enumerate(items)]
     if fmt == "jsonl":
         out = []
-        for i, line in enumerate(text.splitlines(), start=1):
+        for i, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may be in a string
             if line.strip():
                 out.append((f"line {i}", _json(line, path, line=i)))
         return out
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long documents in one cell
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         return [(f"line {reader.line_num}", dict(r)) for r in reader]

@@ -84,7 +84,7 @@ def decode(stream, task, split, i):
 
 @pytest.mark.parametrize("fmt", ["cl-benchmark", "jsonl", "csv"])
 def test_each_format_reads_texts_and_labels(tmp_path, fmt):
-    train = [("héllo wörld", "pos"), ("日本語のテキスト", "neg"), ("plain, with \"quotes\"\nand a newline", "pos")]
+    train = [("héllo wörld", "pos"), ("日本語のテキスト", "neg"), ("with \"quotes\",\nnewlines\u2028and\r\nseparators", "pos")]
     test = [("ok", "neg"), ("fine", "pos")]
     write_task(tmp_path, "mine", train, test, ["pos", "neg"] if fmt == "cl-benchmark" else None, fmt=fmt,
                text="review", label="stars")
