@@ -102,7 +102,7 @@ class WorkerSetup:
     allow: str
     plugins: bytes
     sys_path: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str | None], ...]
 
     @classmethod
     def of(cls, host: Host) -> "WorkerSetup":
@@ -122,14 +122,18 @@ class WorkerSetup:
                 f"plugins {', '.join(n for n, _ in extra)} cannot be sent to worker processes "
                 f"({type(exc).__name__}: {exc}); use the local executor"
             ) from None
-        env = tuple((k, os.environ[k]) for k in WORKER_ENV if k in os.environ)
+        env = tuple((k, os.environ.get(k)) for k in WORKER_ENV)
         return cls(uuid.uuid4().hex, ",".join(allow), blob, tuple(sys.path), env)
 
     def host(self) -> Host:
         for p in self.sys_path:
             if p not in sys.path:
                 sys.path.append(p)
-        os.environ.update(dict(self.env))
+        for k, v in self.env:  # as in the driver: set, or unset
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         host = Host().load(self.allow)
         for name, plugin in pickle.loads(self.plugins):
             if isinstance(plugin, _ModuleRef):

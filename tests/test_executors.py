@@ -121,14 +121,17 @@ def test_ray_on_a_local_instance_with_two_cpus(run_suite_dict, faulty):
     assert not ray.is_initialized()  # clbench started the local instance, and stopped it
 
 
-def test_worker_setup_carries_the_drivers_plugins(host, faulty):
+def test_worker_setup_carries_the_drivers_plugins_and_data_folder(host, faulty, monkeypatch):
     from clbench.suiterun import WorkerSetup
 
+    monkeypatch.setenv("CLBENCH_DATA", "/data/of/the/driver")
     setup = WorkerSetup.of(host)
     assert "faulty" not in setup.allow.split(",") and "clbench.strategies.naive" in setup.allow.split(",")
+    monkeypatch.delenv("CLBENCH_DATA")
     worker_host = setup.host()  # what a worker process builds
     assert worker_host.names("strategies") == host.names("strategies")
     assert worker_host.names("executors") == host.names("executors")
+    assert os.environ["CLBENCH_DATA"] == "/data/of/the/driver"
 
 
 def test_a_plugin_that_cannot_be_pickled_is_one_line(host):
