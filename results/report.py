@@ -210,13 +210,14 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
     names = _task_names(tables, stream, order)
     labels = names if names and len(names) == T and max(map(len, names)) <= 8 else [str(j) for j in range(T)]
     im = None
-    for ax, (strategy, (R, seeds)) in zip(axes.flat, means.items()):
+    for k, (ax, (strategy, (R, seeds))) in enumerate(zip(axes.flat, means.items())):
         im = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
         ax.set_title(f"{strategy} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=9)
         ax.set_xticks(range(T), labels, fontsize=7, rotation=45 if T > 6 else 0)
         ax.set_yticks(range(T), labels, fontsize=7)
         ax.set_xlabel("evaluated on task", fontsize=8)
-        ax.set_ylabel("after training task", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("after training task", fontsize=8)
         if T <= 10:
             for i in range(T):
                 for j in range(T):
