@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -62,12 +63,14 @@ def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None) -> torch.Ten
 
 
 def kernels():
-    """``clbench.kernels``, imported on first use; None if Triton cannot be imported here."""
+    """``clbench.kernels``, imported on first use; None (with one warning) if Triton cannot be
+    imported here."""
     global _kernels
     if _kernels is None:
         try:
             from . import kernels as mod
-        except ImportError:
+        except Exception as e:  # noqa: BLE001 - no Triton, or a broken one: fall back to SDPA
+            warnings.warn(f"clbench's Triton attention kernels are unavailable ({e}); using SDPA", stacklevel=3)
             mod = False
         _kernels = mod
     return _kernels or None

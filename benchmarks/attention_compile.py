@@ -38,7 +38,7 @@ def compile_one(job):
     fn = {"fwd": flash._attn_fwd, "dkdv": flash._attn_bwd_dkdv, "dkdv_atomic": flash._attn_bwd_dkdv,
           "dq": flash._attn_bwd_dq}[kernel]
     consts = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), CAUSAL=causal, HAS_LENGTHS=lengths,
-                  DOT_FP32=False, PRECISION="ieee" if dtype == "fp32" else "tf32", BLOCK_M=bm, BLOCK_N=bn)
+                  BF16_IN_FP32=False, PRECISION="ieee" if dtype == "fp32" else "tf32", BLOCK_M=bm, BLOCK_N=bn)
     if kernel.startswith("dkdv"):
         consts["DQ_ATOMIC"] = kernel == "dkdv_atomic"
     signature, attrs = {}, {}

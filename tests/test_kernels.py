@@ -276,6 +276,13 @@ def test_bad_inputs_are_refused_with_a_reason():
         flash_attention(q, q, q, scale=-1.0)
 
 
+def test_second_derivatives_are_refused_not_wrong():
+    q = torch.randn(1, 1, 4, 16, device=DEVICE, requires_grad=True)
+    (g,) = torch.autograd.grad(flash_attention(q, q, q).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice|does not require grad"):
+        g.sum().backward()
+
+
 def test_an_unknown_dq_mode_is_a_user_error(monkeypatch):
     monkeypatch.setenv("CLBENCH_FLASH_DQ", "fast")
     q = torch.randn(1, 1, 4, 16, device=DEVICE, requires_grad=True)

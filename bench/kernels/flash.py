@@ -24,9 +24,10 @@ are exactly zero.
 
 On a GPU each kernel is autotuned over block sizes, warps and pipeline stages (keyed on head
 dimension, mask flags, dtype and N rounded up to a power of two). Under ``TRITON_INTERPRET=1``
-(CPU tensors, tests) each runs one fixed configuration, :data:`INTERPRET_BLOCKS`, and the
-matrix products of bf16 tiles are done on fp32 copies, since the interpreter multiplies bf16
-bit patterns as integers. See docs/kernels.md.
+(CPU tensors, tests) each runs one fixed configuration, :data:`INTERPRET_BLOCKS`, and bf16
+values are kept in fp32 registers, rounded to bf16's precision where a GPU would round (the
+interpreter multiplies bf16 bit patterns as integers and truncates when it converts to bf16).
+See docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ INTERPRET_BLOCKS = {"fwd": (64, 64), "dkdv": (64, 64), "dq": (64, 64)}
 
 # --------------------------------------------------------------------------------------------
 # small helpers
+
+
+@triton.jit
+def _round_bf16(x):
+    """fp32 ``x`` rounded to bf16's precision (to nearest, ties to even), kept in fp32: what a
+    GPU's fp32 -> bf16 conversion gives. Only used when interpreting bf16 (BF16_IN_FP32), where
+    Triton's interpreter neither multiplies bf16 tiles correctly nor rounds to them (it
+    truncates), so the kernels keep bf16 values in fp32 registers."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -92,8 +104,8 @@ def _key_bounds(start_m, n_valid, diag, CAUSAL: tl.constexpr, BLOCK_M: tl.conste
 def _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_offs, v_offs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
               lo, hi, n_valid, diag, qk_scale,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
-              BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr,
-              DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+              BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              BF16_IN_FP32: tl.constexpr, PRECISION: tl.constexpr):
     """Fold key blocks ``[lo, hi)`` into the online softmax of one query block."""
     EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
@@ -107,7 +119,7 @@ def _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_offs, v_offs, stride_kn, strid
         else:
             kt = tl.load(k_at)
             v = tl.load(v_at)
-        if DOT_FP32:
+        if BF16_IN_FP32:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, kt, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N), unscaled
@@ -124,7 +136,9 @@ def _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_offs, v_offs, stride_kn, strid
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(DTYPE).to(v.dtype), v, acc, input_precision=PRECISION)
+        if BF16_IN_FP32:
+            p = _round_bf16(p)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -137,7 +151,7 @@ def _attn_fwd(Q, K, V, O, LSE, Lengths,
               stride_ob, stride_oh, stride_on, stride_od,
               H, N_Q, N_K, qk_scale,
               N_BUCKET, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-              CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, DOT_FP32: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, BF16_IN_FP32: tl.constexpr,
               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     if CAUSAL:  # the last query blocks see the most keys: start them first
@@ -156,7 +170,7 @@ def _attn_fwd(Q, K, V, O, LSE, Lengths,
     row_ok = offs_m[:, None] < N_Q
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
                 + offs_d[None, :] * stride_qd, mask=row_ok & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    if DOT_FP32:  # the interpreter multiplies bf16 as integers: work on fp32 copies
+    if BF16_IN_FP32:  # interpreting bf16: work on fp32 copies (see _round_bf16)
         q = q.to(tl.float32)
     k_ptrs = K + b * stride_kb + h * stride_kh  # scalar bases; int32 tile offsets below
     v_ptrs = V + b * stride_vb + h * stride_vh
@@ -169,14 +183,16 @@ def _attn_fwd(Q, K, V, O, LSE, Lengths,
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_offs, v_offs, stride_kn, stride_vn, offs_m, offs_n,
                               offs_d, 0, full, n_valid, diag, qk_scale, False, CAUSAL, HEAD_DIM,
-                              BLOCK_D, BLOCK_N, Q.dtype.element_ty, DOT_FP32, PRECISION)
+                              BLOCK_D, BLOCK_N, BF16_IN_FP32, PRECISION)
     acc, l_i, m_i = _fwd_keys(acc, l_i, m_i, q, k_ptrs, v_ptrs, k_offs, v_offs, stride_kn, stride_vn, offs_m, offs_n,
                               offs_d, full, hi, n_valid, diag, qk_scale, True, CAUSAL, HEAD_DIM,
-                              BLOCK_D, BLOCK_N, Q.dtype.element_ty, DOT_FP32, PRECISION)
+                              BLOCK_D, BLOCK_N, BF16_IN_FP32, PRECISION)
     has_keys = l_i > 0.0
     acc = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse = tl.where(has_keys, m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0)), float("inf"))
     tl.store(LSE + bh * N_Q + offs_m, lse, mask=offs_m < N_Q)
+    if BF16_IN_FP32:
+        acc = _round_bf16(acc)
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
              acc.to(O.dtype.element_ty), mask=row_ok & (offs_d[None, :] < HEAD_DIM))
 
@@ -208,7 +224,7 @@ def _attn_bwd_delta(O, DO, DELTA,
 def _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m,
                   offs_n, offs_d, lo, hi, N_Q, n_valid, diag, qk_scale, sm_scale,
                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_M: tl.constexpr, DTYPE: tl.constexpr, DOT_FP32: tl.constexpr,
+                  BLOCK_M: tl.constexpr, DTYPE: tl.constexpr, BF16_IN_FP32: tl.constexpr,
                   PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr):
     """Accumulate the query blocks ``[lo, hi)`` into one key block's dK and dV (and, with
     DQ_ATOMIC, add their share of dQ to the fp32 accumulator)."""
@@ -220,7 +236,7 @@ def _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, stride_qn, stride_don,
                      other=0.0)  # (BLOCK_D, BLOCK_M)
         do = tl.load(do_ptrs + start_m * stride_don, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
                      other=0.0)  # (BLOCK_M, BLOCK_D)
-        if DOT_FP32:
+        if BF16_IN_FP32:
             qt = qt.to(tl.float32)
             do = do.to(tl.float32)
         lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
@@ -232,9 +248,15 @@ def _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, stride_qn, stride_don,
             if CAUSAL:
                 keep = keep & (offs_n[:, None] <= rows[None, :] + diag)
             pt = tl.where(keep, pt, 0.0)
-        dv = tl.dot(pt.to(DTYPE).to(do.dtype), do, dv, input_precision=PRECISION)
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
-        dst = (pt * (dpt - delta[None, :])).to(DTYPE).to(qt.dtype)
+        dst = pt * (dpt - delta[None, :])
+        if BF16_IN_FP32:
+            pt = _round_bf16(pt)
+            dst = _round_bf16(dst)
+        else:
+            pt = pt.to(DTYPE)
+            dst = dst.to(DTYPE)
+        dv = tl.dot(pt, do, dv, input_precision=PRECISION)
         dk = tl.dot(dst, tl.trans(qt), dk, input_precision=PRECISION)
         if DQ_ATOMIC:
             dq = tl.dot(tl.trans(dst), k, input_precision=PRECISION) * sm_scale  # (BLOCK_M, BLOCK_D)
@@ -252,7 +274,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, Lengths, DQ_ACC,
                    stride_gb, stride_gh, stride_gn, stride_gd,  # dK and dV share one layout
                    H, N_Q, N_K, qk_scale, sm_scale,
                    N_BUCKET, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, DOT_FP32: tl.constexpr,
+                   CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, BF16_IN_FP32: tl.constexpr,
                    PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
@@ -270,7 +292,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, Lengths, DQ_ACC,
                 mask=kv_mask, other=0.0)
     v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=kv_mask, other=0.0)
-    if DOT_FP32:
+    if BF16_IN_FP32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[None, :] * stride_qn + offs_d[:, None] * stride_qd
@@ -294,13 +316,17 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, Lengths, DQ_ACC,
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dk, dv = _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m,
                            offs_n, offs_d, lo, full, N_Q, n_valid, diag, qk_scale, sm_scale, True, CAUSAL,
-                           HEAD_DIM, BLOCK_M, Q.dtype.element_ty, DOT_FP32, PRECISION, DQ_ATOMIC)
+                           HEAD_DIM, BLOCK_M, Q.dtype.element_ty, BF16_IN_FP32, PRECISION, DQ_ATOMIC)
     dk, dv = _dkdv_queries(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, stride_qn, stride_don, LSE, DELTA, offs_m,
                            offs_n, offs_d, full, hi, N_Q, n_valid, diag, qk_scale, sm_scale, False, CAUSAL,
-                           HEAD_DIM, BLOCK_M, Q.dtype.element_ty, DOT_FP32, PRECISION, DQ_ATOMIC)
+                           HEAD_DIM, BLOCK_M, Q.dtype.element_ty, BF16_IN_FP32, PRECISION, DQ_ATOMIC)
     g_off = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd
     g_mask = (offs_n[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
-    tl.store(DK + g_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=g_mask)
+    dk = dk * sm_scale
+    if BF16_IN_FP32:
+        dk = _round_bf16(dk)
+        dv = _round_bf16(dv)
+    tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=g_mask)
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=g_mask)
 
 
@@ -309,7 +335,7 @@ def _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, kt_offs, vt_offs, stride_k
              lo, hi, n_valid, diag, qk_scale,
              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
              BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr,
-             DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+             BF16_IN_FP32: tl.constexpr, PRECISION: tl.constexpr):
     """Accumulate the key blocks ``[lo, hi)`` into one query block's dQ."""
     EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
@@ -322,7 +348,7 @@ def _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, kt_offs, vt_offs, stride_k
         else:
             kt = tl.load(kt_ptrs + (kt_offs + start_n * stride_kn))
             vt = tl.load(vt_ptrs + (vt_offs + start_n * stride_vn))
-        if DOT_FP32:
+        if BF16_IN_FP32:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
         p = tl.math.exp2(tl.dot(q, kt, input_precision=PRECISION) * qk_scale - lse[:, None])
@@ -332,7 +358,11 @@ def _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, kt_offs, vt_offs, stride_k
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             p = tl.where(keep, p, 0.0)
         dp = tl.dot(do, vt, input_precision=PRECISION)
-        ds = (p * (dp - delta[:, None])).to(DTYPE).to(kt.dtype)
+        ds = p * (dp - delta[:, None])
+        if BF16_IN_FP32:
+            ds = _round_bf16(ds)
+        else:
+            ds = ds.to(DTYPE)
         dq = tl.dot(ds, tl.trans(kt), dq, input_precision=PRECISION)
     return dq
 
@@ -346,7 +376,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, Lengths,
                  stride_gb, stride_gh, stride_gn, stride_gd,
                  H, N_Q, N_K, qk_scale, sm_scale,
                  N_BUCKET, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                 CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, DOT_FP32: tl.constexpr,
+                 CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, BF16_IN_FP32: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     if CAUSAL:  # the last query blocks see the most keys: start them first
@@ -368,7 +398,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, Lengths,
                 mask=mask, other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
                  mask=mask, other=0.0)
-    if DOT_FP32:
+    if BF16_IN_FP32:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
     lse = tl.load(LSE + bh * N_Q + offs_m, mask=row_ok, other=float("inf"))
@@ -381,12 +411,15 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, Lengths,
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, kt_offs, vt_offs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
                   0, full, n_valid, diag, qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N,
-                  Q.dtype.element_ty, DOT_FP32, PRECISION)
+                  Q.dtype.element_ty, BF16_IN_FP32, PRECISION)
     dq = _dq_keys(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, kt_offs, vt_offs, stride_kn, stride_vn, offs_m, offs_n, offs_d,
                   full, hi, n_valid, diag, qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N,
-                  Q.dtype.element_ty, DOT_FP32, PRECISION)
+                  Q.dtype.element_ty, BF16_IN_FP32, PRECISION)
+    dq = dq * sm_scale
+    if BF16_IN_FP32:
+        dq = _round_bf16(dq)
     tl.store(DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd,
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask)
+             dq.to(DQ.dtype.element_ty), mask=mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,8 +450,11 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
-def _tuned(kernel, shapes, **kw):
-    return triton.autotune(_configs(shapes), key=_KEY, prune_configs_by={"early_config_prune": _prune}, **kw)(kernel)
+def _tuned(kernel, shapes, key=_KEY, **kw):
+    # cache_results: the choice is kept in Triton's cache directory, so that the processes of a
+    # suite (one per cell with a process pool) do not each tune again
+    return triton.autotune(_configs(shapes), key=key, prune_configs_by={"early_config_prune": _prune},
+                           cache_results=True, **kw)(kernel)
 
 
 if INTERPRET:
@@ -426,9 +462,9 @@ if INTERPRET:
 else:
     _KERNELS = {
         "fwd": _tuned(_attn_fwd, FWD_CONFIGS),
-        "dkdv": _tuned(_attn_bwd_dkdv, DKDV_CONFIGS),
+        "dkdv": _tuned(_attn_bwd_dkdv, DKDV_CONFIGS, key=_KEY + ["DQ_ATOMIC"]),
         # tuning runs the kernel several times: the dQ accumulator is zeroed before each run
-        "dkdv_atomic": _tuned(_attn_bwd_dkdv, DKDV_CONFIGS, reset_to_zero=["DQ_ACC"]),
+        "dkdv_atomic": _tuned(_attn_bwd_dkdv, DKDV_CONFIGS, key=_KEY + ["DQ_ATOMIC"], reset_to_zero=["DQ_ACC"]),
         "dq": _tuned(_attn_bwd_dq, DQ_CONFIGS),
     }
 
@@ -471,7 +507,7 @@ def _meta(q: torch.Tensor, n: int, causal: bool, has_lengths: bool) -> dict:
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         CAUSAL=bool(causal),
         HAS_LENGTHS=has_lengths,
-        DOT_FP32=INTERPRET and q.dtype == torch.bfloat16,
+        BF16_IN_FP32=INTERPRET and q.dtype == torch.bfloat16,
         # fp32 inputs: full-precision products unless the user allowed TF32 for torch's matmuls too
         PRECISION="ieee" if q.dtype == torch.float32 and not tf32 else "tf32",
     )
@@ -540,6 +576,7 @@ class FlashAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse, lengths = ctx.saved_tensors
         dq, dk, dv = _backward(do, q, k, v, o, lse, lengths, ctx.causal, ctx.scale)
