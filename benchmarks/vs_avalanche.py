@@ -12,16 +12,19 @@ gradient clipping, and both evaluate every task before training and after each t
   an Avalanche benchmark made from the same clbench stream (``benchmark_from_stream``), with the
   clbench model behind Avalanche's ``model(x)`` (``PackedModel``).
 
-The algorithms are not bit-for-bit the same beyond naive: Avalanche's Replay fills its memory
-class-balanced by experience at the end of each experience and draws memory batches of the same
-size as the new batch, clbench's replay (``update = "task-end"``) keeps a reservoir sample; their
+The algorithms are not bit-for-bit the same beyond naive: Avalanche's Replay keeps a memory
+balanced over experiences, filled at the end of each, and appends a memory batch as large as the
+new batch; clbench's replay (``update = "task-end"``, ratio 1) keeps a reservoir sample; their
 EWC Fisher differs (Avalanche squares minibatch gradients, clbench per-example ones). So ACC is
 compared within the spread over seeds, not exactly.
 
-Wall time (and the process's CPU time, steadier than wall time on a shared machine) is the whole run after the data is in memory (stream built, benchmark converted) and
-Avalanche is imported. Peak memory is the growth of the process's peak resident set during the
+Wall time (and the process's CPU time, steadier than wall time on a shared machine) is the
+whole run after the data is in memory (stream built, benchmark converted) and Avalanche is
+imported. Peak memory is the growth of the process's peak resident set during the
 run (Linux: ``/proc/self/clear_refs`` resets it) on a CPU, or the peak CUDA allocation on a GPU.
-Sides alternate in one process, seed by seed.
+On a CPU every run is a forked child of a parent that has imported everything and built the
+data, so each starts from the same heap; sides alternate, seed by seed. ``--threads 1`` keeps
+torch from oversubscribing a shared machine's cores.
 
     python benchmarks/vs_avalanche.py [--seeds 0 1 2] [--strategies naive replay ewc]
         [--streams split-digits text] [--data-dir ../shared/data/CL_Benchmark] [--epochs 3] [--threads 0]
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
+import os
 import statistics
 import time
 import warnings
@@ -150,6 +155,31 @@ def avalanche_side(cell, stream, bench, strategy: str, args, device) -> tuple[fl
     return wall, memory_peak(device, start), float(np.mean(accs)), cpu
 
 
+def isolated(fn, *args):
+    """``fn(*args)`` in a forked child on a CPU, so that each run starts from the same heap (the
+    parent's, after imports and data) and its peak resident set is its own; in-process on a GPU
+    (CUDA cannot be forked)."""
+    device = args[-1]
+    if device.type == "cuda" or not hasattr(os, "fork"):
+        return fn(*args)
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child():
+        try:
+            send.send(("ok", fn(*args)))
+        except BaseException as exc:  # report it to the parent
+            send.send(("error", repr(exc)))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    status, value = recv.recv()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(value)
+    return value
+
+
 def clbench_strategy(strategy: str, args) -> dict:
     if strategy == "replay":
         return {"name": "replay", "params": {"memory_size": args.memory, "update": "task-end"}}
@@ -213,8 +243,8 @@ def main() -> None:
             res = {"clbench": [], "avalanche": []}
             for cell in cells:
                 device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
-                res["clbench"].append(clbench_side(cell, stream, device))
-                res["avalanche"].append(avalanche_side(cell, stream, bench, strategy, args, device))
+                res["clbench"].append(isolated(clbench_side, cell, stream, device))
+                res["avalanche"].append(isolated(avalanche_side, cell, stream, bench, strategy, args, device))
                 c, a = res["clbench"][-1], res["avalanche"][-1]
                 print(f"  {sname} {strategy} seed {cell.seed}: clbench {c[0]:.1f}s (cpu {c[3]:.1f}s) {c[1]:.0f}MiB ACC {c[2]:.3f} | avalanche {a[0]:.1f}s (cpu {a[3]:.1f}s) {a[1]:.0f}MiB ACC {a[2]:.3f}", flush=True)
             rows.append((sname, strategy, res))

@@ -101,12 +101,21 @@ class PackedModel(torch.nn.Module):
         self.class_mask = class_mask
         self.tokens = tokens
 
-    def forward(self, xp: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, xp: torch.Tensor):
         x, lengths, t = unpack(xp)
         if self.tokens and x.shape[1] > 1:
             x = x[:, : int(lengths.max())]
+        return x, lengths, t
+
+    def forward(self, xp: torch.Tensor) -> torch.Tensor:
+        x, lengths, t = self._inputs(xp)
         mask = None if self.class_mask is None else self.class_mask.to(t.device)[t]
         return self.net(x, lengths, mask)
+
+    def get_features(self, xp: torch.Tensor) -> torch.Tensor:
+        """Pooled features (Avalanche's ``BaseModel`` interface, which LFL needs)."""
+        x, lengths, _ = self._inputs(xp)
+        return self.net.features(x, lengths)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,6 +357,9 @@ class AvalancheStrategy:
             raise UserError(
                 f"an Avalanche strategy runs its own training loop and cannot be combined (with {', '.join(others) or 'another'})"
             )
+        from avalanche.models.base_model import BaseModel
+
+        BaseModel.register(PackedModel)  # it implements get_features
         tcfg = cell.cell.training
         self.bench = benchmark_from_stream(cell.stream)
         self.model = PackedModel(cell.model, cell.class_mask, tokens=cell.stream.input_kind == "tokens")

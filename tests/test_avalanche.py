@@ -365,4 +365,4 @@ def test_avalanche_strategies_on_a_task_incremental_stream(host):
     naive, av = run(host, ["naive", "avalanche:Naive"], stream_params=params, training=LEARNS)
     assert av.status == "ok", av.cell["traceback"]
     np.testing.assert_allclose(matrix(av), matrix(naive), atol=1e-6)
-    assert matrix(av)[-1, 0] > 0.9  # masked heads: no forgetting of a two-class task to speak of
+    assert matrix(av)[-1, 0] > 0.7  # masked heads: task 0 is still mostly right (class-IL: 0)
