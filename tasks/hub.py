@@ -75,7 +75,7 @@ def _build_task(folder: Path, task: str, src: dict, train_per_class: int, test_s
     tmp.mkdir(parents=True, exist_ok=True)
     for split, cap in (("train", train_per_class), ("test", max(1, test_size // len(labels)))):
         part = ds[split]
-        y = np.asarray(part[src["label"]], dtype=np.int64)
+        y = np.asarray(list(part[src["label"]]), dtype=np.int64)
         keep = cap_per_class(y, cap, seed, f"{task}/{split}")
         rows = [{"label": labels[int(y[i])], "sentence": _sentence(part[int(i)], src)} for i in keep]
         (tmp / f"{split}.json").write_text(json.dumps(rows, ensure_ascii=False, indent=0), encoding="utf-8")

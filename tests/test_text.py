@@ -476,6 +476,65 @@ def test_standard_cl_without_datasets_is_one_line(tmp_path, capsys, monkeypatch)
     assert not out.exists()
 
 
+class _FakeDatasets:
+    """Stands in for the ``datasets`` package: ``load_dataset`` gives made-up splits."""
+
+    def __init__(self, fail: Exception | None = None):
+        self.fail, self.calls = fail, []
+
+    def load_dataset(self, path, config=None):
+        self.calls.append(path)
+        if self.fail:
+            raise self.fail
+        n_labels = 4 if "ag_news" in path else 5
+
+        def split(n):
+            return _FakeSplit([{"text": f"{path} {i}", "label": i % n_labels} for i in range(n)])
+
+        return {"train": split(40), "test": split(30)}
+
+
+class _FakeSplit:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __getitem__(self, key):
+        return [r[key] for r in self.rows] if isinstance(key, str) else self.rows[key]
+
+
+def test_standard_cl_samples_writes_and_reuses_a_cl_benchmark_folder(tmp_path, monkeypatch):
+    import sys
+
+    from clbench.tasks.hub import standard_cl
+
+    fake = _FakeDatasets()
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    s = standard_cl(tasks=["TC/agnews", "SC/yelp"], train_per_class=3, test_size=10, scenario="task-incremental")
+    assert [t.name for t in s.tasks] == ["TC/agnews", "SC/yelp"]
+    agnews, yelp = s.tasks
+    assert np.bincount(agnews.train.y.numpy()).tolist() == [3, 3, 3, 3]
+    assert len(agnews.test) == 4 * 2 and len(yelp.test) == 5 * 2
+    assert s.labels[:4] == ("World", "Sports", "Business", "Science or Technology")
+    assert decode(s, 0, "train", 0).startswith("Text: fancyzhx/ag_news ")
+    folder = next((tmp_path / "cache" / "standard-cl").iterdir())
+    assert json.loads((folder / "SC/yelp/labels.json").read_text())[0] == "very negative"
+    # built once: a second stream reads the folder, no download
+    monkeypatch.setitem(sys.modules, "datasets", _FakeDatasets(fail=AssertionError("downloaded again")))
+    again = standard_cl(tasks=["TC/agnews", "SC/yelp"], train_per_class=3, test_size=10, order=[1, 0])
+    assert [t.name for t in again.tasks] == ["SC/yelp", "TC/agnews"]
+
+
+def test_standard_cl_without_a_network_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from clbench.tasks.hub import standard_cl
+
+    monkeypatch.setitem(sys.modules, "datasets", _FakeDatasets(fail=ConnectionError("Couldn't reach the hub\nmore")))
+    with pytest.raises(UserError) as exc:
+        standard_cl(tasks=["TC/agnews"])
+    assert "cannot fetch fancyzhx/ag_news for TC/agnews: ConnectionError: Couldn't reach the hub" == str(exc.value).split("'standard-cl': ")[1]
+
+
 # -- the shared CL_Benchmark tasks ------------------------------------------------------------------
 
 SIZES = {  # task: (classes, train, test), as ../shared/data/README.md lists them
