@@ -8,6 +8,7 @@ as the driver would."""
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import pickle
 import sys
@@ -137,8 +138,6 @@ class WorkerSetup:
         host = Host().load(self.allow)
         for name, plugin in pickle.loads(self.plugins):
             if isinstance(plugin, _ModuleRef):
-                import importlib
-
                 plugin = importlib.import_module(plugin.name)
             host.register(plugin, name=name)
         return host
@@ -149,7 +148,8 @@ _worker: dict[str, Any] = {}  # this worker process's host and built streams, fo
 
 def run_cell_in_worker(cell: Cell, setup: WorkerSetup) -> CellResult:
     """Run ``cell`` in a worker process (what out-of-process executors call; picklable with
-    ``functools.partial``). The host and each stream are built once per process and setup."""
+    ``functools.partial``). The host is built once per process and setup, a stream once for the
+    cells that use it one after another."""
     from . import host as host_mod
 
     try:
@@ -159,7 +159,8 @@ def run_cell_in_worker(cell: Cell, setup: WorkerSetup) -> CellResult:
             host_mod._host = _worker["host"]
         host, streams = _worker["host"], _worker["streams"]
         key = _stream_key(cell)
-        if key not in streams:
+        if key not in streams:  # keep one: cells come in suite order, a stream's cells together
+            streams.clear()
             streams[key] = build_stream(cell, host)
     except UserError:
         raise

@@ -2,8 +2,10 @@
 processes, and on a local Ray instance; Ray's start and stop, and its overhead per cell.
 
 The suite is split-digits with naive and cumulative × 4 seeds (8 cells). Each executor runs it
-once (``--force``, into a fresh folder), in this order, in this process: local, pool, ray. The
-table gives wall times, the speed-up over local, and the per-cell overhead
+once (``--force``, into a fresh folder), in this order, in this process: local (torch's default
+threads: all cores), local with one torch thread (what each worker of a 2-worker pool on 2 cores
+uses), pool, ray. The table gives wall times, the speed-up over the first row, and the per-cell
+overhead
 
     overhead = wall × workers / cells − mean(cell seconds)
 
@@ -11,7 +13,7 @@ i.e. what a cell costs beyond its own run (worker start, importing torch in a ne
 building the stream there, shipping the result back), assuming the workers stay busy. For Ray the
 instance is started before the timed run and stopped after it, timed apart.
 
-    python benchmarks/executors.py [--workers 2] [--epochs 2] [--skip-ray]
+    python benchmarks/executors.py [--workers 2] [--epochs 2] [--only local,local-1,pool,ray]
 
 Wall times on a machine that other work shares are not precise: say so when you quote them.
 """
@@ -54,20 +56,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--only", default="local,local-1,pool,ray", help="which rows, comma-separated (default: all)")
     args = ap.parse_args()
+    only = args.only.split(",")
+
+    import torch
 
     host = get_host()
     suite = parse_suite(suite_data(args.epochs), "benchmarks/executors.py", host)
     n = len(suite.cells)
     rows = []
     results = {}
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        wall, secs, results["local"] = timed(suite, Path(tmp) / "local", "local", {})
-        rows.append(("local (in-process)", 1, wall, secs, ""))
-        wall, secs, results["pool"] = timed(suite, Path(tmp) / "pool", "pool", {"workers": args.workers})
-        rows.append((f"pool, --workers {args.workers}", args.workers, wall, secs, ""))
-        if not args.skip_ray:
+        if "local" in only:
+            wall, secs, results["local"] = timed(suite, Path(tmp) / "local", "local", {})
+            rows.append((f"local (in-process, {threads} torch threads)", 1, wall, secs, ""))
+        if "local-1" in only:
+            torch.set_num_threads(1)
+            wall, secs, results["local-1"] = timed(suite, Path(tmp) / "local-1", "local", {})
+            torch.set_num_threads(threads)
+            rows.append(("local (in-process, 1 torch thread)", 1, wall, secs, ""))
+        if "pool" in only:
+            wall, secs, results["pool"] = timed(suite, Path(tmp) / "pool", "pool", {"workers": args.workers})
+            rows.append((f"pool, --workers {args.workers}", args.workers, wall, secs, ""))
+        if "ray" in only:
             import ray
 
             t0 = time.perf_counter()
@@ -80,17 +93,18 @@ def main() -> None:
             rows.append((f"ray, {args.workers} CPUs", args.workers, wall, secs, f"ray.init {started:.1f} s, shutdown {stopped:.1f} s (not in wall)"))
 
     base = rows[0][2]
-    print(f"{n} cells, {os.cpu_count()} cores, epochs {args.epochs}")
-    print(f"| executor | wall s | speed-up vs local | mean cell s | overhead per cell s | note |")
-    print(f"|---|---:|---:|---:|---:|---|")
+    print(f"{n} cells, {os.cpu_count()} cores, epochs {args.epochs}; speed-up against the first row")
+    print("| executor | wall s | speed-up | mean cell s | overhead per cell s | note |")
+    print("|---|---:|---:|---:|---:|---|")
     for name, workers, wall, secs, note in rows:
         mean = statistics.mean(secs)
         overhead = wall * workers / n - mean
         print(f"| {name} | {wall:.1f} | {base / wall:.2f}× | {mean:.2f} | {overhead:+.2f} | {note} |")
-    ref = results["local"].summary.set_index("run_id")["acc"].sort_index()
+    first = next(iter(results))
+    ref = results[first].summary.set_index("run_id")["acc"].sort_index()
     for name, t in results.items():
         acc = t.summary.set_index("run_id")["acc"].sort_index()
-        print(f"{name}: max |ACC − local ACC| = {(acc - ref).abs().max():.2e}")
+        print(f"{name}: max |ACC − {first} ACC| = {(acc - ref).abs().max():.2e}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from clbench import hookimpl
 from clbench.errors import UserError
+from clbench.host import DEFAULT_PLUGINS
 from clbench.params import require
 
 
@@ -41,10 +42,23 @@ class LocalExecutor:
             yield fn(cell)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, driver: int) -> None:
+    import threading
+    import time
+
     import torch
 
     torch.set_num_threads(threads)
+
+    def exit_with_driver() -> None:  # a killed driver must not leave workers training on
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(driver, 0)
+            except (ProcessLookupError, PermissionError):  # gone (its id may be someone else's now)
+                os._exit(1)
+
+    threading.Thread(target=exit_with_driver, daemon=True).start()
 
 
 def torch_threads(workers: int) -> int:
@@ -64,14 +78,15 @@ class PoolExecutor:
         self.workers = workers
 
     def _pool(self, n: int) -> ProcessPoolExecutor:
-        # forkserver: one clean process imports torch and clbench once, and every worker (of this
-        # pool and of later ones) is forked from it; never fork the driver (its threads, CUDA).
+        # forkserver: one clean process imports torch, clbench and the built-in plugins once, and
+        # every worker (of this pool and of later ones) is forked from it; the driver is never
+        # forked (its threads, CUDA).
         if "forkserver" in multiprocessing.get_all_start_methods():
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["clbench.suiterun"])
+            ctx.set_forkserver_preload(["clbench.suiterun", *DEFAULT_PLUGINS])
         else:
             ctx = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(torch_threads(n),))
+        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(torch_threads(n), os.getpid()))
 
     def map(self, fn: Callable, cells: Iterable) -> Iterator:
         queue = deque(cells)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import clbench.results
 from clbench.cli import main
@@ -34,9 +35,21 @@ name = "naive"
 
 
 def _clbench(*args, log: Path) -> subprocess.Popen:
-    """``clbench ARGS`` in a new process, its output to ``log``."""
+    """``clbench ARGS`` in a new process with one torch thread, its output to ``log``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "clbench.cli", *args], stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "clbench.cli", *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread in this process too (as the killed run had: bit-for-bit the same sums)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _acc(tables) -> pd.Series:
@@ -44,7 +57,7 @@ def _acc(tables) -> pd.Series:
     return m.set_index(["run_id", "train_task", "eval_task"])["value"].sort_index()
 
 
-def test_a_suite_killed_after_its_first_cell_resumes_where_it_stopped(tmp_path, run_suite_dict, capsys):
+def test_a_suite_killed_after_its_first_cell_resumes_where_it_stopped(tmp_path, run_suite_dict, capsys, one_thread):
     suite = tmp_path / "killed.toml"
     suite.write_text(SUITE)
     out = tmp_path / "results"
@@ -92,3 +105,50 @@ def test_a_suite_killed_after_its_first_cell_resumes_where_it_stopped(tmp_path, 
     s = resumed.summary.set_index("run_id").sort_index()
     w = whole.summary.set_index("run_id").sort_index()
     assert np.array_equal(s["acc"].to_numpy(), w["acc"].to_numpy())
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_the_workers_of_a_killed_pool_exit(tmp_path):
+    suite = tmp_path / "killed.toml"
+    suite.write_text(SUITE)
+    log = tmp_path / "pool.log"
+    proc = _clbench("run", str(suite), "--out", str(tmp_path / "results"), "--workers", "2", "--no-progress", log=log)
+    deadline = time.monotonic() + 300
+    workers: list[int] = []
+    while len(workers) < 2:  # driver → forkserver → 2 workers
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the pool's workers did not start in 300 s"
+        workers = [w for c in _children(proc.pid) for w in _children(c)]
+        time.sleep(0.1)
+    time.sleep(1.0)  # the workers run their cells
+    everyone = _children(proc.pid) + workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in everyone) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in everyone if _alive(p)]
+    for p in left:  # don't leave them to the next test
+        os.kill(p, signal.SIGKILL)
+    assert left == [], "processes of the killed suite still running 30 s after the kill"
