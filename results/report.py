@@ -40,6 +40,9 @@ COST = (
     ("trainable_params", "trainable params", 1.0, "{:,.0f}"),
 )
 HEADINGS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting"}
+#: Summary columns that are not metrics.
+SUMMARY_FIXED = {"run_id", "suite", "stream", "order", "strategy", "params", "seed", "status",
+                 "train_seconds", "eval_seconds", "peak_memory_mb", "trainable_params", "buffer_size"}
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -128,9 +131,10 @@ def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
         return s
 
     sa, sb = pick(a, strategy_a, "A"), pick(b, strategy_b, "B")
+    known = [c for c in sa.columns if c in sb.columns and c not in SUMMARY_FIXED]
     for m in metrics:
-        if m not in sa or m not in sb:
-            raise UserError(f"unknown metric {m!r} (metrics: {', '.join(c for c in METRICS)})")
+        if m not in known:
+            raise UserError(f"unknown metric {m!r} (metrics: {', '.join(known)})")
     keys = ["stream", "order", "strategy"]
     common = sa[keys].drop_duplicates().merge(sb[keys].drop_duplicates())
     if common.empty:
@@ -336,11 +340,11 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     if sources:
         what += " from " + ", ".join(sources)
     out.append(("p", what + "."))
+    kinds = sorted(set(cells["memory_kind"].dropna()) - {""}) if "memory_kind" in cells else []
     out.append(("p", "Metrics in % as mean ± sd [standard error] over seeds; rank by mean ACC. "
                      "ACC: mean final accuracy; BWT: backward transfer; FWT: forward transfer; "
                      "forgetting: max-based (Chaudhry et al. 2018). Cost: training seconds, peak memory "
-                     "(MB; " + ", ".join(sorted(set(cells["memory_kind"].dropna()) - {""})) + "), "
-                     "and the most parameters trained at once."))
+                     f"(MB; {', '.join(kinds) or 'not measured'}), and the most parameters trained at once."))
     board = leaderboard(tables.summary)
     means = mean_matrices(tables)
     curves_df = accuracy_curves(tables)

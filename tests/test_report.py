@@ -208,6 +208,10 @@ def test_compare_uses_welchs_t_test_over_seeds(host):
     assert same["diff"] == 0 and same["p"] == pytest.approx(1.0)
     with pytest.raises(UserError, match="no finished cells of strategy 'ewc'"):
         compare(a, b, strategy_a="naive", strategy_b="ewc")
+    with pytest.raises(UserError, match=r"unknown metric 'accuracy' \(metrics: acc, aia, bwt"):
+        compare(a, b, ("accuracy",))
+    # any summary metric can be compared: plasticity = mean diagonal, (0.8 + 0.8 + v) / 3
+    assert compare(a, b, ("plasticity",)).iloc[0]["diff"] == pytest.approx(0.4 / 3)
 
 
 def test_report_and_compare_commands(host, tmp_path, capsys):
