@@ -108,7 +108,7 @@ class EWC:
 
     def __init__(
         self,
-        lambda_: float = 100.0,
+        lambda_: float = 10000.0,
         mode: Literal["separate", "online"] = "separate",
         gamma: float = 1.0,
         fisher_samples: int = 1000,

@@ -27,7 +27,7 @@ class SI:
     :param xi: damping ξ of the importance (keeps it finite for parameters that did not move).
     """
 
-    def __init__(self, c: float = 1.0, xi: float = 1e-3):
+    def __init__(self, c: float = 10.0, xi: float = 1e-3):
         require(c >= 0 and math.isfinite(c), "c", "a number >= 0", c)
         require(xi > 0 and math.isfinite(xi), "xi", "a positive number", xi)
         self.c = c
