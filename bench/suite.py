@@ -114,7 +114,7 @@ def builtin_suites() -> dict[str, str]:
 def read_suite(spec: str) -> tuple[dict, str]:
     """Parse a suite given as a path or a built-in name; return (data, where)."""
     path = Path(spec)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():  # a folder named like a built-in suite is not a suite
         if not path.is_file():
             raise UserError(f"suite file not found: {spec}")
         text, where = path.read_text(encoding="utf-8"), str(path)

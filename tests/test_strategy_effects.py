@@ -126,3 +126,20 @@ def test_joint_is_the_upper_bound_of_every_strategy_over_three_seeds(run_suite_d
     mean = t.summary.groupby("strategy")["acc"].mean()
     for name in names:
         assert mean["joint"] >= mean[name], (name, mean[name], mean["joint"])
+
+
+def test_the_builtin_strategy_suites_load_even_beside_a_strategies_folder(host, tmp_path, monkeypatch):
+    """`clbench run strategies` from the repository root: the folder named `strategies` is not a
+    suite file, the built-in suite is meant."""
+    from clbench.suite import load_suite
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "strategies").mkdir()
+    cil, til = load_suite("strategies", host), load_suite("strategies-task-il", host)
+    assert {c.stream_params["scenario"] for c in cil.cells} == {"class-incremental"}
+    assert {c.stream_params["scenario"] for c in til.cells} == {"task-incremental"}
+    builtin = {"naive", "joint", "cumulative", "replay", "ewc", "lwf", "agem", "der", "der++", "si", "gdumb"}
+    for suite in (cil, til):
+        names = {n for c in suite.cells for n, _ in c.strategy.parts}
+        assert builtin <= names
+        assert {c.seed for c in suite.cells} == {0, 1, 2}
