@@ -26,6 +26,7 @@ import torch.nn.functional as F
 IMPLEMENTATIONS = ("triton", "sdpa", "reference")
 
 _kernels = None  # clbench.kernels once imported; False if Triton could not be imported
+_kernels_error = "triton is not installed"  # why not, then
 
 
 def _key_mask(lengths: torch.Tensor | None, n_q: int, n_k: int, causal: bool, device) -> torch.Tensor | None:
@@ -65,12 +66,14 @@ def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None) -> torch.Ten
 def kernels():
     """``clbench.kernels``, imported on first use; None (with one warning) if Triton cannot be
     imported here."""
-    global _kernels
+    global _kernels, _kernels_error
     if _kernels is None:
         try:
             from . import kernels as mod
         except Exception as e:  # noqa: BLE001 - no Triton, or a broken one: fall back to SDPA
-            warnings.warn(f"clbench's Triton attention kernels are unavailable ({e}); using SDPA", stacklevel=3)
+            _kernels_error = f"{type(e).__name__}: {e}"
+            warnings.warn(f"clbench's Triton attention kernels are unavailable ({_kernels_error}); "
+                          "using SDPA", stacklevel=3)
             mod = False
         _kernels = mod
     return _kernels or None
@@ -102,7 +105,7 @@ def choose(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | Non
 def _triton_unsupported(q, k, v, lengths) -> str | None:
     mod = kernels()
     if mod is None:
-        return "triton is not installed (or does not import)"
+        return f"the kernels do not import ({_kernels_error})"
     return mod.unsupported(q, q if k is None else k, q if v is None else v, lengths)
 
 

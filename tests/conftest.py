@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# tests/test_kernels.py runs the Triton attention kernels in Triton's CPU interpreter, which must be
+# chosen before anything imports triton (some test dependencies do, e.g. avalanche through torch).
+if os.environ.get("CLBENCH_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

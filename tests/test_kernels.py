@@ -1,10 +1,12 @@
 """The Triton attention kernels (clbench.kernels) and the attention dispatch.
 
-Triton decides when a kernel is *defined*, that is at the first import of ``clbench.kernels``,
-whether it is compiled for the GPU or run by its CPU interpreter. So this module sets
-``TRITON_INTERPRET=1`` before that import, and checks that it took. The whole test process keeps
-the variable: it only matters to code that imports Triton. With ``CLBENCH_TEST_DEVICE=cuda`` the
-same tests run the compiled kernels on a GPU instead.
+Triton decides when a kernel is *defined* whether it is compiled for the GPU or run by its CPU
+interpreter, and its own library (tl.sum, ...) is defined when triton is first imported. So
+``TRITON_INTERPRET=1`` must be set before anything imports triton: tests/conftest.py sets it
+(some test dependencies import triton), this module sets it again for a run of this file alone,
+and clbench.kernels refuses to import if the two were built differently. The whole test process
+keeps the variable: it only matters to code that imports Triton. With
+``CLBENCH_TEST_DEVICE=cuda`` the same tests run the compiled kernels on a GPU instead.
 
 Accuracy criterion (FlashAttention's own, as in its hopper/test_flash_attn.py): against a float64
 reference, the error of our output and gradients is at most twice the error of a plain torch
@@ -27,7 +29,7 @@ import torch
 
 DEVICE = os.environ.get("CLBENCH_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"  # before the first import of clbench.kernels (see above)
+    os.environ["TRITON_INTERPRET"] = "1"  # before the first import of triton (see above)
 
 triton = pytest.importorskip("triton", reason="triton is not installed on this platform")
 
@@ -39,8 +41,8 @@ from clbench.kernels import flash_attention  # noqa: E402
 
 if DEVICE == "cpu" and not kernels.INTERPRET:
     raise RuntimeError(
-        "clbench.kernels was imported before tests/test_kernels.py set TRITON_INTERPRET=1; "
-        "run the kernel tests in their own process or set TRITON_INTERPRET=1 in the environment"
+        "clbench.kernels was imported compiled before tests/test_kernels.py set TRITON_INTERPRET=1; "
+        "set TRITON_INTERPRET=1 in the environment"
     )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -327,6 +329,17 @@ def test_cuda_tensors_default_to_triton(monkeypatch):
     assert dispatch.choose(FakeCuda()) == "sdpa"
     monkeypatch.setattr(dispatch, "_kernels", False)  # triton missing
     assert dispatch.choose(FakeCuda()) == "sdpa"
+
+
+def test_kernels_refuse_to_import_when_triton_was_imported_in_the_other_mode():
+    code = (
+        "import os, triton.language\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import clbench.kernels\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "TRITON_INTERPRET changed between the first import of triton" in r.stderr
 
 
 def test_cpu_users_never_import_triton():

@@ -49,6 +49,13 @@ def _interpreting() -> bool:
 
 
 INTERPRET = _interpreting()
+# Triton's own library functions (tl.sum, tl.max, ...) were built, compiled or interpreted, when
+# triton.language was first imported; ours must be built the same way or no kernel runs.
+if INTERPRET != (type(tl.sum).__name__ == "InterpretedFunction"):
+    raise ImportError(
+        "TRITON_INTERPRET changed between the first import of triton and that of clbench.kernels; "
+        "set it (or unset it) before anything imports triton, e.g. in the environment"
+    )
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 128
 
@@ -436,7 +443,8 @@ def _configs(shapes):
 # in the dK/dV kernel; smaller tiles for short sequences (see _prune).
 FWD_CONFIGS = [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
                (64, 32, 4, 2)]
-DKDV_CONFIGS = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 3), (16, 64, 4, 2)]
+DKDV_CONFIGS = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 3),
+                (16, 64, 4, 2)]
 DQ_CONFIGS = [(128, 32, 4, 3), (128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 3), (64, 16, 4, 2)]
 # N_BUCKET (N rounded up to a power of two) is a plain argument that the kernels ignore: it keys
 # the tuning without compiling a kernel per sequence length.
