@@ -32,7 +32,7 @@ def table(*folders: str) -> str:
     summary = tables.summary.assign(scenario=tables.summary["run_id"].map(scenario))
     lines = []
     for (stream, scen), g in summary.groupby(["stream", "scenario"], sort=False):
-        agg_g = aggregate(g)
+        agg_g = aggregate(g.drop(columns="scenario"), metrics=["acc", "bwt", "forgetting"])
         naive = agg_g.loc[agg_g["strategy"] == "naive", "train_seconds_mean"]
         base = float(naive.iloc[0]) if len(naive) else float("nan")
         buffers = g.groupby("strategy")["buffer_size"].max()
