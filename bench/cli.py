@@ -97,8 +97,11 @@ def cmd_report(args, console: Console) -> int:
 
 
 def cmd_compare(args, console: Console) -> int:
+    from rich.markup import escape
+
     from clbench.results import load
     from clbench.results.report import METRICS, compare
+    from clbench.results.summary import stream_title
 
     df = compare(load(args.a), load(args.b), tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b)
     table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · Welch's t-test over seeds")
@@ -110,7 +113,7 @@ def cmd_compare(args, console: Console) -> int:
 
     for _, r in df.iterrows():
         p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}" + (" *" if r["p"] < 0.05 else "")
-        table.add_row(str(r["stream"]), str(r["order"]), str(r["strategy"]), str(r["metric"]),
+        table.add_row(escape(stream_title(r["stream"], r["variant"])), str(r["order"]), str(r["strategy"]), str(r["metric"]),
                       side(r["a_mean"], r["a_std"], r["a_n"]), side(r["b_mean"], r["b_std"], r["b_n"]),
                       "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", p)
     console.print(table)
@@ -186,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b", metavar="B")
     c.add_argument("--metric", action="append", help="a summary metric (repeatable; default: acc, bwt, fwt, forgetting)")
     c.add_argument("--strategy-a", help="compare this strategy of A ...")
-    c.add_argument("--strategy-b", help="... with this strategy of B (matched on stream and order)")
+    c.add_argument("--strategy-b", help="... with this strategy of B (matched on stream, stream params and order)")
     c.set_defaults(fn=cmd_compare)
 
     sub.add_parser("list", help="list streams, strategies and built-in suites").set_defaults(fn=cmd_list)

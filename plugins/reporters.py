@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 
+from rich.markup import escape
 from rich.table import Table
 
 from clbench import hookimpl
-from clbench.results.summary import aggregate
+from clbench.results.summary import aggregate, stream_title
 
 SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity")
 
@@ -28,8 +29,8 @@ def console_report(tables, out, console) -> None:
     if agg.empty:
         console.print("no results")
         return
-    for (stream, order), g in agg.groupby(["stream", "order"], sort=False):
-        table = Table(title=f"{stream} · order {order} · mean ± sd over seeds (accuracy in %)")
+    for (stream, _params, variant, order), g in agg.groupby(["stream", "stream_params", "variant", "order"], sort=False):
+        table = Table(title=f"{escape(stream_title(stream, variant))} · order {order} · mean ± sd over seeds (accuracy in %)")
         table.add_column("rank", justify="right")
         table.add_column("strategy")
         table.add_column("seeds", justify="right")

@@ -6,12 +6,14 @@ Every function takes :class:`~clbench.results.Tables` (what :func:`clbench.resul
 returns) or its DataFrames, so a notebook can use the pieces::
 
     tables = clbench.results.load("results/a", "results/b")
-    leaderboard(tables.summary)            # one row per (stream, order, strategy)
+    leaderboard(tables.summary)            # one row per (stream, stream params, order, strategy)
     forgetting_per_task(tables)            # one row per cell and task
     write_html(tables, "report/")          # report/report.html
 
-A report groups cells by (stream, order); within a group, one line per strategy, aggregated
-over the seeds whose cells finished (cells that failed or diverged are counted, not averaged).
+A report groups cells by (stream, stream params, order); within a group, one line per strategy,
+aggregated over the seeds whose cells finished (cells that failed or diverged are counted, not
+averaged). A stream run with several sets of parameters is shown as one group per variant,
+named by the parameters that differ (``split-digits (scenario=task-incremental)``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .store import Tables
-from .summary import accuracy_matrix, aggregate
+from .summary import accuracy_matrix, aggregate, canonical_params, stream_title, variant_labels, with_variants
 
 #: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
 METRICS = ("acc", "bwt", "fwt", "forgetting")
@@ -41,7 +43,7 @@ COST = (
 )
 HEADINGS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting"}
 #: Summary columns that are not metrics.
-SUMMARY_FIXED = {"run_id", "suite", "stream", "order", "strategy", "params", "seed", "status",
+SUMMARY_FIXED = {"run_id", "suite", "stream", "stream_params", "variant", "order", "strategy", "params", "seed", "status",
                  "train_seconds", "eval_seconds", "peak_memory_mb", "trainable_params", "buffer_size"}
 
 
@@ -49,18 +51,22 @@ SUMMARY_FIXED = {"run_id", "suite", "stream", "order", "strategy", "params", "se
 
 
 def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (stream, order, strategy): ``seeds`` (finished), ``not_ok``, and for each
-    metric and cost column ``<col>_mean``, ``<col>_std`` and ``<col>_sem`` over seeds, and
-    ``rank`` by mean ACC within (stream, order); sorted by stream, order and rank."""
+    """One row per (stream, stream_params, order, strategy), with ``variant`` (see
+    :func:`~clbench.results.summary.variant_labels`): ``seeds`` (finished), ``not_ok``, and for
+    each metric and cost column ``<col>_mean``, ``<col>_std`` and ``<col>_sem`` over seeds, and
+    ``rank`` by mean ACC within (stream, stream_params, order); sorted by stream, stream_params,
+    order and rank."""
     if summary.empty:
         return pd.DataFrame()
     cols = [m for m in METRICS if m in summary] + [c for c, *_ in COST if c in summary and c not in ("train_seconds", "trainable_params")]
     agg = aggregate(summary, metrics=cols)
-    return agg.sort_values(["stream", "order", "rank"], na_position="last", kind="stable").reset_index(drop=True)
+    return agg.sort_values(["stream", "stream_params", "order", "rank"], na_position="last", kind="stable").reset_index(drop=True)
 
 
 def _ok_cells(tables: Tables) -> pd.DataFrame:
-    return tables.cells[tables.cells["status"] == "ok"]
+    """The finished cells, with ``variant`` (labelled over all cells, as the leaderboard)."""
+    cells = with_variants(tables.cells)
+    return cells[cells["status"] == "ok"]
 
 
 def cell_matrices(tables: Tables) -> dict[str, np.ndarray]:
@@ -68,19 +74,19 @@ def cell_matrices(tables: Tables) -> dict[str, np.ndarray]:
     return {rid: accuracy_matrix(tables.measurements, rid)[0] for rid in _ok_cells(tables)["run_id"]}
 
 
-def mean_matrices(tables: Tables) -> dict[tuple[str, str], dict[str, tuple[np.ndarray, int]]]:
-    """(stream, order) -> strategy -> (mean accuracy matrix over seeds, number of seeds).
+def mean_matrices(tables: Tables) -> dict[tuple[str, str, str], dict[str, tuple[np.ndarray, int]]]:
+    """(stream, variant, order) -> strategy -> (mean accuracy matrix over seeds, number of seeds).
     Cells whose matrix shape differs from the group's most common one are left out."""
     mats = cell_matrices(tables)
     out: dict = {}
-    for (stream, order), g in _ok_cells(tables).groupby(["stream", "order"], sort=False):
+    for key, g in _ok_cells(tables).groupby(["stream", "variant", "order"], sort=False):
         shapes = pd.Series([mats[r].shape for r in g["run_id"]])
         shape = shapes.mode().iloc[0]
-        out[(stream, order)] = {}
+        out[key] = {}
         for strategy, gs in g.groupby("strategy", sort=False):
             Rs = [mats[r] for r in gs["run_id"] if mats[r].shape == shape]
             if Rs:
-                out[(stream, order)][strategy] = (np.mean(Rs, axis=0), len(Rs))
+                out[key][strategy] = (np.mean(Rs, axis=0), len(Rs))
     return out
 
 
@@ -92,9 +98,9 @@ def accuracy_curves(tables: Tables) -> pd.DataFrame:
     for _, c in _ok_cells(tables).iterrows():
         R = mats[c["run_id"]]
         for k in range(R.shape[0]):
-            rows.append({"stream": c["stream"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
+            rows.append({"stream": c["stream"], "variant": c["variant"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
                          "after_task": k + 1, "acc_seen": float(R[k, : k + 1].mean()), "acc_all": float(R[k].mean())})
-    return pd.DataFrame(rows, columns=["stream", "order", "strategy", "seed", "after_task", "acc_seen", "acc_all"])
+    return pd.DataFrame(rows, columns=["stream", "variant", "order", "strategy", "seed", "after_task", "acc_seen", "acc_all"])
 
 
 def forgetting_per_task(tables: Tables) -> pd.DataFrame:
@@ -106,17 +112,19 @@ def forgetting_per_task(tables: Tables) -> pd.DataFrame:
         R = mats[c["run_id"]]
         T = R.shape[0]
         for j in range(T - 1):
-            rows.append({"stream": c["stream"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
+            rows.append({"stream": c["stream"], "variant": c["variant"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
                          "task": j, "forgetting": float(R[j : T - 1, j].max() - R[-1, j])})
-    return pd.DataFrame(rows, columns=["stream", "order", "strategy", "seed", "task", "forgetting"])
+    return pd.DataFrame(rows, columns=["stream", "variant", "order", "strategy", "seed", "task", "forgetting"])
 
 
 def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
             strategy_a: str | None = None, strategy_b: str | None = None) -> pd.DataFrame:
-    """Line up two result sets: one row per (stream, order, strategy, metric) found in both, with
-    mean, sd and seeds of each side, ``diff`` (B − A), and Welch's t-test over seeds (``t``,
-    ``p``; NaN with fewer than two seeds on a side, or when neither side varies). With ``strategy_a``/``strategy_b``, those
-    two strategies are compared (they may come from the same result set), matched on (stream, order).
+    """Line up two result sets: one row per (stream, stream_params, order, strategy, metric) found
+    in both, with ``variant`` (the stream's parameters that differ between its variants in the two
+    sets, "" where it has one set), mean, sd and seeds of each side, ``diff`` (B − A), and Welch's
+    t-test over seeds (``t``, ``p``; NaN with fewer than two seeds on a side, or when neither side
+    varies). With ``strategy_a``/``strategy_b``, those two strategies are compared (they may come
+    from the same result set), matched on (stream, stream_params, order).
     """
     from scipy import stats
 
@@ -131,14 +139,17 @@ def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
         return s
 
     sa, sb = pick(a, strategy_a, "A"), pick(b, strategy_b, "B")
+    sa, sb = (s.assign(stream_params=s["stream_params"].map(canonical_params) if "stream_params" in s else "{}") for s in (sa, sb))
+    labels = variant_labels([*zip(sa["stream"], sa["stream_params"]), *zip(sb["stream"], sb["stream_params"])])
+    sa, sb = (s.assign(variant=[labels[k] for k in zip(s["stream"], s["stream_params"])]) for s in (sa, sb))
     known = [c for c in sa.columns if c in sb.columns and c not in SUMMARY_FIXED]
     for m in metrics:
         if m not in known:
             raise UserError(f"unknown metric {m!r} (metrics: {', '.join(known)})")
-    keys = ["stream", "order", "strategy"]
+    keys = ["stream", "stream_params", "variant", "order", "strategy"]
     common = sa[keys].drop_duplicates().merge(sb[keys].drop_duplicates())
     if common.empty:
-        raise UserError("the two result sets have no (stream, order, strategy) in common")
+        raise UserError("the two result sets have no (stream, stream params, order, strategy) in common")
     rows = []
     for _, k in common.iterrows():
         ga = sa[(sa[keys] == k.values).all(axis=1)]
@@ -195,14 +206,21 @@ def _slug(*parts) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in s).strip("-")
 
 
-def _task_names(tables: Tables, stream: str, order: str) -> list[str] | None:
-    c = tables.cells[(tables.cells["stream"] == stream) & (tables.cells["order"] == order) & (tables.cells["status"] == "ok")]
+def _names(kind: str, stream: str, order: str, variant: str) -> tuple[str, str]:
+    """A figure's file stem and the words naming its group in the alt text."""
+    slug = _slug(kind, stream, variant, order) if variant else _slug(kind, stream, order)
+    return slug, f"{stream_title(stream, variant)}, order {order}"
+
+
+def _task_names(tables: Tables, stream: str, order: str, variant: str = "") -> list[str] | None:
+    cells = _ok_cells(tables)
+    c = cells[(cells["stream"] == stream) & (cells["variant"] == variant) & (cells["order"] == order)]
     if c.empty:
         return None
     return json.loads(c["tasks"].iloc[0]) if "tasks" in c else None
 
 
-def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.ndarray, int]]) -> Figure:
+def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.ndarray, int]], variant: str = "") -> Figure:
     """One heatmap per strategy of the mean accuracy matrix (rows: after training task i)."""
     plt = _pyplot()
     n = len(means)
@@ -211,7 +229,7 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
     T = next(iter(means.values()))[0].shape[0]
     size = 1.2 + 0.45 * T
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 0.8, rows * size + 0.4), squeeze=False)
-    names = _task_names(tables, stream, order)
+    names = _task_names(tables, stream, order, variant)
     labels = names if names and len(names) == T and max(map(len, names)) <= 8 else [str(j) for j in range(T)]
     im = None
     for k, (ax, (strategy, (R, seeds))) in enumerate(zip(axes.flat, means.items())):
@@ -231,11 +249,12 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
         ax.axis("off")
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy %")
-    alt = f"accuracy matrices of {', '.join(means)} on {stream}, order {order}"
-    return Figure(_slug("matrices", stream, order), "Accuracy matrices (mean over seeds, %)", alt, _png(fig))
+    name, on = _names("matrices", stream, order, variant)
+    alt = f"accuracy matrices of {', '.join(means)} on {on}"
+    return Figure(name, "Accuracy matrices (mean over seeds, %)", alt, _png(fig))
 
 
-def curves(stream: str, order: str, df: pd.DataFrame) -> Figure:
+def curves(stream: str, order: str, df: pd.DataFrame, variant: str = "") -> Figure:
     """Mean accuracy on the tasks seen so far after each task, ± sd over seeds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -249,11 +268,12 @@ def curves(stream: str, order: str, df: pd.DataFrame) -> Figure:
     ax.set_xticks(sorted(df["after_task"].unique()))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    alt = f"accuracy over tasks of {', '.join(df['strategy'].unique())} on {stream}, order {order}"
-    return Figure(_slug("curves", stream, order), "Accuracy over tasks (mean ± sd over seeds)", alt, _png(fig))
+    name, on = _names("curves", stream, order, variant)
+    alt = f"accuracy over tasks of {', '.join(df['strategy'].unique())} on {on}"
+    return Figure(name, "Accuracy over tasks (mean ± sd over seeds)", alt, _png(fig))
 
 
-def forgetting_bars(stream: str, order: str, df: pd.DataFrame) -> Figure:
+def forgetting_bars(stream: str, order: str, df: pd.DataFrame, variant: str = "") -> Figure:
     """Forgetting of each task but the last, one bar per strategy, mean ± sd over seeds."""
     plt = _pyplot()
     strategies = list(df["strategy"].unique())
@@ -270,11 +290,12 @@ def forgetting_bars(stream: str, order: str, df: pd.DataFrame) -> Figure:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    alt = f"forgetting per task of {', '.join(strategies)} on {stream}, order {order}"
-    return Figure(_slug("forgetting", stream, order), "Forgetting per task (mean ± sd over seeds)", alt, _png(fig))
+    name, on = _names("forgetting", stream, order, variant)
+    alt = f"forgetting per task of {', '.join(strategies)} on {on}"
+    return Figure(name, "Forgetting per task (mean ± sd over seeds)", alt, _png(fig))
 
 
-def cost_bars(stream: str, order: str, board: pd.DataFrame) -> Figure:
+def cost_bars(stream: str, order: str, board: pd.DataFrame, variant: str = "") -> Figure:
     """Training time, peak memory and trainable parameters per strategy (mean ± sd over seeds)."""
     plt = _pyplot()
     cols = [(c, h) for c, h, *_ in COST if f"{c}_mean" in board]
@@ -286,8 +307,9 @@ def cost_bars(stream: str, order: str, board: pd.DataFrame) -> Figure:
         ax.invert_yaxis()
         ax.set_title(heading, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
-    alt = f"training time, peak memory and trainable parameters of {', '.join(board['strategy'])} on {stream}, order {order}"
-    return Figure(_slug("cost", stream, order), "Cost (mean ± sd over seeds)", alt, _png(fig))
+    name, on = _names("cost", stream, order, variant)
+    alt = f"training time, peak memory and trainable parameters of {', '.join(board['strategy'])} on {on}"
+    return Figure(name, "Cost (mean ± sd over seeds)", alt, _png(fig))
 
 
 # -- the report as blocks, rendered to Markdown or HTML -------------------------------------------
@@ -314,7 +336,7 @@ def _num(fmt: str, mean, std) -> str:
 
 
 def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The leaderboard of one (stream, order) as a header and rows of strings."""
+    """The leaderboard of one (stream, stream params, order) as a header and rows of strings."""
     metrics = [m for m in METRICS if f"{m}_mean" in board]
     cost = [(c, h, f) for c, h, _s, f in COST if f"{c}_mean" in board]
     header = ["rank", "strategy", "seeds", *(HEADINGS[m] for m in metrics), *(h for _c, h, _f in cost)]
@@ -349,29 +371,30 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     means = mean_matrices(tables)
     curves_df = accuracy_curves(tables)
     forget_df = forgetting_per_task(tables)
-    for (stream, order), b in board.groupby(["stream", "order"], sort=False):
-        out.append(("h2", f"{stream} · order {order}"))
+    for (stream, _params, variant, order), b in board.groupby(["stream", "stream_params", "variant", "order"], sort=False):
+        out.append(("h2", f"{stream_title(stream, variant)} · order {order}"))
         out.append(("h3", "Leaderboard"))
         out.append(("table", *leaderboard_rows(b)))
-        sel = lambda df: df[(df["stream"] == stream) & (df["order"] == order)]  # noqa: E731
-        if means.get((stream, order)):
+        sel = lambda df: df[(df["stream"] == stream) & (df["variant"] == variant) & (df["order"] == order)]  # noqa: E731
+        if means.get((stream, variant, order)):
             out.append(("h3", "Accuracy matrices"))
-            out.append(("figure", heatmaps(tables, stream, order, means[(stream, order)])))
+            out.append(("figure", heatmaps(tables, stream, order, means[(stream, variant, order)], variant)))
         if not sel(curves_df).empty:
             out.append(("h3", "Accuracy over tasks"))
-            out.append(("figure", curves(stream, order, sel(curves_df))))
+            out.append(("figure", curves(stream, order, sel(curves_df), variant)))
         if not sel(forget_df).empty:
             out.append(("h3", "Forgetting per task"))
-            out.append(("figure", forgetting_bars(stream, order, sel(forget_df))))
+            out.append(("figure", forgetting_bars(stream, order, sel(forget_df), variant)))
         ok = b[b["seeds"] > 0]
         if not ok.empty:
             out.append(("h3", "Cost"))
-            out.append(("figure", cost_bars(stream, order, ok)))
-    bad = cells[cells["status"] != "ok"]
+            out.append(("figure", cost_bars(stream, order, ok, variant)))
+    labelled = with_variants(cells)
+    bad = labelled[labelled["status"] != "ok"]
     if not bad.empty:
         out.append(("h2", "Cells that did not finish"))
         out.append(("table", ["stream", "order", "strategy", "seed", "status", "error"],
-                    [[str(r["stream"]), str(r["order"]), str(r["strategy"]), str(r["seed"]), str(r["status"]), str(r["error"])]
+                    [[stream_title(r["stream"], r["variant"]), str(r["order"]), str(r["strategy"]), str(r["seed"]), str(r["status"]), str(r["error"])]
                      for _, r in bad.iterrows()]))
     return out
 

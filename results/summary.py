@@ -31,7 +31,7 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
         from clbench.host import get_host
 
         metrics = {n: e.obj for n, e in get_host().registries["metrics"].items()}
-    keep = ["run_id", "suite", "stream", "order", "strategy", "params", "seed", "status", *COST]
+    keep = ["run_id", "suite", "stream", "stream_params", "order", "strategy", "params", "seed", "status", *COST]
     rows = []
     ok = cells[cells["status"] == "ok"]
     matrices = {rid: accuracy_matrix(measurements, rid) for rid in ok["run_id"]}
@@ -52,15 +52,77 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
     return pd.DataFrame(rows)
 
 
+def canonical_params(params) -> str:
+    """A stream's parameters as JSON with sorted keys ("{}" where missing)."""
+    if params is None or (isinstance(params, float) and np.isnan(params)):
+        return "{}"
+    try:
+        return json.dumps(json.loads(params) if isinstance(params, str) else params, sort_keys=True)
+    except (TypeError, ValueError):
+        return str(params)
+
+
+def _value(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+
+def variant_labels(pairs) -> dict[tuple[str, str], str]:
+    """(stream, canonical stream_params) -> a short label of the variant: the parameters that
+    differ between the variants of that stream among ``pairs`` ("scenario=task-incremental"),
+    "" for a stream with one set of parameters."""
+    by_stream: dict[str, list[str]] = {}
+    for stream, params in pairs:
+        seen = by_stream.setdefault(stream, [])
+        if params not in seen:
+            seen.append(params)
+    out = {}
+    for stream, variants in by_stream.items():
+        if len(variants) == 1:
+            out[(stream, variants[0])] = ""
+            continue
+        dicts = {p: json.loads(p) for p in variants}
+        if not all(isinstance(d, dict) for d in dicts.values()):
+            out.update({(stream, p): p for p in variants})
+            continue
+        keys = sorted(set().union(*dicts.values()))
+        missing = object()
+        differ = [k for k in keys if len({json.dumps(d[k], sort_keys=True) if k in d else missing for d in dicts.values()}) > 1]
+        labels = {p: ", ".join(f"{k}={_value(d[k])}" if k in d else f"{k}=(default)" for k in differ)
+                  for p, d in dicts.items()}
+        if len(set(labels.values())) < len(labels):  # values that print alike: the whole JSON
+            labels = {p: p for p in variants}
+        out.update({(stream, p): lab for p, lab in labels.items()})
+    return out
+
+
+def with_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (cells or summary rows) with ``stream_params`` as canonical JSON and a ``variant``
+    column (:func:`variant_labels` over the streams and parameters in ``df``)."""
+    df = df.copy()
+    df["stream_params"] = df["stream_params"].map(canonical_params) if "stream_params" in df else "{}"
+    labels = variant_labels(zip(df["stream"], df["stream_params"]))
+    df["variant"] = [labels[k] for k in zip(df["stream"], df["stream_params"])]
+    return df
+
+
+def stream_title(stream: str, variant: str) -> str:
+    """How reports name a stream: ``split-digits``, or ``split-digits (scenario=task-incremental)``
+    where the results hold several variants of it."""
+    return f"{stream} ({variant})" if variant else str(stream)
+
+
 def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Mean, standard deviation and standard error over seeds per (stream, order, strategy), with
-    the rank by mean ACC within each (stream, order). Failed cells are left out (and counted)."""
+    """Mean, standard deviation and standard error over seeds per (stream, stream_params, order,
+    strategy), with the rank by mean ACC within each (stream, stream_params, order). Failed cells
+    are left out (and counted). ``variant`` labels a stream's parameters where it appears with
+    several sets of them (:func:`variant_labels`), else is empty."""
     if summary.empty:
         return pd.DataFrame()
     if metrics is None:
-        fixed = {"run_id", "suite", "stream", "order", "strategy", "params", "seed", "status", *COST}
+        fixed = {"run_id", "suite", "stream", "stream_params", "variant", "order", "strategy", "params", "seed", "status", *COST}
         metrics = [c for c in summary.columns if c not in fixed]
-    keys = ["stream", "order", "strategy"]
+    summary = with_variants(summary)
+    keys = ["stream", "stream_params", "variant", "order", "strategy"]
     out = []
     for key, g in summary.groupby(keys, sort=False):
         ok = g[g["status"] == "ok"]
@@ -75,7 +137,7 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
         out.append(row)
     agg = pd.DataFrame(out)
     if "acc_mean" in agg:
-        agg["rank"] = agg.groupby(["stream", "order"])["acc_mean"].rank(ascending=False, method="min")
+        agg["rank"] = agg.groupby(["stream", "stream_params", "order"], sort=False)["acc_mean"].rank(ascending=False, method="min")
     return agg
 
 

@@ -37,12 +37,13 @@ def flat_R(v: float) -> np.ndarray:
     return np.array([[0.8, 0.1, 0.1], [0.8, 0.8, 0.1], [v, v, v]])
 
 
-def build(host, matrices: dict, failed=(), seconds=None) -> list[tuple[dict, list[dict]]]:
+def build(host, matrices: dict, failed=(), seconds=None, stream_params=None) -> list[tuple[dict, list[dict]]]:
     """Cells rows and measurements as the runner writes them: ``matrices[(strategy, seed)] = R``
     (accuracy before training 0.1 everywhere); ``failed``: (strategy, seed) that failed."""
     strategies = sorted({s for s, _ in matrices} | {s for s, _ in failed})
     seeds = sorted({d for _, d in matrices} | {d for _, d in failed})
-    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params={"patch_size": 4, "n_tasks": 3}), "t.toml", host)
+    stream_params = {"patch_size": 4, "n_tasks": 3, **(stream_params or {})}
+    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params=stream_params), "t.toml", host)
     out = []
     for cell in suite.cells:
         key = (cell.strategy.label, cell.seed)
@@ -109,6 +110,62 @@ def test_forgetting_per_task_and_accuracy_over_tasks(tables):
     n0 = c[(c["strategy"] == "naive") & (c["seed"] == 0)].set_index("after_task")
     assert n0["acc_seen"].to_dict() == pytest.approx({1: 0.9, 2: 0.45, 3: 1.0 / 3})
     assert n0["acc_all"].to_dict() == pytest.approx({1: 0.3, 2: 0.3, 3: 1.0 / 3})
+
+
+def _two_variants(host):
+    """split-digits twice: class-incremental (naive ACC 0.2, 0.4; cumulative 0.5) and
+    task-incremental (naive ACC 0.8, 1.0; cumulative 0.6)."""
+    cil = build(host, {("naive", 0): flat_R(0.2), ("naive", 1): flat_R(0.4), ("cumulative", 0): flat_R(0.5)},
+                stream_params={"scenario": "class-incremental"})
+    til = build(host, {("naive", 0): flat_R(0.8), ("naive", 1): flat_R(1.0), ("cumulative", 0): flat_R(0.6)},
+                stream_params={"scenario": "task-incremental"})
+    return cil, til
+
+
+def test_stream_variants_are_aggregated_and_ranked_separately(host, tmp_path, capsys):
+    from rich.console import Console
+
+    cil, til = _two_variants(host)
+    tables = tables_of(cil + til)
+    assert len(leaderboard(tables.summary)) == 4  # naive and cumulative, on each variant
+    board = leaderboard(tables.summary).set_index(["variant", "strategy"])
+    cil_label, til_label = "scenario=class-incremental", "scenario=task-incremental"
+    assert set(board.index.get_level_values("variant")) == {cil_label, til_label}
+    assert board.loc[(cil_label, "naive"), "acc_mean"] == pytest.approx(0.3)
+    assert board.loc[(til_label, "naive"), "acc_mean"] == pytest.approx(0.9)
+    assert board.loc[(cil_label, "naive"), "seeds"] == 2 and board.loc[(til_label, "naive"), "seeds"] == 2
+    # ranked within each variant: cumulative first in class-IL, naive first in task-IL
+    assert board.loc[(cil_label, "cumulative"), "rank"] == 1 and board.loc[(cil_label, "naive"), "rank"] == 2
+    assert board.loc[(til_label, "naive"), "rank"] == 1 and board.loc[(til_label, "cumulative"), "rank"] == 2
+
+    text = write_markdown(tables, tmp_path / "rep").read_text(encoding="utf-8")
+    assert f"## split-digits ({cil_label}) · order default" in text
+    assert f"## split-digits ({til_label}) · order default" in text
+    assert "| 1 | naive | 2 | 90.0 ± 14.1 [10.0] |" in text and "| 2 | naive | 2 | 30.0 ± 14.1 [10.0] |" in text
+    links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", text)
+    assert len(links) == 8 and len(set(links)) == 8  # a figure per variant, none overwritten
+
+    console = Console(width=200, record=True)
+    host.get("reporters", "console").obj(tables, None, console)
+    out = console.export_text()
+    assert f"split-digits ({cil_label}) · order default" in out and f"split-digits ({til_label})" in out
+
+    # one variant alone looks as before: no label
+    one = tables_of(cil)
+    assert set(leaderboard(one.summary)["variant"]) == {""}
+    assert "## split-digits · order default" in write_markdown(one, tmp_path / "one").read_text(encoding="utf-8")
+
+    # compare matches variants, and says which is which
+    df = compare(tables, tables, ("acc",)).set_index(["variant", "strategy"])
+    assert len(df) == 4 and df.loc[(til_label, "naive"), "a_mean"] == pytest.approx(0.9)
+    for name, rows in (("a", cil + til), ("b", til)):
+        prepare_out(tmp_path / name)
+        for row, meas in rows:
+            write_cell(tmp_path / name, row, meas)
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "acc"]) == 0
+    out = capsys.readouterr().out
+    assert f"split-digits ({til_label})" in out and "class-incremental" not in out
 
 
 class Page(HTMLParser):
