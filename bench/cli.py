@@ -156,6 +156,63 @@ def cmd_plugins(args, console: Console) -> int:
     return 0
 
 
+def _model_overrides(pairs: list[str]):
+    """``--set key=value`` pairs as a ModelConfig (values parsed as TOML: 128, true, "post")."""
+    import tomllib
+    import typing
+
+    from .model import ModelConfig
+    from .params import _type_name, _type_ok
+
+    hints = typing.get_type_hints(ModelConfig)
+    values = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in hints:
+            raise UserError(f"--set {pair!r}: expected FIELD=VALUE with a model field ({', '.join(hints)})")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()  # a bare word: a string
+        if not _type_ok(value, hints[key]):
+            raise UserError(f"--set {key}: must be {_type_name(hints[key])}, got {value!r}")
+        values[key] = value
+    return ModelConfig(**values)
+
+
+def cmd_pretrain(args, console: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .pretrain import PretrainConfig, pretrain
+
+    model = _model_overrides(args.set)
+    if args.init:
+        model.init = args.init
+    if args.causal:
+        model.causal = True
+    cfg = PretrainConfig(
+        **{k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "lr", "save_every", "keep", "seed")}
+    )
+    err = Console(stderr=True)
+    progress = Progress(
+        TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(), console=err, disable=args.no_progress,
+    )
+    bar = progress.add_task("steps", total=cfg.steps, loss=float("nan"))
+
+    def on_step(step: int, steps: int, loss: float) -> None:
+        progress.update(bar, completed=step, loss=loss)
+
+    with progress:
+        last = pretrain(
+            args.out, args.text, model=model, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+            config=cfg, device=args.device, on_step=on_step, log=lambda s: err.print(f"pretrain: {s}"),
+        )
+    console.print(f"checkpoint: {last}  (use it as model.init = \"{args.out}\")", soft_wrap=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -191,6 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strategy-a", help="compare this strategy of A ...")
     c.add_argument("--strategy-b", help="... with this strategy of B (matched on stream, stream params and order)")
     c.set_defaults(fn=cmd_compare)
+
+    pt = sub.add_parser(
+        "pretrain",
+        help="pre-train the Transformer on text (masked LM; next-token with causal=true) into checkpoints",
+        description="Pre-train into OUT (safetensors checkpoints); run again on OUT to resume. See docs/pretrain.md.",
+    )
+    pt.add_argument("out", metavar="OUT", help="checkpoint folder (resumed from its latest checkpoint if it has one)")
+    pt.add_argument("--text", required=True, help=".txt files (a document per line), or a folder of tasks (training splits)")
+    pt.add_argument("--tokenizer", default="bytes", help="bytes (default), bpe (trained on the text), or a backbone's: minilm, a checkpoint folder, hf:<name>")
+    pt.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size")
+    pt.add_argument("--init", help="start from a backbone: minilm, a checkpoint folder, hf:<name> (default: random)")
+    pt.add_argument("--causal", action="store_true", help="a causal model, trained on next-token prediction")
+    pt.add_argument("--set", action="append", metavar="FIELD=VALUE", help="a model field (repeatable), e.g. d_model=128")
+    for flag, typ, default, what in (
+        ("--steps", int, 1000, "total optimizer steps"),
+        ("--batch-size", int, 32, "sequences per step"),
+        ("--seq-len", int, 128, "tokens per sequence"),
+        ("--lr", float, 5e-4, "peak learning rate"),
+        ("--save-every", int, 200, "steps between checkpoints"),
+        ("--keep", int, 2, "checkpoints kept"),
+        ("--seed", int, 0, "seed of initialisation, batches and masking"),
+    ):
+        pt.add_argument(flag, type=typ, default=default, help=f"{what} (default {default})")
+    pt.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.set_defaults(fn=cmd_pretrain)
 
     sub.add_parser("list", help="list streams, strategies and built-in suites").set_defaults(fn=cmd_list)
     sub.add_parser("plugins", help="list loaded plugins and what each registers").set_defaults(fn=cmd_plugins)

@@ -1,14 +1,17 @@
 """The clbench Transformer, in one file (after nanoGPT's model.py).
 
-An encoder of pre-norm blocks over token ids or patch vectors, with a classification head over the
-stream's label space. Attention goes through :func:`clbench.attention.attention`; padding is
-expressed as sequence lengths.
+An encoder of Transformer blocks over token ids or patch vectors, with a classification head over
+the stream's label space. Blocks are pre-norm (nanoGPT, the default) or post-norm with a LayerNorm
+after the embeddings (BERT: ``norm = "post"``, ``embed_norm = True``), which is how a BERT-family
+checkpoint such as MiniLM runs in it (see :mod:`clbench.backbones`). Attention goes through
+:func:`clbench.attention.attention`; padding is expressed as sequence lengths.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -28,10 +31,20 @@ class ModelConfig:
     pooling: str = "mean"  # "mean" over valid positions, or "first" (a CLS-style first position)
     max_len: int = 512  # positional embeddings available; longer inputs are an error
     bias: bool = True  # biases in Linear and LayerNorm layers
+    norm: Literal["pre", "post"] = "pre"  # LayerNorm before each sublayer (GPT) or after the residual sum (BERT)
+    norm_eps: float = 1e-5  # LayerNorm epsilon (BERT uses 1e-12)
+    embed_norm: bool = False  # a LayerNorm on the embeddings (BERT)
+    init: str = "random"  # initial weights: "random", "minilm", a clbench checkpoint folder, or "hf:<name>"
+
+    #: The fields that define the network's shape; a pretrained ``init`` sets them all.
+    ARCHITECTURE = ("d_model", "n_layers", "n_heads", "mlp_ratio", "causal", "max_len", "bias", "norm", "norm_eps", "embed_norm")
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    def architecture(self) -> dict:
+        return {k: getattr(self, k) for k in self.ARCHITECTURE}
 
 
 class SelfAttention(nn.Module):
@@ -68,12 +81,16 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.post = cfg.norm == "post"
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.attn = SelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if self.post:  # BERT
+            x = self.ln_1(x + self.attn(x, lengths))
+            return self.ln_2(x + self.mlp(x))
         x = x + self.attn(self.ln_1(x), lengths)
         return x + self.mlp(self.ln_2(x))
 
@@ -97,9 +114,11 @@ class Transformer(nn.Module):
         else:
             raise ValueError(f"unknown input kind {input_kind!r}")
         self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.ln_e = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        # pre-norm ends with a LayerNorm; in post-norm the last block's output is already normed
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.norm == "pre" else nn.Identity()
         self.head = nn.Linear(cfg.d_model, n_classes, bias=True)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
@@ -115,21 +134,27 @@ class Transformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled ``(B, d_model)`` features of a batch."""
-        B, N = x.shape[0], x.shape[1]
+    def hidden_states(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's ``(B, N, d_model)`` states, one per position (padded ones included,
+        but no valid position attends to them)."""
+        N = x.shape[1]
         if N > self.cfg.max_len:
             raise ValueError(f"sequence of {N} positions exceeds max_len={self.cfg.max_len}")
         pos = torch.arange(N, device=x.device)
-        h = self.drop(self.embed(x) + self.pos(pos))  # (B, N, C)
+        h = self.drop(self.ln_e(self.embed(x) + self.pos(pos)))  # (B, N, C)
         if lengths is not None and bool((lengths >= N).all()):
             lengths = None  # nothing is padded: let attention take its fast path
         for block in self.blocks:
             h = block(h, lengths)
-        h = self.ln_f(h)
+        return self.ln_f(h)
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled ``(B, d_model)`` features of a batch."""
+        h = self.hidden_states(x, lengths)
+        pos = torch.arange(x.shape[1], device=x.device)
         if self.cfg.pooling == "first":
             return h[:, 0]
-        if lengths is None:
+        if lengths is None or bool((lengths >= x.shape[1]).all()):
             return h.mean(dim=1)
         valid = (pos[None, :] < lengths[:, None]).to(h.dtype)  # (B, N)
         return (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp_min(1.0)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .errors import UserError
+from .backbones import check_stream, is_pretrained, load_into, resolve
 from .model import Transformer
 from .host import firstresult_conflicts, get_host, new_cell_manager
 from .suite import Cell
@@ -237,13 +238,19 @@ def run_cell(
             Task(t.name, t.classes, t.train.to(device), t.test.to(device)) for t in stream.tasks
         ]
 
+        backbone = resolve(cell.model.init) if is_pretrained(cell.model.init) else None
+        if backbone is not None:
+            check_stream(backbone, stream)
         torch.manual_seed(cell.seed)
         model = Transformer(
             cell.model,
             input_kind=stream.input_kind,
-            input_dim=stream.input_dim,
+            input_dim=backbone.input_dim if backbone else stream.input_dim,  # a backbone may have extra ids ([MASK])
             n_classes=stream.n_classes,
-        ).to(device)
+        )
+        if backbone is not None:
+            load_into(model, backbone)
+        model = model.to(device)
         row["total_params"] = model.n_parameters()
 
         pm = new_cell_manager()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from .backbones import is_pretrained, resolve
 from .errors import UserError
 from .model import ModelConfig
 from .params import _type_ok, _type_name, check_params
@@ -63,8 +64,15 @@ class Cell:
     seed: int
     model: ModelConfig
     training: TrainingConfig
+    init_digest: str = ""  # a hash of the initial weights when model.init is a backbone
 
     def config(self) -> dict[str, Any]:
+        model = asdict(self.model)
+        for key, default in _LATER_MODEL_FIELDS.items():  # earlier results keep their hashes
+            if model[key] == default:
+                del model[key]
+        if self.init_digest:
+            model["init_digest"] = self.init_digest
         return {
             "format": RESULTS_FORMAT,
             "stream": self.stream,
@@ -72,7 +80,7 @@ class Cell:
             "order": self.order_value,
             "strategy": self.strategy.to_json(),
             "seed": self.seed,
-            "model": asdict(self.model),
+            "model": model,
             "training": {k: v for k, v in asdict(self.training).items() if k not in ("device", "eval_batch_size")},
         }
 
@@ -96,6 +104,9 @@ class Suite:
     description: str
     cells: list[Cell] = field(default_factory=list)
 
+
+#: Model fields added after results format 1, with the defaults that leave a hash unchanged.
+_LATER_MODEL_FIELDS = {"norm": "pre", "norm_eps": 1e-5, "embed_norm": False, "init": "random"}
 
 # ----------------------------------------------------------------------------------------------
 
@@ -178,9 +189,24 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         where,
         "field 'seeds' must be a non-empty list of integers",
     )
-    model = _dataclass_from(ModelConfig, data.get("model", {}), where, "model")
+    model_table = data.get("model", {})
+    model = _dataclass_from(ModelConfig, model_table, where, "model")
+    init_digest = ""
+    if is_pretrained(model.init):
+        # the backbone fixes the architecture; a suite may only restate it
+        backbone = _wrap(lambda: resolve(model.init), where)
+        for key, value in backbone.arch.items():
+            _need(
+                key not in model_table or model_table[key] == value,
+                where,
+                f"model.{key} = {model_table.get(key)!r} conflicts with model.init {model.init!r} "
+                f"(which has {value!r}): leave architecture fields out",
+            )
+        model = replace(model, **backbone.arch)
+        init_digest = backbone.digest()
     _need(model.d_model % model.n_heads == 0, where, "model.d_model must be divisible by model.n_heads")
-    training = _dataclass_from(TrainingConfig, data.get("training", {}), where, "training")
+    training_table = data.get("training", {})
+    training = _dataclass_from(TrainingConfig, training_table, where, "training")
     _need(training.length_window >= 1, where, "training.length_window must be at least 1")
 
     streams = data.get("streams")
@@ -204,6 +230,8 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         entry = _wrap(lambda: host.get("streams", s["name"]), where)
         _need("order" not in params, where, f"'{at}.params.order': give task orders as '{at}.orders'")
         full = _wrap(lambda: check_params(entry.obj, params, what=f"stream '{s['name']}'", exclude=("order",)), where)
+        if is_pretrained(model.init) and "tokenizer" not in params and "tokenizer" in full:
+            full = {**full, "tokenizer": model.init}  # text in the backbone's own tokens
         orders = s.get("orders", [None])
         _need(isinstance(orders, list) and orders, where, f"field '{at}.orders' must be a non-empty list")
         for o in orders:
@@ -220,7 +248,11 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         at = f"strategies[{i}]"
         _need(isinstance(s, dict), where, f"{at} must be a table")
         for key in s:
-            _need(key in {"name", "params", "label"}, where, f"unknown field '{at}.{key}' (fields: name, params, label)")
+            _need(
+                key in {"name", "params", "label", "training"},
+                where,
+                f"unknown field '{at}.{key}' (fields: name, params, label, training)",
+            )
         names = s.get("name")
         if isinstance(names, str):
             names = [names]
@@ -243,19 +275,23 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
             parts.append((n, _wrap(lambda: check_params(entry.obj, p, what=f"strategy '{n}'"), where)))
         label = s.get("label", "+".join(names))
         _need(isinstance(label, str), where, f"field '{at}.label' must be a string")
-        strategy_specs.append(StrategySpec(label, tuple(parts)))
+        own = s.get("training", {})
+        _need(isinstance(own, dict), where, f"field '{at}.training' must be a table")
+        # this strategy's changes to the suite's [training]
+        tcfg = _dataclass_from(TrainingConfig, {**training_table, **own}, where, f"{at}.training") if own else training
+        strategy_specs.append((StrategySpec(label, tuple(parts)), tcfg))
 
-    labels = [sp.label for sp in strategy_specs]
+    labels = [sp.label for sp, _ in strategy_specs]
     dup = {x for x in labels if labels.count(x) > 1}
     _need(not dup, where, f"strategy label(s) {', '.join(sorted(dup))} appear twice: give each a distinct 'label'")
 
     cells = []
     for sname, sparams, orders in stream_specs:
         for order in orders:
-            for strat in strategy_specs:
+            for strat, tcfg in strategy_specs:
                 for seed in seeds:
                     cells.append(
-                        Cell(name, sname, sparams, _order_label(order), order, strat, seed, model, training)
+                        Cell(name, sname, sparams, _order_label(order), order, strat, seed, model, tcfg, init_digest)
                     )
     return Suite(name=name, path=where, description=description, cells=cells)
 

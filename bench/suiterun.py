@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .backbones import check_stream, is_pretrained, resolve
 from .errors import UserError
 from .host import DEFAULT_PLUGINS, Host, firstresult_conflicts, get_host, new_cell_manager
 from .params import check_params
@@ -61,6 +62,11 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
                 streams[key] = build_stream(cell, host)
             except UserError as exc:
                 raise UserError(f"{suite.path}: stream '{cell.stream}': {exc}") from None
+        if is_pretrained(cell.model.init):
+            try:
+                check_stream(resolve(cell.model.init), streams[key])
+            except UserError as exc:
+                raise UserError(f"{suite.path}: {exc}") from None
     seen = set()
     for cell in suite.cells:
         if cell.strategy.label in seen:

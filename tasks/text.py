@@ -35,7 +35,7 @@ from clbench import hookimpl
 from clbench.errors import UserError
 
 from .base import Examples, Stream, Task
-from .tokenizer import ByteTokenizer, train_bpe
+from .tokenizer import ByteTokenizer, load_tokenizer, train_bpe
 
 #: Task orders by name, as the O-LoRA repository's scripts run them (short task names).
 ORDERS: dict[str, list[str]] = {
@@ -296,7 +296,7 @@ def text_stream(
     train_per_class: int | None = None,
     test_per_class: int | None = None,
     sample_seed: int = 0,
-    tokenizer: Literal["bytes", "bpe"] = "bytes",
+    tokenizer: str = "bytes",
     vocab_size: int = 8000,
     max_len: int = 256,
     skip_missing: bool = False,
@@ -313,7 +313,9 @@ def text_stream(
     :param train_per_class: keep at most this many training examples per class (None: all).
     :param test_per_class: the same for test examples.
     :param sample_seed: seeds the per-class sampling (not the cell's seed: all cells share data).
-    :param tokenizer: ``bytes`` (UTF-8 bytes) or ``bpe`` (trained on the stream's training text).
+    :param tokenizer: ``bytes`` (UTF-8 bytes), ``bpe`` (trained on the stream's training text), or
+        a backbone's own tokenizer, named as ``model.init`` names the backbone (``minilm``, a
+        checkpoint folder, ``hf:<name>``); a suite with a pretrained ``model.init`` sets it.
     :param vocab_size: BPE vocabulary size (``bytes`` always has 257).
     :param max_len: sequences are truncated to this many tokens.
     :param skip_missing: skip tasks that the order names but the folder lacks (with a warning).
@@ -328,6 +330,8 @@ def text_stream(
     if tokenizer == "bpe" and vocab_size < 300:
         raise UserError(f"vocab_size must be at least 300 for BPE (256 bytes + merges), got {vocab_size}")
 
+    if tokenizer not in ("bytes", "bpe"):
+        tok = load_tokenizer(tokenizer, max_len=max_len)  # a bad name is reported before any reading
     root = data_root(data_dir)
     found = find_tasks(root, format)
     seq, skipped = choose_tasks(order, tasks, found, root, skip_missing)
@@ -369,8 +373,9 @@ def text_stream(
         # Train on the tasks sorted by name, so every order of the same tasks shares a tokenizer.
         corpus = [t for _, per in sorted(zip(seq, splits), key=lambda p: p[0]) for t in per["train"][0]]
         tok = train_bpe(corpus, vocab_size=vocab_size, max_len=max_len)
-    else:
+    elif tokenizer == "bytes":
         tok = ByteTokenizer(max_len=max_len)
+    # else: the backbone's tokenizer, loaded above
 
     tasks_out, longest = [], 1
     for pos, (r, per) in enumerate(zip(raw, splits)):

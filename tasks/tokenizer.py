@@ -9,6 +9,10 @@ Two kinds, both with id 0 as padding (``Examples.cat`` pads with zeros):
   ``$CLBENCH_CACHE`` or else ``$XDG_CACHE_HOME/clbench`` (``~/.cache/clbench``).
 
 Both truncate to ``max_len`` tokens; ``decode(encode(s)) == s`` for any text that fits.
+
+A third kind, :class:`PretrainedTokenizer`, is a backbone's own tokenizer (MiniLM's WordPiece, a
+clbench checkpoint's BPE): :func:`load_tokenizer` gives it for a backbone name (see
+:mod:`clbench.backbones`), since a pretrained model only understands its own token ids.
 """
 
 from __future__ import annotations
@@ -158,3 +162,49 @@ def train_bpe(
     tmp.write_text(tok.to_str(), encoding="utf-8")
     os.replace(tmp, path)  # atomic: concurrent cells never read half a file
     return BPETokenizer(tok, max_len, path)
+
+
+class PretrainedTokenizer:
+    """A backbone's tokenizer (a ``tokenizers.Tokenizer`` read from its ``tokenizer.json``, with
+    the special tokens it adds, e.g. BERT's ``[CLS] … [SEP]``), truncating to ``max_len``.
+    ``source`` is the backbone name it was loaded for."""
+
+    kind = "pretrained"
+
+    def __init__(self, tok, source: str, max_len: int = 256):
+        self.tok = tok
+        self.source = source
+        self.max_len = max_len
+        self.vocab_size = tok.get_vocab_size()
+        tok.no_padding()
+        tok.enable_truncation(max_len)
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad([e.ids for e in self.tok.encode_batch_fast(list(texts))])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "source": self.source, "vocab_size": self.vocab_size, "max_len": self.max_len}
+
+
+def load_tokenizer(spec: str, max_len: int = 256):
+    """The tokenizer of the backbone ``spec`` names (``minilm``, a checkpoint folder, ``hf:<name>``)."""
+    from clbench.backbones import resolve
+    from clbench.errors import UserError
+    from tokenizers import Tokenizer
+
+    if spec not in ("minilm",) and not spec.startswith("hf:") and not Path(spec).expanduser().exists():
+        raise UserError(f"tokenizer {spec!r}: not 'bytes', 'bpe', 'minilm', 'hf:<name>' or a checkpoint folder")
+    try:
+        backbone = resolve(spec)
+    except UserError as exc:  # the same backbone errors, about the tokenizer
+        raise UserError(str(exc).replace(f"model.init {spec!r}", f"tokenizer {spec!r}", 1)) from None
+    if backbone.input_kind != "tokens":
+        raise UserError(f"tokenizer {spec!r}: that checkpoint takes {backbone.input_kind}, not text")
+    if backbone.tokenizer["kind"] == "bytes":
+        tok = ByteTokenizer(max_len=max_len)
+        tok.source = spec
+        return tok
+    return PretrainedTokenizer(Tokenizer.from_file(backbone.tokenizer["path"]), spec, max_len)

