@@ -120,7 +120,8 @@ def _hub_folder(name: str) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=[CONFIG, WEIGHTS, TOKENIZER]))
     except Exception as exc:  # offline, unknown name, gated repository, ...
-        why = " ".join(str(exc).split())[:200]
+        why = " ".join(str(exc).split())
+        why = why if len(why) <= 120 else why[:119] + "…"
         raise UserError(
             f"model.init 'hf:{name}': cannot fetch it from the Hugging Face Hub "
             f"({type(exc).__name__}: {why}); offline, download it elsewhere and give its folder"
