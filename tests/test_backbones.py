@@ -94,6 +94,33 @@ def test_hub_offline_is_one_clear_error(monkeypatch, tmp_path):
     assert "\n" not in msg and "hf:bert-base-uncased" in msg and "Hugging Face Hub" in msg
 
 
+def test_hub_name_loads_a_bert_checkpoint_through_the_same_mapping(monkeypatch, host, tmp_path):
+    """Where the hub answers, ``hf:<name>`` is the downloaded folder, mapped as MiniLM's is (the
+    download is stood in for by the MiniLM folder: this machine has no network)."""
+    hub = pytest.importorskip("huggingface_hub")
+    asked = []
+
+    def download(name, allow_patterns=None, **kw):
+        asked.append((name, allow_patterns))
+        return str(resolve("minilm").folder)
+
+    monkeypatch.setattr(hub, "snapshot_download", download)
+    name = "hf:sentence-transformers/all-MiniLM-L6-v2"
+    backbone = resolve(name)
+    assert asked[0][0] == "sentence-transformers/all-MiniLM-L6-v2" and "model.safetensors" in asked[0][1]
+    assert backbone.kind == "bert" and backbone.arch == resolve("minilm").arch
+    data = write_tasks(tmp_path / "data")
+    suite = make_suite(["naive"], stream="text", stream_params={"data_dir": str(data)}, model={"init": name})
+    for k in ("d_model", "n_layers", "n_heads"):
+        del suite["model"][k]
+    cell = parse_suite(suite, "s.toml", host).cells[0]
+    assert cell.stream_params["tokenizer"] == name
+    from clbench.runner import build_stream
+    from clbench.backbones import check_stream
+
+    check_stream(backbone, build_stream(cell, host))  # the stream speaks the checkpoint's tokens
+
+
 def test_unknown_backbone_and_tokenizer_names_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="model.init 'minlm'"):
         resolve("minlm")
