@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .runner import CellContext
-    from clbench.tasks import Batch, Examples, Task
+    from clbench.tasks import Batch, Examples, Stream, Task
 
 hookspec = pluggy.HookspecMarker("clbench")
 hookimpl = pluggy.HookimplMarker("clbench")
@@ -89,6 +89,15 @@ def register_executors(register: Callable) -> None:
 # --------------------------------------------------------------------------------------------
 # Training-loop hooks (per-cell plugin manager)
 # --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def check_stream(stream: Stream) -> None:
+    """Called before any cell runs (and before the results folder exists), once per stream a
+    strategy will be run on, with the built stream. Raise :class:`clbench.errors.UserError` with a
+    one-line reason to refuse it: the suite then stops there, as for any bad field, instead of
+    failing cell by cell. LoRA's ``per-task`` mode refuses streams that are not
+    task-incremental."""
 
 
 @hookspec

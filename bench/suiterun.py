@@ -83,6 +83,11 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
             raise UserError(
                 f"{suite.path}: strategies {' and '.join(who)} cannot be combined: both decide '{hook}'"
             )
+        for key in dict.fromkeys(_stream_key(c) for c in suite.cells if c.strategy.label == cell.strategy.label):
+            try:
+                pm.hook.check_stream(stream=streams[key])
+            except UserError as exc:
+                raise UserError(f"{suite.path}: strategy '{cell.strategy.label}': {exc}") from None
     return streams
 
 

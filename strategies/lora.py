@@ -225,14 +225,18 @@ class LoRA:
         self._trainable: list[nn.Parameter] | None = None
 
     # -- the model ---------------------------------------------------------------------------
-    def _install(self, cell) -> None:
-        model = cell.model
-        if self.mode == "per-task" and cell.stream.scenario != "task-incremental":
+    @hookimpl
+    def check_stream(self, stream):
+        if self.mode == "per-task" and stream.scenario != "task-incremental":
             raise UserError(
                 f"strategy 'lora': mode 'per-task' picks each task's adapter by its task id, which "
-                f"only task-incremental streams give at test time; {cell.stream.name} is "
-                f"{cell.stream.scenario} (use seq-lora, inc-lora or o-lora)"
+                f"only task-incremental streams give at test time; {stream.name} is "
+                f"{stream.scenario} (use seq-lora, inc-lora or o-lora)"
             )
+
+    def _install(self, cell) -> None:
+        model = cell.model
+        self.check_stream(cell.stream)  # also when run without a suite's preflight
         self.layers = inject(model, self.targets, self.rank, self.alpha, self.dropout)
         if self.mode == "per-task":
             self.heads = model.head = TaskHeads(model.head)

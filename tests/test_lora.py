@@ -97,6 +97,13 @@ def test_per_task_adapters_are_refused_where_no_task_id_is_given_at_test_time(ho
     assert "seq-lora" in str(exc.value) and "\n" not in str(exc.value)
 
 
+def test_per_task_adapters_on_a_class_incremental_stream_stop_the_suite_before_it_runs(host, tmp_path, run_suite_dict):
+    suite = make_suite(["naive", "lora"], stream_params={"patch_size": 4, "scenario": "class-incremental"})
+    with pytest.raises(UserError, match=r"strategy 'lora': .*only task-incremental streams"):
+        run_suite_dict(suite, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused in preflight: not even naive's cell ran
+
+
 # -- mechanics ----------------------------------------------------------------------------------
 
 
