@@ -175,6 +175,12 @@ def pretrain(
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if not 0 < cfg.mask_prob < 1:
         raise UserError(f"mask_prob must be in (0, 1), got {cfg.mask_prob}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device torch knows") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device!r} but CUDA is not available")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output is a file, not a folder: {out}")
@@ -211,7 +217,6 @@ def pretrain(
     log(f"{len(docs)} documents, {int(lengths.sum())} tokens, vocabulary {vocab}, objective {objective}")
 
     torch.manual_seed(cfg.seed)
-    dev = torch.device(device)
     net = Transformer(model_cfg, input_kind="tokens", input_dim=input_dim, n_classes=1)
     if resume is None and model_cfg.init != "random":
         load_into(net, resolve(model_cfg.init))
@@ -219,9 +224,7 @@ def pretrain(
             raise UserError(f"--init {model_cfg.init!r}: its vocabulary does not match its tokenizer")
     head = LMHead(model_cfg, input_dim)
     net.head.requires_grad_(False)  # the classification head is not pre-trained
-    params = [p for p in list(net.parameters()) + list(head.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = 0
+    trainer = None
     if resume is not None:
         from safetensors.torch import load_file
 
@@ -229,10 +232,14 @@ def pretrain(
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith("lm_head.")}, strict=False)
         head.load_state_dict({k[len("lm_head."):]: v for k, v in state.items() if k.startswith("lm_head.")})
         trainer = torch.load(resume / TRAINER, weights_only=True)
-        opt.load_state_dict(trainer["optimizer"])
-        step = trainer["step"]
     net.to(dev).train()
     head.to(dev).train()
+    params = [p for p in list(net.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if trainer is not None:
+        opt.load_state_dict(trainer["optimizer"])  # its state moves to the parameters' device
+        step = trainer["step"]
     if step >= cfg.steps:
         log(f"already at step {step} of {cfg.steps}")
         return resume
