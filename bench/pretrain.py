@@ -24,10 +24,9 @@ import json
 import math
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn as nn
