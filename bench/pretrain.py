@@ -32,9 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones import CHECKPOINT_FORMAT, CONFIG, TOKENIZER, WEIGHTS, latest_checkpoint, load_into, resolve
+from .backbones import CHECKPOINT_FORMAT, CONFIG, TOKENIZER, WEIGHTS, is_pretrained, latest_checkpoint, load_into, resolve
 from .errors import UserError
 from .model import ModelConfig, Transformer
+from .runner import device_from
 
 TRAINER = "trainer.pt"
 
@@ -174,25 +175,20 @@ def pretrain(
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if not 0 < cfg.mask_prob < 1:
         raise UserError(f"mask_prob must be in (0, 1), got {cfg.mask_prob}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device torch knows") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device!r} but CUDA is not available")
+    dev = device_from(device, "--device")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output is a file, not a folder: {out}")
     resume = latest_checkpoint(out)
+    backbone = None  # the weights to start from, when not resuming
 
     if resume is not None:
         meta = json.loads((resume / CONFIG).read_text(encoding="utf-8"))
         model_cfg = replace(ModelConfig(**{**asdict(model_cfg), **meta["model"]}), init="random")
-        tokenizer, vocab_size = meta["run"]["tokenizer"], meta["run"]["vocab_size"]
-        if tokenizer not in ("bytes",) and not tokenizer.startswith("hf:") and tokenizer != "minilm":
-            tokenizer = str(resume)  # a trained BPE: the checkpoint holds it
+        # the checkpoint holds its tokenizer (tokenizer.json), unless the tokens are bytes
+        tokenizer = "bytes" if meta["tokenizer"]["kind"] == "bytes" else str(resume)
         log(f"resuming from {resume.name}")
-    elif model_cfg.init != "random":
+    elif is_pretrained(model_cfg.init):
         backbone = resolve(model_cfg.init)
         if backbone.input_kind != "tokens":
             raise UserError(f"--init {model_cfg.init!r} takes {backbone.input_kind}, not text")
@@ -217,8 +213,8 @@ def pretrain(
 
     torch.manual_seed(cfg.seed)
     net = Transformer(model_cfg, input_kind="tokens", input_dim=input_dim, n_classes=1)
-    if resume is None and model_cfg.init != "random":
-        load_into(net, resolve(model_cfg.init))
+    if backbone is not None:
+        load_into(net, backbone)
         if net.embed.weight.shape[0] != input_dim:
             raise UserError(f"--init {model_cfg.init!r}: its vocabulary does not match its tokenizer")
     head = LMHead(model_cfg, input_dim)
@@ -252,8 +248,6 @@ def pretrain(
         "run": {**asdict(cfg), "text": str(text), "tokenizer": tokenizer, "vocab_size": vocab_size,
                 "init": model_cfg.init, "mask_id": mask_id},
     }
-    last = resume
-    loss_value = float("nan")
     while step < cfg.steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, len(docs), (cfg.batch_size,), generator=g)

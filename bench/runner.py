@@ -91,15 +91,17 @@ class CellContext:
         return F.cross_entropy(self.logits(batch, model), batch.y)
 
 
-def _device(name: str) -> torch.device:
+def device_from(name: str, what: str = "training.device") -> torch.device:
+    """The torch device ``name`` names (``auto``: CUDA when available); a one-line
+    :class:`UserError` naming the setting ``what`` when it is not one, or is CUDA without CUDA."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"training.device {name!r} is not a device torch knows") from None
+        raise UserError(f"{what} {name!r} is not a device torch knows") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"training.device is {name!r} but CUDA is not available")
+        raise UserError(f"{what} is {name!r} but CUDA is not available")
     return dev
 
 
@@ -226,7 +228,7 @@ def run_cell(
 
     train_s = eval_s = 0.0
     try:
-        device = _device(cell.training.device)
+        device = device_from(cell.training.device)
         row["device"] = str(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
