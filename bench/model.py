@@ -134,29 +134,31 @@ class Transformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden_states(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """The last layer's ``(B, N, d_model)`` states, one per position (padded ones included,
-        but no valid position attends to them)."""
+    def _encode(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last layer's states, and ``lengths`` (None when nothing is padded)."""
         N = x.shape[1]
         if N > self.cfg.max_len:
             raise ValueError(f"sequence of {N} positions exceeds max_len={self.cfg.max_len}")
-        pos = torch.arange(N, device=x.device)
-        h = self.drop(self.ln_e(self.embed(x) + self.pos(pos)))  # (B, N, C)
+        h = self.drop(self.ln_e(self.embed(x) + self.pos(torch.arange(N, device=x.device))))  # (B, N, C)
         if lengths is not None and bool((lengths >= N).all()):
-            lengths = None  # nothing is padded: let attention take its fast path
+            lengths = None  # nothing is padded: let attention (and pooling) take the fast path
         for block in self.blocks:
             h = block(h, lengths)
-        return self.ln_f(h)
+        return self.ln_f(h), lengths
+
+    def hidden_states(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's ``(B, N, d_model)`` states, one per position (padded ones included,
+        but no valid position attends to them)."""
+        return self._encode(x, lengths)[0]
 
     def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled ``(B, d_model)`` features of a batch."""
-        h = self.hidden_states(x, lengths)
-        pos = torch.arange(x.shape[1], device=x.device)
+        h, lengths = self._encode(x, lengths)
         if self.cfg.pooling == "first":
             return h[:, 0]
-        if lengths is None or bool((lengths >= x.shape[1]).all()):
+        if lengths is None:
             return h.mean(dim=1)
-        valid = (pos[None, :] < lengths[:, None]).to(h.dtype)  # (B, N)
+        valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(h.dtype)  # (B, N)
         return (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp_min(1.0)
 
     def forward(
