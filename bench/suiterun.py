@@ -62,11 +62,11 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
                 streams[key] = build_stream(cell, host)
             except UserError as exc:
                 raise UserError(f"{suite.path}: stream '{cell.stream}': {exc}") from None
-        if is_pretrained(cell.model.init):
-            try:
-                check_stream(resolve(cell.model.init), streams[key])
-            except UserError as exc:
-                raise UserError(f"{suite.path}: {exc}") from None
+            if is_pretrained(cell.model.init):  # one model for the whole suite
+                try:
+                    check_stream(resolve(cell.model.init), streams[key])
+                except UserError as exc:
+                    raise UserError(f"{suite.path}: {exc}") from None
     seen = set()
     for cell in suite.cells:
         if cell.strategy.label in seen:

@@ -55,9 +55,10 @@ class ByteTokenizer:
 
     kind = "bytes"
 
-    def __init__(self, max_len: int = 256):
+    def __init__(self, max_len: int = 256, source: str | None = None):
         self.max_len = max_len
         self.vocab_size = 257
+        self.source = source  # the backbone it serves, if any (see load_tokenizer)
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         seqs = []
@@ -197,14 +198,9 @@ def load_tokenizer(spec: str, max_len: int = 256):
 
     if spec not in ("minilm",) and not spec.startswith("hf:") and not Path(spec).expanduser().exists():
         raise UserError(f"tokenizer {spec!r}: not 'bytes', 'bpe', 'minilm', 'hf:<name>' or a checkpoint folder")
-    try:
-        backbone = resolve(spec)
-    except UserError as exc:  # the same backbone errors, about the tokenizer
-        raise UserError(str(exc).replace(f"model.init {spec!r}", f"tokenizer {spec!r}", 1)) from None
+    backbone = resolve(spec, what="tokenizer")
     if backbone.input_kind != "tokens":
         raise UserError(f"tokenizer {spec!r}: that checkpoint takes {backbone.input_kind}, not text")
     if backbone.tokenizer["kind"] == "bytes":
-        tok = ByteTokenizer(max_len=max_len)
-        tok.source = spec
-        return tok
+        return ByteTokenizer(max_len=max_len, source=spec)
     return PretrainedTokenizer(Tokenizer.from_file(backbone.tokenizer["path"]), spec, max_len)

@@ -105,9 +105,14 @@ def test_hub_name_loads_a_bert_checkpoint_through_the_same_mapping(monkeypatch, 
         return str(resolve("minilm").folder)
 
     monkeypatch.setattr(hub, "snapshot_download", download)
+    from clbench.backbones import _hub_folder
+
+    _hub_folder.cache_clear()
     name = "hf:sentence-transformers/all-MiniLM-L6-v2"
     backbone = resolve(name)
     assert asked[0][0] == "sentence-transformers/all-MiniLM-L6-v2" and "model.safetensors" in asked[0][1]
+    resolve(name)
+    assert len(asked) == 1  # the hub is asked once per process, not once per cell
     assert backbone.kind == "bert" and backbone.arch == resolve("minilm").arch
     data = write_tasks(tmp_path / "data")
     suite = make_suite(["naive"], stream="text", stream_params={"data_dir": str(data)}, model={"init": name})
