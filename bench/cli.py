@@ -157,28 +157,25 @@ def cmd_plugins(args, console: Console) -> int:
 
 
 def _model_overrides(pairs: list[str]):
-    """``--set key=value`` pairs as a ModelConfig (values parsed as TOML: 128, true, "post")."""
+    """``--set key=value`` pairs as a ModelConfig (values parsed as TOML: 128, true, "post"),
+    checked as a suite's [model] table is."""
     import tomllib
-    import typing
 
     from .model import ModelConfig
-    from .params import _type_name, _type_ok
+    from .suite import _dataclass_from
 
-    hints = typing.get_type_hints(ModelConfig)
+    fields = ModelConfig.field_names()
     values = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         key = key.strip()
-        if not sep or key not in hints:
-            raise UserError(f"--set {pair!r}: expected FIELD=VALUE with a model field ({', '.join(hints)})")
+        if not sep or key not in fields:
+            raise UserError(f"--set {pair!r}: expected FIELD=VALUE with a model field ({', '.join(fields)})")
         try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+            values[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
-            value = raw.strip()  # a bare word: a string
-        if not _type_ok(value, hints[key]):
-            raise UserError(f"--set {key}: must be {_type_name(hints[key])}, got {value!r}")
-        values[key] = value
-    return ModelConfig(**values)
+            values[key] = raw.strip()  # a bare word: a string
+    return _dataclass_from(ModelConfig, values, "--set", "model")
 
 
 def cmd_pretrain(args, console: Console) -> int:

@@ -68,8 +68,8 @@ class Cell:
 
     def config(self) -> dict[str, Any]:
         model = asdict(self.model)
-        for key, default in _LATER_MODEL_FIELDS.items():  # earlier results keep their hashes
-            if model[key] == default:
+        for key in _LATER_MODEL_FIELDS:  # at their defaults, left out: earlier results keep their hashes
+            if model[key] == getattr(_DEFAULT_MODEL, key):
                 del model[key]
         if self.init_digest:
             model["init_digest"] = self.init_digest
@@ -105,8 +105,9 @@ class Suite:
     cells: list[Cell] = field(default_factory=list)
 
 
-#: Model fields added after results format 1, with the defaults that leave a hash unchanged.
-_LATER_MODEL_FIELDS = {"norm": "pre", "norm_eps": 1e-5, "embed_norm": False, "init": "random"}
+#: Model fields added after results format 1: at their defaults they leave a hash unchanged.
+_LATER_MODEL_FIELDS = ("norm", "norm_eps", "embed_norm", "init")
+_DEFAULT_MODEL = ModelConfig()
 
 # ----------------------------------------------------------------------------------------------
 
@@ -164,6 +165,12 @@ def _dataclass_from(cls, table: Any, where: str, section: str):
     return cls(**table)
 
 
+def _training(table: Any, where: str, section: str) -> TrainingConfig:
+    cfg = _dataclass_from(TrainingConfig, table, where, section)
+    _need(cfg.length_window >= 1, where, f"{section}.length_window must be at least 1")
+    return cfg
+
+
 def _order_label(value: Any) -> str:
     if value is None:
         return "default"
@@ -206,8 +213,7 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         init_digest = backbone.digest()
     _need(model.d_model % model.n_heads == 0, where, "model.d_model must be divisible by model.n_heads")
     training_table = data.get("training", {})
-    training = _dataclass_from(TrainingConfig, training_table, where, "training")
-    _need(training.length_window >= 1, where, "training.length_window must be at least 1")
+    training = _training(training_table, where, "training")
 
     streams = data.get("streams")
     _need(isinstance(streams, list) and streams, where, "missing field 'streams' (a list of [[streams]] tables)")
@@ -278,7 +284,7 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         own = s.get("training", {})
         _need(isinstance(own, dict), where, f"field '{at}.training' must be a table")
         # this strategy's changes to the suite's [training]
-        tcfg = _dataclass_from(TrainingConfig, {**training_table, **own}, where, f"{at}.training") if own else training
+        tcfg = _training({**training_table, **own}, where, f"{at}.training") if own else training
         strategy_specs.append((StrategySpec(label, tuple(parts)), tcfg))
 
     labels = [sp.label for sp, _ in strategy_specs]
