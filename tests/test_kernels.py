@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -176,6 +177,51 @@ def test_other_tilings_full(monkeypatch, tiling, n):
     for causal in (False, True):
         q, k, v, lengths = make_inputs(2, 2, n, 64, "fp16", seed=n)
         check_against_reference(q, k, v, lengths, causal)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU every test already runs the autotuned kernels")
+@pytest.mark.parametrize("mode", ["split", "atomic"])
+def test_the_autotuned_launch_path(monkeypatch, mode):
+    """What a GPU runs, in the interpreter: the kernels wrapped in triton.autotune with our key,
+    pruning and reset of the atomic dQ buffer, launched on the grid of the chosen tiling. Each
+    candidate runs once on the CPU; the ranking is made up (the last one run wins) so that the
+    winners are the tiles narrow along each kernel's grid, which a grid computed from the wrong
+    block size would not cover."""
+    timed = []
+
+    def last_run_wins(kernel_call, quantiles):
+        kernel_call()
+        timed.append(1.0 / (len(timed) + 1))
+        return [timed[-1]] * len(quantiles)
+
+    # N = 40 buckets to 64: all three kept; N = 17 buckets to 32: the 64 x 64 tile is pruned
+    narrow_m = [(32, 16, 4, 1), (64, 64, 4, 1), (16, 32, 4, 1)]  # fwd and dQ: grid over query blocks
+    narrow_n = [(16, 32, 4, 1), (64, 64, 4, 1), (32, 16, 4, 1)]  # dK/dV: grid over key blocks
+    tuned = kernels.flash.autotuned_kernels(fwd=narrow_m, dkdv=narrow_n, dq=narrow_m, do_bench=last_run_wins)
+    monkeypatch.setattr(kernels.flash, "_KERNELS", tuned)
+    monkeypatch.setenv("CLBENCH_FLASH_DQ", mode)
+    q, k, v, lengths = make_inputs(2, 2, 40, 32, "fp16", seed=5)
+    # each candidate runs once while tuning, then the chosen one for real: an atomic dQ buffer not
+    # zeroed between runs would hold several runs' sums
+    check_against_reference(q, k, v, lengths, causal=True)
+    used = ["fwd", "dkdv_atomic"] if mode == "atomic" else ["fwd", "dkdv", "dq"]
+    assert len(timed) == 3 * len(used)
+    for name in used:
+        assert set(tuned[name].configs_timings) == set(tuned[name].configs)
+        assert [c.kwargs for c in tuned[name].cache.values()] == [tuned[name].configs[-1].kwargs]
+    # the choice is kept: new inputs of that shape run the chosen tiling alone (alone: the tuning
+    # runs above also wrote every output row, so only now would a grid too small show)
+    q, k, v, lengths = make_inputs(2, 2, 40, 32, "fp16", seed=7)
+    check_against_reference(q, k, v, lengths, causal=True)
+    assert len(timed) == 3 * len(used)
+
+    # a short sequence prunes the tiles longer than it (N = 17 buckets to 32)
+    q, k, v, lengths = make_inputs(2, 2, 17, 32, "fp16", seed=6)
+    timed.clear()
+    check_against_reference(q, k, v, lengths, causal=False)
+    assert len(timed) == 2 * len(used)
+    for name in used:
+        assert all(c.kwargs["BLOCK_M"] <= 32 and c.kwargs["BLOCK_N"] <= 32 for c in tuned[name].configs_timings)
 
 
 @pytest.mark.parametrize("d", [16, 48, 128])

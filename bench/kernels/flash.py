@@ -458,34 +458,44 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
-def _tuned(kernel, shapes, key=_KEY, **kw):
-    # cache_results: the choice is kept in Triton's cache directory, so that the processes of a
-    # suite (one per cell with a process pool) do not each tune again
-    return triton.autotune(_configs(shapes), key=key, prune_configs_by={"early_config_prune": _prune},
-                           cache_results=True, **kw)(kernel)
+def autotuned_kernels(fwd=None, dkdv=None, dq=None, **autotune_kw) -> dict:
+    """The kernels wrapped in ``triton.autotune``, as a GPU launches them.
+
+    ``fwd``, ``dkdv``, ``dq``: candidate lists (default: :data:`FWD_CONFIGS`, ...);
+    ``autotune_kw`` goes to ``triton.autotune`` (the tests pass a ``do_bench`` that times on the
+    CPU, to run this very path in the interpreter). The tuning choice is kept in Triton's cache
+    directory (``cache_results``; Triton ignores it when interpreting), so that the processes of a
+    suite (one per cell with a process pool) do not each tune again.
+    """
+    def tuned(kernel, shapes, key=_KEY, **kw):
+        return triton.autotune(_configs(shapes), key=key, prune_configs_by={"early_config_prune": _prune},
+                               cache_results=True, **kw, **autotune_kw)(kernel)
+
+    dkdv = DKDV_CONFIGS if dkdv is None else dkdv
+    return {
+        "fwd": tuned(_attn_fwd, FWD_CONFIGS if fwd is None else fwd),
+        "dkdv": tuned(_attn_bwd_dkdv, dkdv, key=_KEY + ["DQ_ATOMIC"]),
+        # tuning runs the kernel once per candidate: the dQ accumulator is zeroed before each run
+        "dkdv_atomic": tuned(_attn_bwd_dkdv, dkdv, key=_KEY + ["DQ_ATOMIC"], reset_to_zero=["DQ_ACC"]),
+        "dq": tuned(_attn_bwd_dq, DQ_CONFIGS if dq is None else dq),
+    }
 
 
-if INTERPRET:
+if INTERPRET:  # the autotuner cannot time anything without a GPU: one fixed tiling each
     _KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dkdv_atomic": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
 else:
-    _KERNELS = {
-        "fwd": _tuned(_attn_fwd, FWD_CONFIGS),
-        "dkdv": _tuned(_attn_bwd_dkdv, DKDV_CONFIGS, key=_KEY + ["DQ_ATOMIC"]),
-        # tuning runs the kernel several times: the dQ accumulator is zeroed before each run
-        "dkdv_atomic": _tuned(_attn_bwd_dkdv, DKDV_CONFIGS, key=_KEY + ["DQ_ATOMIC"], reset_to_zero=["DQ_ACC"]),
-        "dq": _tuned(_attn_bwd_dq, DQ_CONFIGS),
-    }
+    _KERNELS = autotuned_kernels()
 
 
 def _launch(name: str, grid_dim: str, n: int, bh: int, args: tuple, constexprs: dict) -> None:
     """Launch kernel ``name`` on a ``(cdiv(n, BLOCK_<grid_dim>), bh)`` grid."""
     kernel = _KERNELS[name]
-    if INTERPRET:
+    if isinstance(kernel, triton.runtime.Autotuner):
+        kernel[lambda meta: (triton.cdiv(n, meta[f"BLOCK_{grid_dim}"]), bh)](*args, **constexprs)
+    else:
         m, nb = INTERPRET_BLOCKS[name.split("_")[0]]
         blocks = {"BLOCK_M": m, "BLOCK_N": nb}
         kernel[(triton.cdiv(n, blocks[f"BLOCK_{grid_dim}"]), bh)](*args, **constexprs, **blocks)
-    else:
-        kernel[lambda meta: (triton.cdiv(n, meta[f"BLOCK_{grid_dim}"]), bh)](*args, **constexprs)
 
 
 def dq_mode() -> str:
