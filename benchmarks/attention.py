@@ -17,9 +17,11 @@ every implementation, so the ratios are ratios of times). A backend that cannot 
 "n/a" with the reason in a footnote.
 
 Without a GPU the script still runs: SDPA against the reference implementation on small CPU
-shapes, and it says that the GPU figures are owed.
+shapes, and it says that the GPU figures are owed. ``--dry-run`` runs the GPU tables' code on
+the CPU instead, kernels interpreted, at tiny shapes: it checks that the script gets through
+(its numbers mean nothing), so that time on a GPU is not lost to a bug in it.
 
-    python benchmarks/attention.py [--quick] [--dtype bf16]
+    python benchmarks/attention.py [--quick] [--dtype bf16] [--dry-run]
 """
 
 from __future__ import annotations
@@ -215,15 +217,18 @@ def model_step(dtype, impl, steps=10, B=32, N=512, d_model=512, n_heads=8, n_lay
     return B * N / (ms / 1e3), int(lengths.sum()) / (ms / 1e3), ms
 
 
-def gpu(args):
+MODEL = dict(B=32, N=512, d_model=512, n_heads=8, n_layers=4)
+
+
+def gpu(args, dense=DENSE, padded=PADDED, model=MODEL, steps=10):
     import triton
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, {args.dtype}")
-    dense = DENSE[:1] if args.quick else DENSE
-    print_table("Dense attention", *attention_tables(dense, "dense", dtype, (False, True)))
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else "dry run on the CPU, kernels interpreted"
+    print(f"GPU: {where}, torch {torch.__version__}, triton {triton.__version__}, {args.dtype}")
+    print_table("Dense attention", *attention_tables(dense[:1] if args.quick else dense, "dense", dtype, (False, True)))
     print_table("Padded batches (lengths uniform in [N/2, N]; FLOPs counted as if unpadded)",
-                *attention_tables(PADDED[:1] if args.quick else PADDED, "padded", dtype, (False,)))
+                *attention_tables(padded[:1] if args.quick else padded, "padded", dtype, (False,)))
 
     from clbench.kernels import flash
     print("\nautotuner choices (kernel: key -> config):")
@@ -236,13 +241,22 @@ def gpu(args):
                             ("sdpa", "sdpa", "split")):
         os.environ["CLBENCH_FLASH_DQ"] = dq
         try:
-            tok, valid, ms = model_step(dtype, impl)
+            tok, valid, ms = model_step(dtype, impl, steps=steps, **model)
             rows.append([label, f"{ms:.2f}", f"{tok:,.0f}", f"{valid:,.0f}"])
         except Exception as e:  # noqa: BLE001
             rows.append([label, "n/a", "n/a", str(e).splitlines()[0][:80]])
     os.environ.pop("CLBENCH_FLASH_DQ", None)
-    print_table("clbench Transformer training step (d_model 512, 8 heads, 4 layers, B 32, N 512, lengths in "
-                "[N/2, N], AdamW, autocast)", ["attention", "ms/step", "positions/s", "valid tokens/s"], rows)
+    print_table(f"clbench Transformer training step (d_model {model['d_model']}, {model['n_heads']} heads, "
+                f"{model['n_layers']} layers, B {model['B']}, N {model['N']}, lengths in [N/2, N], AdamW, autocast)",
+                ["attention", "ms/step", "positions/s", "valid tokens/s"], rows)
+
+
+def dry_run(args):
+    """The GPU tables' code on the CPU, the kernels interpreted, at tiny shapes."""
+    global DEVICE
+    DEVICE = "cpu"
+    gpu(args, dense=[(1, 2, 40, 32)], padded=[(2, 2, 40, 32)],
+        model=dict(B=2, N=24, d_model=32, n_heads=2, n_layers=1), steps=1)
 
 
 def cpu(args):
@@ -278,7 +292,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one shape of each kind")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--dry-run", action="store_true",
+                    help="run the GPU tables' code on the CPU, interpreted, at tiny shapes (checks the script)")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        if "triton" in sys.modules and not os.environ.get("TRITON_INTERPRET"):
+            print("--dry-run needs Triton's interpreter: set TRITON_INTERPRET=1", file=sys.stderr)
+            return 2
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported
+        dry_run(args)
+        return 0
     if os.environ.get("TRITON_INTERPRET"):
         print("TRITON_INTERPRET is set: the kernels would be interpreted, not timed. Unset it.", file=sys.stderr)
         return 2

@@ -428,3 +428,20 @@ def test_model_training_steps_match_sdpa(monkeypatch):
     sdpa, ours = losses("sdpa"), losses("triton")
     assert sdpa[-1] < sdpa[0]  # it learns something, so the steps matter
     assert ours == pytest.approx(sdpa, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU, run the benchmark itself")
+def test_the_gpu_benchmark_runs_through_in_a_dry_run():
+    """benchmarks/attention.py's GPU tables, on the CPU with the kernels interpreted: every row of
+    ours gets numbers (a backend that cannot run a case is an 'n/a' row; ours never may be)."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "attention.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("CLBENCH_ATTENTION", "CLBENCH_FLASH_DQ")}
+    run = subprocess.run([sys.executable, script, "--dry-run"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    for title in ("Dense attention", "Padded batches", "clbench Transformer training step"):
+        assert title in out
+    ours = [line for line in out.splitlines() if "ours (dQ" in line]
+    assert len(ours) == 2 * 2 + 2 + 2  # dense (full, causal), padded, model step; split and atomic each
+    assert not any("n/a" in line for line in ours), "\n".join(ours)
