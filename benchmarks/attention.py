@@ -14,7 +14,10 @@ timings after warm-up; the autotuner runs before timing):
 FLOPs follow FlashAttention's convention: forward 4·B·H·N²·D, halved when causal; backward 2.5×
 the forward; forward+backward 3.5×. Padded batches are counted as if unpadded (same count for
 every implementation, so the ratios are ratios of times). A backend that cannot run a case shows
-"n/a" with the reason in a footnote.
+"n/a" with the reason in a footnote. "max rel. gap" checks that the timed kernels give the right
+answers: the largest difference between ours and the first SDPA backend that ran, over the output
+and dq, dk, dv, each relative to that tensor's largest value (bf16 rounding gives about 1e-2; a
+wrong kernel, about 1).
 
 Without a GPU the script still runs: SDPA against the reference implementation on small CPU
 shapes, and it says that the GPU figures are owed. ``--dry-run`` runs the GPU tables' code on
@@ -104,7 +107,10 @@ def impls_for(kind):
         return run
 
     out = {"ours (dQ split)": ours("split"), "ours (dQ atomic)": ours("atomic")}
-    for backend in (("flash", "cudnn") if kind == "dense" else ("cudnn", "efficient")):
+    backends = ("flash", "cudnn") if kind == "dense" else ("cudnn", "efficient")
+    if DEVICE != "cuda":  # a dry run: the GPU backends do not run on the CPU; math gives the gaps
+        backends += ("math",)
+    for backend in backends:
         out[f"sdpa {backend}"] = sdpa(backend)
     return out
 
@@ -122,6 +128,19 @@ def time_case(fn, q, k, v, lengths, causal):
         torch.autograd.grad(o, (qg, kg, vg), do)
 
     return fwd, bwd, bench_gpu(step)
+
+
+def outputs(fn, q, k, v, lengths, causal, do):
+    """(out, dq, dk, dv) of one implementation."""
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(qg, kg, vg, lengths, causal)
+    return (out.detach(), *torch.autograd.grad(out, (qg, kg, vg), do))
+
+
+def relative_gap(ours, base):
+    """Largest |ours - base| of the output and its gradients, each over the largest |base|."""
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+               for a, b in zip(ours, base))
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -146,7 +165,7 @@ def attention_tables(shapes, kind, dtype, causals):
     impls = impls_for(kind)
     baselines = [name for name in impls if name.startswith("sdpa")]
     headers = ["(B, H, N, D)", "mask", "implementation", "fwd TFLOP/s", "bwd TFLOP/s", "fwd+bwd TFLOP/s",
-               "bwd/fwd"] + [f"fwd+bwd / {name}" for name in baselines]
+               "bwd/fwd"] + [f"fwd+bwd / {name}" for name in baselines] + ["max rel. gap"]
     rows, notes = [], []
     for (b, h, n, d) in shapes:
         for causal in causals:
@@ -166,15 +185,27 @@ def attention_tables(shapes, kind, dtype, causals):
                     notes.append(f"{name} at {(b, h, n, d)} causal={causal}: {str(e).splitlines()[0][:100]}")
                 if DEVICE == "cuda":
                     torch.cuda.empty_cache()
+            # a check that the figures are of right answers: ours against the first SDPA backend
+            # that ran, output and gradients, on these inputs
+            base = next((name for name in baselines if tflops.get(name)), None)
+            gaps = {}
+            if base:
+                do = torch.randn(q.shape, device=DEVICE, dtype=dtype, generator=g)
+                expected = outputs(impls[base], q, k, v, lengths, causal, do)
+                for name in impls:
+                    if tflops.get(name) and not name.startswith("sdpa"):
+                        gaps[name] = f"{relative_gap(outputs(impls[name], q, k, v, lengths, causal, do), expected):.1e}"
+                del expected
             for name, t in tflops.items():
                 row = [f"{(b, h, n, d)}", "causal" if causal else "full", name]
                 if t is None:
                     rows.append(row + ["n/a"] * (len(headers) - 3))
                     continue
                 row += [tf(t[0]), tf(t[1]), tf(t[2]), f"{t[1] / t[0]:.2f}"]
-                for base in baselines:
-                    ok = tflops.get(base) and not name.startswith("sdpa")
-                    row.append(f"{t[2] / tflops[base][2]:.2f}x" if ok else "")
+                for base_name in baselines:
+                    ok = tflops.get(base_name) and not name.startswith("sdpa")
+                    row.append(f"{t[2] / tflops[base_name][2]:.2f}x" if ok else "")
+                row.append(f"{gaps[name]} vs {base}" if name in gaps else "")
                 rows.append(row)
             del q, k, v
     return headers, rows, notes

@@ -91,6 +91,34 @@ def make_inputs(B, H, N, D, dtype, seed=0, n_k=None, lengths="mixed"):
     return q, k, v, lengths
 
 
+@pytest.fixture(autouse=True)
+def _one_candidate_each_on_a_gpu(monkeypatch):
+    """On a GPU each kernel runs its first autotuning candidate only: tuning every new shape of
+    these tests would compile every candidate for every (dtype, head dim, mask) variant, minutes
+    of compiling. test_every_autotuning_candidate_on_a_gpu covers the others, and
+    benchmarks/attention.py checks the tuned choices' answers at the large shapes."""
+    if DEVICE == "cuda":
+        f = kernels.flash
+        monkeypatch.setattr(f, "_KERNELS", f.autotuned_kernels(fwd=f.FWD_CONFIGS[:1], dkdv=f.DKDV_CONFIGS[:1],
+                                                               dq=f.DQ_CONFIGS[:1]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter runs one tiling (see test_other_tilings)")
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("mode", ["split", "atomic"])
+def test_every_autotuning_candidate_on_a_gpu(monkeypatch, d, mode):
+    f = kernels.flash
+    monkeypatch.setenv("CLBENCH_FLASH_DQ", mode)
+    lists = (f.FWD_CONFIGS, f.DKDV_CONFIGS, f.DQ_CONFIGS)
+    for i in range(max(map(len, lists))):
+        fwd, dkdv, dq = ([c[i % len(c)]] for c in lists)
+        monkeypatch.setattr(f, "_KERNELS", f.autotuned_kernels(fwd=fwd, dkdv=dkdv, dq=dq))
+        q, k, v, lengths = make_inputs(2, 2, 200, d, "bf16", seed=i)
+        for causal in (False, True):
+            check_against_reference(q, k, v, lengths, causal, seed=i)
+
+
 # -- the correctness matrix ------------------------------------------------------------------
 
 # A representative part runs by default; the full matrix is marked slow (it runs in CI).
@@ -445,3 +473,5 @@ def test_the_gpu_benchmark_runs_through_in_a_dry_run():
     ours = [line for line in out.splitlines() if "ours (dQ" in line]
     assert len(ours) == 2 * 2 + 2 + 2  # dense (full, causal), padded, model step; split and atomic each
     assert not any("n/a" in line for line in ours), "\n".join(ours)
+    gaps = [float(line.split(" vs sdpa")[0].split()[-1]) for line in ours if " vs sdpa" in line]
+    assert len(gaps) == 6 and max(gaps) < 0.05, "\n".join(ours)  # checked against SDPA, bf16-close
