@@ -11,7 +11,6 @@ import json
 import math
 import platform
 import resource
-import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from .model import Transformer
 from .host import firstresult_conflicts, get_host, new_cell_manager
 from .suite import Cell
 
-from clbench.tasks import Batch, Examples, Stream, Task
+from clbench.tasks import Batch, Stream, Task
 from clbench.tasks.batching import batch_indices
 
 
@@ -134,7 +133,6 @@ def build_stream(cell: Cell, host=None) -> Stream:
 @torch.inference_mode()
 def evaluate(ctx: CellContext, task_index: int, task: Task) -> tuple[float, float]:
     """Accuracy and mean loss of the model on ``task``'s test split."""
-    model = ctx.model
     data = task.test
     bs = ctx.cell.training.eval_batch_size
     correct = torch.zeros((), dtype=torch.long, device=ctx.device)

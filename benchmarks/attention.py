@@ -30,7 +30,6 @@ the CPU instead, kernels interpreted, at tiny shapes: it checks that the script 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys

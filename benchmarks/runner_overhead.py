@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from clbench.host import get_host
 from clbench.model import Transformer
 from clbench.runner import run_cell
-from clbench.suite import load_suite, parse_suite
+from clbench.suite import parse_suite
 
 SUITE = {
     "name": "overhead",

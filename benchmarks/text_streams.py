@@ -71,7 +71,7 @@ def main() -> None:
         os.environ.pop("CLBENCH_CACHE")
 
     print(f"\nload + tokenize (max_len {args.max_len}; median of {args.repeats} except the BPE training)")
-    print(f"| tokenizer | tasks | examples | tokens | seconds |\n|---|---|---|---|---|")
+    print("| tokenizer | tasks | examples | tokens | seconds |\n|---|---|---|---|---|")
     for name, nt, ne, tok, sec in rows:
         print(f"| {name} | {nt} | {ne} | {tok} | {sec:.2f} |")
 
@@ -95,7 +95,7 @@ def main() -> None:
         from clbench.runner import run_cell
         from clbench.suite import parse_suite
 
-        print(f"\none naive cell on agnews (250 per class, 1 epoch, bytes, d_model 64, 2 layers), as recorded")
+        print("\none naive cell on agnews (250 per class, 1 epoch, bytes, d_model 64, 2 layers), as recorded")
         print("| batching | padding_fraction | tokens_seen | train seconds |\n|---|---|---|---|")
         for mode in ("random", "length"):
             suite = parse_suite({

@@ -3,7 +3,6 @@
 import copy
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,7 @@ from clbench.errors import UserError
 from clbench.model import ModelConfig, Transformer
 from clbench.results import accuracy_matrix
 from clbench.runner import run_cell
-from clbench.strategies.lora import LoRA, LoRALinear, inject, lora_layers, orthogonality
+from clbench.strategies.lora import LoRALinear, inject, lora_layers, orthogonality
 from clbench.suite import parse_suite
 from clbench.suiterun import preflight
 from conftest import TINY_MODEL, make_suite
