@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .store import Tables
-from .summary import accuracy_matrix, aggregate, canonical_params, stream_title, variant_labels, with_variants
+from .summary import accuracy_matrix, aggregate, stream_title, with_variants
 
 #: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
 METRICS = ("acc", "bwt", "fwt", "forgetting")
@@ -138,10 +138,7 @@ def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
             s = s[s["strategy"] == strategy].assign(strategy=f"{strategy_a} vs {strategy_b}")
         return s
 
-    sa, sb = pick(a, strategy_a, "A"), pick(b, strategy_b, "B")
-    sa, sb = (s.assign(stream_params=s["stream_params"].map(canonical_params) if "stream_params" in s else "{}") for s in (sa, sb))
-    labels = variant_labels([*zip(sa["stream"], sa["stream_params"]), *zip(sb["stream"], sb["stream_params"])])
-    sa, sb = (s.assign(variant=[labels[k] for k in zip(s["stream"], s["stream_params"])]) for s in (sa, sb))
+    sa, sb = with_variants(pick(a, strategy_a, "A"), pick(b, strategy_b, "B"))
     known = [c for c in sa.columns if c in sb.columns and c not in SUMMARY_FIXED]
     for m in metrics:
         if m not in known:

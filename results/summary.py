@@ -95,14 +95,16 @@ def variant_labels(pairs) -> dict[tuple[str, str], str]:
     return out
 
 
-def with_variants(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` (cells or summary rows) with ``stream_params`` as canonical JSON and a ``variant``
-    column (:func:`variant_labels` over the streams and parameters in ``df``)."""
-    df = df.copy()
-    df["stream_params"] = df["stream_params"].map(canonical_params) if "stream_params" in df else "{}"
-    labels = variant_labels(zip(df["stream"], df["stream_params"]))
-    df["variant"] = [labels[k] for k in zip(df["stream"], df["stream_params"])]
-    return df
+def with_variants(*dfs: pd.DataFrame):
+    """Each of ``dfs`` (cells or summary rows) with ``stream_params`` as canonical JSON and a
+    ``variant`` column, labelled by :func:`variant_labels` over the streams and parameters of all
+    of them together (so that two result sets name a stream's variants alike). One frame given,
+    one returned; several, a list."""
+    out = [df.assign(stream_params=df["stream_params"].map(canonical_params) if "stream_params" in df else "{}")
+           for df in dfs]
+    labels = variant_labels(key for df in out for key in zip(df["stream"], df["stream_params"]))
+    out = [df.assign(variant=[labels[key] for key in zip(df["stream"], df["stream_params"])]) for df in out]
+    return out[0] if len(out) == 1 else out
 
 
 def stream_title(stream: str, variant: str) -> str:
