@@ -152,10 +152,27 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process-rss"
 
 
+#: Distributions whose release can change a cell's numbers (or whether it runs), recorded in
+#: each cell's ``versions``; "" where one is not installed.
+RESULT_PACKAGES = (
+    "torch", "numpy", "pandas", "scikit-learn", "scipy", "tokenizers", "safetensors", "transformers",
+    "peft", "triton", "avalanche-lib", "qpsolvers", "quadprog", "pyarrow",
+)
+
+
 def versions() -> str:
-    return json.dumps(
-        {"clbench": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    )
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return ""
+
+    found = {"clbench": __version__, "python": platform.python_version()}
+    found.update((dist, of(dist)) for dist in RESULT_PACKAGES)
+    found["torch"] = torch.__version__  # the running one (a source build's may differ from its metadata)
+    return json.dumps(found)
 
 
 def cell_row(cell: Cell) -> dict[str, Any]:
@@ -193,6 +210,7 @@ def cell_row(cell: Cell) -> dict[str, Any]:
         "tokens_seen": 0,
         "padding_fraction": float("nan"),
         "device": "",
+        "threads": 0,
         "versions": versions(),
         "started_at": time.time(),
     }
@@ -225,9 +243,13 @@ def run_cell(
         meas.append({**base, "train_task": train_task, "eval_task": eval_task, "metric": metric, "value": float(value)})
 
     train_s = eval_s = 0.0
+    threads = torch.get_num_threads()
     try:
         device = device_from(cell.training.device)
         row["device"] = str(device)
+        if device.type == "cpu":  # the same count whatever runs the cell: same sums, same numbers
+            torch.set_num_threads(cell.training.threads)
+        row["threads"] = torch.get_num_threads()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         stream = stream if stream is not None else build_stream(cell, host)
@@ -352,6 +374,8 @@ def run_cell(
         row["status"] = "failed"
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
         row["traceback"] = traceback.format_exc()
+    finally:
+        torch.set_num_threads(threads)
     row["train_seconds"] = train_s
     row["eval_seconds"] = eval_s
     row["total_seconds"] = time.perf_counter() - started

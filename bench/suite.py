@@ -22,7 +22,7 @@ from .model import ModelConfig
 from .params import _type_ok, _type_name, check_params
 
 #: Bumped when a change makes earlier results incomparable (it is part of every config hash).
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2  # 2: training.threads fixes a cell's CPU thread count
 
 
 @dataclass
@@ -38,6 +38,7 @@ class TrainingConfig:
     length_window: int = 16  # batching = "length": batches per length-sorted window
     eval_batch_size: int = 256  # examples per evaluation forward pass
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    threads: int = 1  # torch intra-op threads of a cell on a CPU (sums run in another order with another count)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ def _dataclass_from(cls, table: Any, where: str, section: str):
 def _training(table: Any, where: str, section: str) -> TrainingConfig:
     cfg = _dataclass_from(TrainingConfig, table, where, section)
     _need(cfg.length_window >= 1, where, f"{section}.length_window must be at least 1")
+    _need(cfg.threads >= 1, where, f"{section}.threads must be at least 1, got {cfg.threads}")
     return cfg
 
 

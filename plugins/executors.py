@@ -68,8 +68,8 @@ def torch_threads(workers: int) -> int:
 
 
 class PoolExecutor:
-    """Run cells in ``workers`` processes on this machine (each runs one cell at a time with
-    cores / workers torch threads)."""
+    """Run cells in ``workers`` processes on this machine (each runs one cell at a time, on the
+    cell's ``training.threads`` torch threads)."""
 
     in_process = False
 

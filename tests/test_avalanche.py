@@ -350,6 +350,13 @@ def test_every_registered_avalanche_strategy_has_test_parameters(host):
     assert names == set(AVALANCHE_PARAMS)
 
 
+def test_avalanches_gem_has_a_qp_solver():
+    # GEM solves a QP with qpsolvers' quadprog; avalanche-lib's own requirement installs no solver
+    # with the pip a new venv ships, so clbench requires quadprog itself (pyproject.toml)
+    qpsolvers = pytest.importorskip("qpsolvers")
+    assert "quadprog" in qpsolvers.available_solvers
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AVALANCHE_PARAMS))
 def test_each_avalanche_strategy_runs_and_learns(host, name):
@@ -365,4 +372,12 @@ def test_avalanche_strategies_on_a_task_incremental_stream(host):
     naive, av = run(host, ["naive", "avalanche:Naive"], stream_params=params, training=LEARNS)
     assert av.status == "ok", av.cell["traceback"]
     np.testing.assert_allclose(matrix(av), matrix(naive), atol=1e-6)
-    assert matrix(av)[-1, 0] > 0.7  # masked heads: task 0 is still mostly right (class-IL: 0)
+    # Masked heads keep task 0 answerable after task 1; class-IL naive predicts only task 1's
+    # classes (R[-1, 0] near 0). One seed cannot show it: at this budget task-IL's R[-1, 0] ranged
+    # from 0.20 to 0.84 over seeds 0-7 with d_model 64 (0.66 to 0.89 over seeds 0-3 with this tiny
+    # model; a new machine's releases gave 0.37 at seed 0): the features drift under task 1 and a
+    # masked 2-way head can even fall below chance. Compare the means over four seeds.
+    seeds = (0, 1, 2, 3)
+    til = [matrix(r)[-1, 0] for r in run(host, ["naive"], stream_params=params, training=LEARNS, seeds=seeds)]
+    cil = [matrix(r)[-1, 0] for r in run(host, ["naive"], stream_params=TWO_TASKS, training=LEARNS, seeds=seeds)]
+    assert np.mean(cil) < 0.2 and np.mean(til) > np.mean(cil) + 0.25, (til, cil)

@@ -1,16 +1,17 @@
 """Executors: the process pool and Ray run cells in other processes; results come back to the
 driver, which writes them; a failing plugin, a NaN loss and a dying worker are isolated."""
 
+import json
 import os
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import clbench
 from clbench.cli import main
-from clbench.plugins.executors import torch_threads
 from conftest import make_suite
 
 TINY_STREAM = {"patch_size": 4, "n_tasks": 3}
@@ -92,16 +93,62 @@ def test_pool_runs_cells_in_workers_and_isolates_failures(run_suite_dict, faulty
     _check_isolated(t, run)
     assert len(run.not_ok) == 2
     assert int(pidfile.read_text()) != os.getpid()  # the cells ran in another process
-    # the same numbers as in this process with as many torch threads as a worker has; with
-    # other thread counts, sums run in another order: allow one test example of difference
-    threads = torch.get_num_threads()
-    torch.set_num_threads(torch_threads(2))
-    try:
-        _, ref = run_suite_dict(make_suite(["naive"], stream_params=TINY_STREAM), out=tmp_path / "local")
-    finally:
-        torch.set_num_threads(threads)
+    # the same numbers as in this process, whatever this process's own thread count
+    _, ref = run_suite_dict(make_suite(["naive"], stream_params=TINY_STREAM), out=tmp_path / "local")
     assert set(ref.cells["run_id"]) <= set(t.cells["run_id"])  # same config hash either way
     assert np.array_equal(_acc(t, "naive"), _acc(ref, "naive"))
+
+
+def _values(t):
+    """Every measurement of a result set, in a fixed order."""
+    return t.measurements.sort_values(["run_id", "train_task", "eval_task", "metric"])[
+        ["run_id", "train_task", "eval_task", "metric", "value"]
+    ].reset_index(drop=True)
+
+
+def _same_cells_by_executor(run_suite_dict, tmp_path, executors):
+    """The default-like suite run by each executor gives bit-identical measurements, and each
+    cell's row says how many torch threads it ran on."""
+    data = make_suite(["naive", {"name": "replay", "params": {"memory_size": 40}}], stream_params=TINY_STREAM, seeds=(0, 1))
+    results = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the driver's own count differs from a cell's (1 by default)
+    try:
+        for name, options in executors:
+            _, results[name] = run_suite_dict(data, out=tmp_path / name, executor=name, executor_options=options)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    first = next(iter(results.values()))
+    for name, t in results.items():
+        assert (t.cells["status"] == "ok").all() and (t.cells["threads"] == 1).all(), name
+        recorded = json.loads(t.cells["versions"].iloc[0])
+        assert {"numpy", "pandas", "scikit-learn", "tokenizers", "transformers", "triton", "avalanche-lib"} <= set(recorded)
+        assert recorded["numpy"] == np.__version__ and recorded["pandas"] == pd.__version__
+        pd.testing.assert_frame_equal(_values(t), _values(first), check_exact=True, obj=name)
+
+
+def test_local_and_pool_give_bit_identical_numbers(run_suite_dict, tmp_path):
+    _same_cells_by_executor(run_suite_dict, tmp_path, [("local", {}), ("pool", {"workers": 2})])
+
+
+@pytest.mark.slow
+def test_local_pool_and_ray_give_bit_identical_numbers(run_suite_dict, tmp_path):
+    pytest.importorskip("ray")
+    _same_cells_by_executor(
+        run_suite_dict, tmp_path, [("local", {}), ("pool", {"workers": 2}), ("ray", {"workers": 2})]
+    )
+
+
+def test_a_cells_thread_count_is_part_of_its_configuration(host):
+    from clbench.suite import parse_suite
+
+    one, two = (
+        parse_suite(make_suite(["naive"], training={"threads": n}), "t.toml", host).cells[0] for n in (1, 2)
+    )
+    assert one.config_hash != two.config_hash
+    with pytest.raises(clbench.errors.UserError, match="training.threads must be at least 1, got 0"):
+        parse_suite(make_suite(["naive"], training={"threads": 0}), "t.toml", host)
 
 
 @pytest.mark.slow
