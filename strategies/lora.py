@@ -194,6 +194,10 @@ class LoRA:
     :param lambda_l2: O-LoRA's L2 weight on the new adapter (``olora`` only; default 0).
     """
 
+    #: LoRA replaces layers of the model (and, per task, its head): the runner lets its hooks run
+    #: before those of the strategies it is combined with (EWC, SI see the adapters).
+    changes_model = True
+
     def __init__(
         self,
         mode: Mode = "per-task",

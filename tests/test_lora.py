@@ -307,3 +307,31 @@ def test_per_task_adapters_do_not_forget_and_joint_stays_above(run_suite_dict):
     assert s.loc["naive", "forgetting"] > 0.1
     assert s.loc["lora", "acc"] > s.loc["naive", "acc"] + 0.1
     assert s.loc["joint", "acc"] > s.loc["lora", "acc"]
+
+
+def test_lora_and_si_give_the_same_cell_in_either_order_and_si_sees_the_adapters(run_suite_dict, monkeypatch):
+    """pluggy calls the latest registered plugin first; LoRA (``changes_model``) runs first in
+    both orders, so SI snapshots and anchors the adapters it trains, not the frozen base."""
+    from clbench import runner
+
+    made = []
+    real = runner.make_strategies
+
+    def spy(cell, host=None):
+        out = real(cell, host)
+        made.append(dict(out))
+        return out
+
+    monkeypatch.setattr(runner, "make_strategies", spy)
+    params = {"seq-lora": {"rank": 4}, "si": {"c": 100.0}}
+    data = make_suite([{"name": ["seq-lora", "si"], "params": params},
+                       {"name": ["si", "seq-lora"], "params": params}], training={"epochs": 2})
+    _, tables = run_suite_dict(data)
+    assert set(tables.cells["status"]) == {"ok"}
+    m = tables.measurements.sort_values(["train_task", "eval_task", "metric"])
+    a, b = (m[m["strategy"] == s]["value"].to_numpy() for s in ("seq-lora+si", "si+seq-lora"))
+    assert len(a) and a.tolist() == b.tolist()
+    for objs in made:
+        anchor = objs["si"].anchor
+        assert any("lora_A" in n for n in anchor) and any("lora_B" in n for n in anchor)
+        assert not any(n.endswith("base.weight") for n in anchor)  # the frozen base is not SI's
