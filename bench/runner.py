@@ -119,6 +119,15 @@ def make_strategies(cell: Cell, host=None) -> list[tuple[str, Any]]:
     return [(name, host.get("strategies", name).obj(**params)) for name, params in cell.strategy.parts]
 
 
+def registration_order(strategies: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The cell's strategies in the order they are registered on its plugin manager: those that
+    change the model's structure (``changes_model = True``, e.g. LoRA injecting adapters) last, so
+    that their hooks run first (pluggy calls the latest registered first) and the others see the
+    model they will train, whatever the order of the names in the suite. Otherwise the suite's
+    order is kept."""
+    return sorted(strategies, key=lambda ns: bool(getattr(ns[1], "changes_model", False)))
+
+
 def build_stream(cell: Cell, host=None) -> Stream:
     host = host or get_host()
     entry = host.get("streams", cell.stream)
@@ -276,7 +285,7 @@ def run_cell(
         row["total_params"] = model.n_parameters()
 
         pm = new_cell_manager()
-        for name, obj in make_strategies(cell, host):
+        for name, obj in registration_order(make_strategies(cell, host)):
             pm.register(obj, name=f"strategy:{name}")
         conflicts = firstresult_conflicts(pm)
         if conflicts:

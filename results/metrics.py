@@ -9,7 +9,14 @@ can say which it uses (see docs/metrics.md):
 
 * ``forgetting`` is max-based (Chaudhry et al. 2018); ``forgetting_last`` is Avalanche's
   "accuracy just after learning minus final accuracy".
-* ``bwt`` divides by T-1 (Lopez-Paz & Ranzato 2017); ``bwt_over_t`` divides by T.
+* ``bwt`` divides by T-1 (Lopez-Paz & Ranzato 2017); ``bwt_over_t`` divides by T. ``fwt`` divides
+  by T-1; ``fwt_over_t`` divides the same sum by T, as the GEM code does.
+* ``intransigence`` is the mean of I_k over the tasks; ``intransigence_last`` is I_T, the last
+  task's (Chaudhry et al. 2018 report it at the end of the stream).
+
+Where a metric is undefined for a cell, the summary says so: ``Matrices.fwt_undefined`` holds the
+reason (class-incremental streams, ``joint``; see clbench.results.summary.fwt_undefined) and
+the FWT metrics are NaN.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from clbench import hookimpl
 
 @dataclass
 class Matrices:
-    """A cell's accuracy matrices. ``R``: (T, T); ``b``: (T,); ``R_ref``: (T, T) or None."""
+    """A cell's accuracy matrices. ``R``: (T, T); ``b``: (T,); ``R_ref``: (T, T) or None.
+    ``fwt_undefined``: why forward transfer means nothing for this cell (None: it is defined)."""
 
     R: np.ndarray
     b: np.ndarray | None = None
     R_ref: np.ndarray | None = None
+    fwt_undefined: str | None = None
 
     @property
     def T(self) -> int:
@@ -67,6 +76,14 @@ def fwt(R: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([R[j - 1, j] - b[j] for j in range(1, T)]))
 
 
+def fwt_over_t(R: np.ndarray, b: np.ndarray) -> float:
+    """The FWT sum divided by T instead of T-1, as the GEM code does; NaN when T = 1."""
+    T = R.shape[0]
+    if T < 2:
+        return float("nan")
+    return float(sum(R[j - 1, j] - b[j] for j in range(1, T)) / T)
+
+
 def forgetting(R: np.ndarray) -> float:
     """F = 1/(T-1) Σ_{j<T} (max_{l<T} R[l, j] − R[T, j]) (Chaudhry et al. 2018); NaN when T = 1.
 
@@ -94,6 +111,17 @@ def intransigence(R: np.ndarray, R_ref: np.ndarray | None) -> float:
     return float(np.mean(np.diag(R_ref) - np.diag(R)))
 
 
+def intransigence_last(R: np.ndarray, R_ref: np.ndarray | None) -> float:
+    """I_T = R*[T, T] − R[T, T], the last task's intransigence (Chaudhry et al. 2018)."""
+    if R_ref is None or R_ref.shape != R.shape:
+        return float("nan")
+    return float(R_ref[-1, -1] - R[-1, -1])
+
+
+def _fwt(m: Matrices) -> float:
+    return float("nan") if m.b is None or m.fwt_undefined else fwt(m.R, m.b)
+
+
 def plasticity(R: np.ndarray) -> float:
     """Learning accuracy: (1/T) Σ_k R[k, k], accuracy on each task right after learning it."""
     return float(np.mean(np.diag(R)))
@@ -104,9 +132,10 @@ BUILTIN = {
     "acc": (lambda m: acc(m.R), "mean final accuracy"),
     "aia": (lambda m: average_incremental_accuracy(m.R), "average incremental accuracy"),
     "bwt": (lambda m: bwt(m.R), "backward transfer"),
-    "fwt": (lambda m: fwt(m.R, m.b) if m.b is not None else float("nan"), "forward transfer"),
+    "fwt": (_fwt, "forward transfer (NaN where undefined: class-incremental streams, joint)"),
     "forgetting": (lambda m: forgetting(m.R), "max-based forgetting"),
     "intransigence": (lambda m: intransigence(m.R, m.R_ref), "against cumulative, same seed"),
+    "intransigence_last": (lambda m: intransigence_last(m.R, m.R_ref), "the last task's intransigence"),
     "plasticity": (lambda m: plasticity(m.R), "accuracy right after learning each task"),
 }
 

@@ -9,10 +9,14 @@ import pandas as pd
 
 from .metrics import Matrices
 
-#: Columns that say which cells are comparable apart from the strategy (intransigence's reference).
-GROUP = ("stream", "stream_params", "order", "seed", "model", "training")
+#: Columns that say which cells are comparable apart from the strategy (intransigence's reference):
+#: the same stream, stream parameters, order, seed and model. Not ``training``: a reference run at
+#: another learning rate (``cumulative`` at 1e-4 beside LoRA strategies at 1e-3) is still the one.
+GROUP = ("stream", "stream_params", "order", "seed", "model")
 REFERENCE_STRATEGY = "cumulative"
 COST = ("train_seconds", "eval_seconds", "peak_memory_mb", "trainable_params", "buffer_size")
+#: Strategies that train on a task before it comes: R[j-1, j] is not forward transfer for them.
+SEES_FUTURE_TASKS = frozenset({"joint"})
 
 
 def accuracy_matrix(measurements: pd.DataFrame, run_id: str, metric: str = "acc") -> tuple[np.ndarray, np.ndarray | None]:
@@ -25,8 +29,59 @@ def accuracy_matrix(measurements: pd.DataFrame, run_id: str, metric: str = "acc"
     return R, b
 
 
+def _strategy_names(cell: pd.Series) -> list[str]:
+    names = cell.get("strategies")
+    if isinstance(names, str) and names:
+        try:
+            return list(json.loads(names))
+        except ValueError:
+            pass
+    return str(cell["strategy"]).split("+")
+
+
+def fwt_undefined(cell: pd.Series) -> str | None:
+    """Why forward transfer is undefined for ``cell`` (a ``cells`` row), None where it is defined.
+    The one place that decides it (docs/results.md):
+
+    * class-incremental streams: a task's classes have never been trained before the task, so
+      ``R[j-1, j]`` is 0 and FWT would be ``-mean(b[1:])``, the initial model's accuracy;
+    * strategies that train on every task at once (``joint``): ``R[j-1, j]`` was trained on task j.
+    """
+    if cell.get("scenario") == "class-incremental":
+        return "class-incremental: a task's classes are never trained before it"
+    seen = SEES_FUTURE_TASKS.intersection(_strategy_names(cell))
+    if seen:
+        return f"{', '.join(sorted(seen))} trains on every task at once"
+    return None
+
+
+def _key(cell: pd.Series) -> tuple:
+    return tuple(cell[g] if g in cell else None for g in GROUP)
+
+
+def reference_cells(cells: pd.DataFrame) -> dict[str, str]:
+    """run_id -> the run_id of the ``cumulative`` cell that is its intransigence reference: a
+    finished one with the same stream, stream parameters, order, seed and model (:data:`GROUP`);
+    among several, the one with the same ``training`` table. Cells with none, or with several
+    and none of the same training, have no entry."""
+    ok = cells[cells["status"] == "ok"]
+    refs: dict[tuple, list[pd.Series]] = {}
+    for _, c in ok[ok["strategy"] == REFERENCE_STRATEGY].iterrows():
+        refs.setdefault(_key(c), []).append(c)
+    out = {}
+    for _, c in cells.iterrows():
+        candidates = refs.get(_key(c), [])
+        same = [r for r in candidates if r.get("training") == c.get("training")]
+        pick = same if same else candidates
+        if len(pick) == 1:
+            out[c["run_id"]] = pick[0]["run_id"]
+    return out
+
+
 def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | None = None) -> pd.DataFrame:
-    """One row per cell with every registered metric (NaN for cells that did not finish)."""
+    """One row per cell with every registered metric (NaN for cells that did not finish, and
+    for metrics undefined for the cell: see :func:`fwt_undefined`), and ``reference_run_id``, the
+    ``cumulative`` cell intransigence was measured against ("" for none)."""
     if metrics is None:
         from clbench.host import get_host
 
@@ -35,19 +90,20 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
     rows = []
     ok = cells[cells["status"] == "ok"]
     matrices = {rid: accuracy_matrix(measurements, rid) for rid in ok["run_id"]}
-    refs = {}
-    for _, c in ok[ok["strategy"] == REFERENCE_STRATEGY].iterrows():
-        refs[tuple(c[g] for g in GROUP)] = matrices[c["run_id"]][0]
+    reference = reference_cells(cells)
     for _, c in cells.iterrows():
         row = {k: c[k] for k in keep if k in c}
         if c["status"] == "ok":
             R, b = matrices[c["run_id"]]
-            m = Matrices(R=R, b=b, R_ref=refs.get(tuple(c[g] for g in GROUP)))
+            ref = reference.get(c["run_id"])
+            m = Matrices(R=R, b=b, R_ref=matrices[ref][0] if ref else None, fwt_undefined=fwt_undefined(c))
             for name, fn in metrics.items():
                 row[name] = float(fn(m))
+            row["reference_run_id"] = ref or ""
         else:
             for name in metrics:
                 row[name] = float("nan")
+            row["reference_run_id"] = ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -121,7 +177,7 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
     if summary.empty:
         return pd.DataFrame()
     if metrics is None:
-        fixed = {"run_id", "suite", "stream", "stream_params", "variant", "order", "strategy", "params", "seed", "status", *COST}
+        fixed = {"run_id", "suite", "stream", "stream_params", "variant", "order", "strategy", "params", "seed", "status", "reference_run_id", *COST}
         metrics = [c for c in summary.columns if c not in fixed]
     summary = with_variants(summary)
     keys = ["stream", "stream_params", "variant", "order", "strategy"]

@@ -82,14 +82,14 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if not self.active:
             return y
-        x = self.dropout(x)
         pieces, pos = [], 0
         for part, (start, stop) in self.parts.items():
+            xd = self.dropout(x)  # a mask per part, as separate q and v layers would each draw
             keys = [self.key(a, part) for a in self.active]
             # several active adapters are one adapter of the summed rank: concatenate them
             A = self.lora_A[keys[0]] if len(keys) == 1 else torch.cat([self.lora_A[k] for k in keys])
             B = self.lora_B[keys[0]] if len(keys) == 1 else torch.cat([self.lora_B[k] for k in keys], dim=1)
-            delta = F.linear(F.linear(x, A), B) * self.scaling  # (..., stop - start)
+            delta = F.linear(F.linear(xd, A), B) * self.scaling  # (..., stop - start)
             if (start, stop) == (0, y.shape[-1]):
                 return y + delta
             if start > pos:
@@ -193,6 +193,10 @@ class LoRA:
     :param lambda_orth: O-LoRA's orthogonality weight (``olora`` only; default 0.5).
     :param lambda_l2: O-LoRA's L2 weight on the new adapter (``olora`` only; default 0).
     """
+
+    #: LoRA replaces layers of the model (and, per task, its head): the runner lets its hooks run
+    #: before those of the strategies it is combined with (EWC, SI see the adapters).
+    changes_model = True
 
     def __init__(
         self,
@@ -359,15 +363,22 @@ class IncLoRA(LoRA):
         super().__init__("inc", rank, alpha, target_modules, dropout, train_base_first)
 
 
+#: The adapter of the O-LoRA repository (r 8, lora_alpha 32, lora_dropout 0.1 on T5's q and v).
+OLORA_TARGETS = ("q", "v")
+
+
 class OLoRA(LoRA):
-    """O-LoRA: IncLoRA with new adapters kept orthogonal to earlier ones (``lora``, mode 'olora')."""
+    """O-LoRA: IncLoRA with new adapters kept orthogonal to earlier ones (``lora``, mode 'olora').
+
+    The defaults are the O-LoRA repository's adapter: rank 8, alpha 32, dropout 0.1, on the
+    query and value projections (here slices of the fused ``qkv`` layer; docs/lora.md)."""
 
     def __init__(
         self,
         rank: int = 8,
-        alpha: float = 16.0,
-        target_modules: list[Target] = DEFAULT_TARGETS,
-        dropout: float = 0.0,
+        alpha: float = 32.0,
+        target_modules: list[Target] = OLORA_TARGETS,
+        dropout: float = 0.1,
         train_base_first: bool = False,
         lambda_orth: float = 0.5,
         lambda_l2: float = 0.0,

@@ -1,6 +1,7 @@
 """The command line: run, show, list, plugins, and one-line errors with exit status 2."""
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -118,3 +119,18 @@ def test_default_suite_through_the_console_script(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "joint" in proc.stdout and "results:" in proc.stdout
+
+
+@pytest.mark.parametrize("scenario, fwt_shown", [("class-incremental", False), ("task-incremental", True)])
+def test_show_prints_fwt_only_where_it_is_defined(tmp_path, suite_file, host, capsys, scenario, fwt_shown):
+    path = suite_file(make_suite(["naive"], stream_params={"patch_size": 4, "scenario": scenario}))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "FWT" in line)
+    row = next(line for line in lines if "naive" in line)
+    cols = [c.strip() for c in re.split("[│┃]", header)]
+    cell = [c.strip() for c in re.split("[│┃]", row)][cols.index("FWT")]
+    assert (cell not in ("–", "")) if fwt_shown else cell == "–"

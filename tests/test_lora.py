@@ -188,10 +188,11 @@ def test_olora_orthogonality_term_decreases_during_training(host):
                 self.values.setdefault(cell.task_index, []).append(orthogonality(cell.model).item())
 
     runs = {}
+    same = {"rank": 4, "alpha": 16.0, "target_modules": ["qkv", "proj", "fc"], "dropout": 0.0}
     for name in ("o-lora", "inc-lora"):
         cell = one_cell(
             host,
-            {"name": name, "params": {"rank": 4}},
+            {"name": name, "params": same},
             scenario="class-incremental",
             stream_params={"patch_size": 4, "scenario": "class-incremental", "n_tasks": 3},
             training={"epochs": 5, "batch_size": 32},
@@ -307,3 +308,56 @@ def test_per_task_adapters_do_not_forget_and_joint_stays_above(run_suite_dict):
     assert s.loc["naive", "forgetting"] > 0.1
     assert s.loc["lora", "acc"] > s.loc["naive", "acc"] + 0.1
     assert s.loc["joint", "acc"] > s.loc["lora", "acc"]
+
+
+def test_lora_and_si_give_the_same_cell_in_either_order_and_si_sees_the_adapters(run_suite_dict, monkeypatch):
+    """pluggy calls the latest registered plugin first; LoRA (``changes_model``) runs first in
+    both orders, so SI snapshots and anchors the adapters it trains, not the frozen base."""
+    from clbench import runner
+
+    made = []
+    real = runner.make_strategies
+
+    def spy(cell, host=None):
+        out = real(cell, host)
+        made.append(dict(out))
+        return out
+
+    monkeypatch.setattr(runner, "make_strategies", spy)
+    params = {"seq-lora": {"rank": 4}, "si": {"c": 100.0}}
+    data = make_suite([{"name": ["seq-lora", "si"], "params": params},
+                       {"name": ["si", "seq-lora"], "params": params}], training={"epochs": 2})
+    _, tables = run_suite_dict(data)
+    assert set(tables.cells["status"]) == {"ok"}
+    m = tables.measurements.sort_values(["train_task", "eval_task", "metric"])
+    a, b = (m[m["strategy"] == s]["value"].to_numpy() for s in ("seq-lora+si", "si+seq-lora"))
+    assert len(a) and a.tolist() == b.tolist()
+    for objs in made:
+        anchor = objs["si"].anchor
+        assert any("lora_A" in n for n in anchor) and any("lora_B" in n for n in anchor)
+        assert not any(n.endswith("base.weight") for n in anchor)  # the frozen base is not SI's
+
+
+def test_o_lora_defaults_are_the_o_lora_repositorys_adapter(host):
+    s = host.get("strategies", "o-lora").obj()
+    assert (s.rank, s.alpha, s.dropout, s.targets) == (8, 32.0, 0.1, ("q", "v"))
+    model = Transformer(ModelConfig(**TINY_MODEL), input_kind="patches", input_dim=16, n_classes=4)
+    layers = inject(model, s.targets, s.rank, s.alpha, s.dropout)
+    assert layers and all(set(layer.parts) == {"q", "v"} for layer in layers)
+
+
+def test_dropout_draws_a_mask_per_part_of_a_fused_layer():
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(6, 6), {"q": (0, 3), "v": (3, 6)}, rank=6, alpha=6.0, dropout=0.5)
+    layer.add("a")
+    with torch.no_grad():
+        for k in ("a_q", "a_v"):
+            layer.lora_A[k].copy_(torch.eye(6))
+        layer.lora_B["a_q"].copy_(torch.eye(6)[:3])
+        layer.lora_B["a_v"].copy_(torch.eye(6)[:3])  # both slices read the same 3 inputs
+    layer.active = ["a"]
+    layer.train()
+    x = torch.ones(200, 6)
+    delta = layer(x) - layer.base(x)  # each slice is its dropped-out copy of x[:, :3]
+    q_kept, v_kept = delta[:, :3] != 0, delta[:, 3:] != 0
+    assert q_kept.any() and (q_kept != v_kept).any()  # one mask for both: the same positions kept

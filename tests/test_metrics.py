@@ -95,3 +95,74 @@ def test_summary_uses_the_registered_metrics(host):
     assert s.loc["a", "fwt"] == pytest.approx(M.fwt(R, b))
     assert s.loc["a", "intransigence"] == pytest.approx(M.intransigence(R, R_ref))
     assert s.loc["ref", "intransigence"] == pytest.approx(0.0)
+
+
+def test_fwt_over_t_divides_by_t_as_gem_does():
+    assert M.fwt_over_t(R, b) == pytest.approx(((0.10 - 0.20) + (0.30 - 0.10)) / 3)
+    assert math.isnan(M.fwt_over_t(np.array([[0.7]]), np.array([0.1])))
+
+
+def test_intransigence_last_is_the_last_tasks():
+    assert M.intransigence_last(R, R_ref) == pytest.approx(0.90 - 0.95)
+    assert math.isnan(M.intransigence_last(R, None))
+
+
+def _tables(cells_spec):
+    """measurements and cells for (run_id, strategy, matrix, extra columns) tuples."""
+    import pandas as pd
+
+    rows, cells = [], []
+    common = dict(suite="s", stream="x", stream_params="{}", order="default", params="[]", seed=0,
+                  model="{}", training="{}", status="ok")
+    for rid, strategy, mat, extra in cells_spec:
+        for j in range(3):
+            rows.append(dict(run_id=rid, train_task=-1, eval_task=j, metric="acc", value=b[j]))
+            for i in range(3):
+                rows.append(dict(run_id=rid, train_task=i, eval_task=j, metric="acc", value=mat[i, j]))
+        cells.append({**common, "run_id": rid, "strategy": strategy, **extra})
+    return pd.DataFrame(rows), pd.DataFrame(cells)
+
+
+def test_intransigence_reference_may_have_another_training_table_and_its_run_id_is_stored(host):
+    from clbench.results import summarize
+
+    meas, cells = _tables([
+        ("a", "seq-lora", R, dict(training='{"lr": 0.001}')),
+        ("ref", "cumulative", R_ref, dict(training='{"lr": 0.0001}')),
+        ("other", "naive", R, dict(training='{"lr": 0.001}', seed=1)),  # no reference for seed 1
+    ])
+    s = summarize(meas, cells).set_index("run_id")
+    assert s.loc["a", "intransigence"] == pytest.approx(M.intransigence(R, R_ref))
+    assert s.loc["a", "intransigence_last"] == pytest.approx(0.90 - 0.95)
+    assert s.loc["a", "reference_run_id"] == "ref"
+    assert s.loc["other", "reference_run_id"] == "" and math.isnan(s.loc["other", "intransigence"])
+
+
+def test_intransigence_reference_prefers_the_same_training_table(host):
+    from clbench.results import summarize
+
+    R_ref2 = R_ref.copy()
+    R_ref2[np.diag_indices(3)] = 1.0
+    meas, cells = _tables([
+        ("a", "naive", R, dict(training='{"lr": 0.001}')),
+        ("ref-slow", "cumulative", R_ref, dict(training='{"lr": 0.0001}')),
+        ("ref-same", "cumulative", R_ref2, dict(training='{"lr": 0.001}')),
+    ])
+    s = summarize(meas, cells).set_index("run_id")
+    assert s.loc["a", "reference_run_id"] == "ref-same"
+    assert s.loc["a", "intransigence"] == pytest.approx(M.intransigence(R, R_ref2))
+
+
+@pytest.mark.parametrize("scenario, strategy, defined", [
+    ("task-incremental", "naive", True),
+    ("domain-incremental", "naive", True),
+    ("class-incremental", "naive", False),
+    ("task-incremental", "joint", False),
+    ("task-incremental", "replay+joint", False),
+])
+def test_fwt_is_nan_where_undefined(host, scenario, strategy, defined):
+    from clbench.results import summarize
+
+    meas, cells = _tables([("a", strategy, R, dict(scenario=scenario))])
+    fwt = summarize(meas, cells).set_index("run_id").loc["a", "fwt"]
+    assert (fwt == pytest.approx(M.fwt(R, b))) if defined else math.isnan(fwt)

@@ -71,3 +71,9 @@ def test_suite_file_errors(tmp_path, host):
     bad.write_text("seeds = [0,\n")
     with pytest.raises(UserError, match=r"bad\.toml: invalid TOML"):
         load_suite(str(bad), host)
+
+
+def test_the_default_suite_runs_intransigences_reference(host):
+    cells = load_suite("quick", host).cells
+    assert {c.strategy.label for c in cells} >= {"naive", "cumulative"}
+    assert len({c.seed for c in cells if c.strategy.label == "cumulative"}) == len({c.seed for c in cells})
