@@ -2,6 +2,7 @@
 the comparison of two result sets. The tables are built from accuracy matrices chosen by hand."""
 
 import base64
+import io
 import re
 from html.parser import HTMLParser
 
@@ -334,3 +335,50 @@ def test_training_loss_is_plotted(host, tmp_path, run_suite_dict):
     assert "### Training loss" in text
     link = re.search(r"!\[training loss per epoch of [^\]]+\]\(([^)]+)\)", text).group(1)
     assert (tmp_path / "rep" / link).read_bytes().startswith(PNG)
+
+
+def _folder(rows, path):
+    prepare_out(path)
+    for row, meas in rows:
+        write_cell(path, row, meas)
+    return path
+
+
+def test_show_formats_and_filters(host, tmp_path, capsys):
+    m = {("naive", s): naive_R(last) for s, last in [(0, 0.9), (1, 0.8), (2, 0.7)]}
+    m.update({("cumulative", 0): flat_R(0.8), ("cumulative", 1): flat_R(0.8)})
+    d = _folder(build(host, m, failed=[("cumulative", 2)]), tmp_path / "res")
+    capsys.readouterr()
+    assert main(["show", str(d), "--format", "markdown"]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert md[0] == "| stream | order | rank | strategy | seeds | ACC | AIA | BWT | FWT | forgetting | plasticity | train s | peak MB | trainable params |"
+    assert md[3].startswith("| split-digits | default | 2 | naive | 3 | 30.0 ± 3.3 [1.9] |")
+    assert main(["show", str(d), "--format", "csv", "--strategy", "naive"]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(df["strategy"]) == ["naive"] and df["acc_mean"].iloc[0] == pytest.approx(0.3)
+    assert main(["show", str(d), "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert tex.startswith(r"\begin{tabular}{llrlr") and tex.rstrip().endswith(r"\end{tabular}")
+    assert r"30.0 $\pm$ 3.3 [1.9]" in tex and r"2 (+1 failed)" in tex
+    assert main(["show", str(d), "--stream", "split-digits", "--strategy", "cumulative"]) == 0
+    out = capsys.readouterr().out
+    assert "cumulative" in out and "naive" not in out and "failed (failed): cumulative seed 2" in out
+    for flag, name in (("--strategy", "replay"), ("--stream", "mnist")):
+        assert main(["show", str(d), flag, name]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("clbench: error: no cells of") and repr(name) in err and err.count("\n") == 1
+
+
+def test_show_fits_100_columns(host, tmp_path, capsys, monkeypatch):
+    m = {("naive", s): naive_R(last) for s, last in [(0, 0.9), (1, 0.8), (2, 0.7)]}
+    m.update({("cumulative", s): flat_R(0.8 - s / 10) for s in range(3)})
+    d = _folder(build(host, m), tmp_path / "res")
+    monkeypatch.setenv("COLUMNS", "100")
+    capsys.readouterr()
+    assert main(["show", str(d)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 100
+    # nothing cut: every strategy name and number whole (the sd under its mean)
+    assert "…" not in "".join(lines)
+    assert any("cumulative" in ln and " 70.0 │" in ln for ln in lines)
+    assert any("│ ± 10.0 │" in ln for ln in lines) and any("│  -80.0 │" in ln for ln in lines)
