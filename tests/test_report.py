@@ -382,3 +382,15 @@ def test_show_fits_100_columns(host, tmp_path, capsys, monkeypatch):
     assert "…" not in "".join(lines)
     assert any("cumulative" in ln and " 70.0 │" in ln for ln in lines)
     assert any("│ ± 10.0 │" in ln for ln in lines) and any("│  -80.0 │" in ln for ln in lines)
+
+
+def test_matrix_axes_show_task_names(tables, monkeypatch):
+    from clbench.results import report
+
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    tables.cells = tables.cells.assign(tasks='["positive-negative", "2-3", "4-5"]')
+    report.heatmaps(tables, "split-digits", "default", report.mean_matrices(tables)[("split-digits", "", "default")])
+    ax = figs[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["positive-ne…", "2-3", "4-5"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["positive-ne…", "2-3", "4-5"]
