@@ -70,19 +70,86 @@ def _run(args, console: Console) -> int:
     tables.summary = tables.summary[tables.summary["run_id"].isin(mine)]
     _results_table(console, tables)
     for r in run.not_ok:
-        err.print(f"[red]{r.status}[/red] {r.cell['strategy']} seed {r.cell['seed']} on {r.cell['stream']}: {r.cell['error']}")
+        err.print(f"[red]failed[/red] ({r.status}) {r.cell['strategy']} seed {r.cell['seed']} on {r.cell['stream']}: {r.cell['error']}")
     console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)", soft_wrap=True)
     return 1 if run.not_ok else 0
+
+
+def _only(tables, column: str, names: list[str] | None):
+    """``tables`` with the cells whose ``column`` is one of ``names`` (all when None)."""
+    if not names:
+        return tables
+    known = sorted(set(tables.cells[column]))
+    for name in names:
+        if name not in known:
+            raise UserError(f"no cells of {column} {name!r} in the results (known: {', '.join(known)})")
+    keep = set(tables.cells.loc[tables.cells[column].isin(names), "run_id"])
+    tables.cells = tables.cells[tables.cells["run_id"].isin(keep)]
+    tables.summary = tables.summary[tables.summary["run_id"].isin(keep)]
+    tables.measurements = tables.measurements[tables.measurements["run_id"].isin(keep)]
+    return tables
+
+
+def _latex(header: list[str], rows: list[list[str]]) -> str:
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--"}
+
+    def esc(x: str) -> str:
+        return "".join(special.get(ch, ch) for ch in x)
+
+    left = ("stream", "order", "strategy")
+    lines = [r"\begin{tabular}{" + "".join("l" if h in left else "r" for h in header) + "}", r"\hline",
+             " & ".join(map(esc, header)) + r" \\", r"\hline"]
+    lines += [" & ".join(map(esc, r)) + r" \\" for r in rows]
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines)
 
 
 def cmd_show(args, console: Console) -> int:
     from clbench.results import load
 
-    tables = load(args.dir)
+    tables = _only(_only(load(args.dir), "strategy", args.strategy), "stream", args.stream)
+    if args.format != "console":
+        from clbench.results.report import leaderboard, leaderboard_rows, render_markdown
+        from clbench.results.summary import stream_title
+
+        board = leaderboard(tables.summary)
+        if args.format == "csv":
+            print(board.drop(columns=["stream_params"], errors="ignore").to_csv(index=False), end="")
+            return 0
+        header, rows = None, []
+        for (stream, _p, variant, order), b in board.groupby(["stream", "stream_params", "variant", "order"], sort=False):
+            h, rs = leaderboard_rows(b)
+            header = ["stream", "order", *h]
+            rows += [[stream_title(stream, variant), str(order), *r] for r in rs]
+        if header is None:
+            print("no results")
+        elif args.format == "markdown":
+            print(render_markdown([("table", header, rows)])[0].rstrip())
+        else:
+            print(_latex(header, rows))
+        return 0
     _results_table(console, tables)
     bad = tables.cells[tables.cells["status"] != "ok"]
     for _, r in bad.iterrows():
-        console.print(f"{r['status']}: {r['strategy']} seed {r['seed']} on {r['stream']}: {r['error']}")
+        console.print(f"failed ({r['status']}): {r['strategy']} seed {r['seed']} on {r['stream']}: {r['error']}")
+    return 0
+
+
+def cmd_check(args, console: Console) -> int:
+    from .host import get_host
+    from .suite import load_suite
+    from .suiterun import preflight
+
+    host = get_host()
+    suite = load_suite(args.suite, host)
+    preflight(suite, host)
+    table = Table(title=f"suite {suite.name}: {len(suite.cells)} cells (checked, not run)")
+    for col in ("stream", "order", "strategy", "seed", "run_id (config hash)"):
+        table.add_column(col, justify="right" if col == "seed" else "left")
+    for c in suite.cells:
+        table.add_row(c.stream, str(c.order), c.strategy.label, str(c.seed), c.run_id)
+    console.print(table)
     return 0
 
 
@@ -230,7 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="print the summary of a results folder")
     s.add_argument("dir")
+    s.add_argument("--format", choices=("console", "markdown", "csv", "latex"), default="console",
+                   help="console table (default), or the leaderboard as Markdown, CSV or a LaTeX tabular")
+    s.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
+    s.add_argument("--stream", action="append", help="only this stream (repeatable)")
     s.set_defaults(fn=cmd_show)
+
+    ck = sub.add_parser("check", help="check a suite and list its cells and config hashes, without running them")
+    ck.add_argument("suite", help="a suite file (.toml) or the name of a built-in suite")
+    ck.set_defaults(fn=cmd_check)
 
     rp = sub.add_parser("report", help="write report.md and a self-contained report.html from results folders")
     rp.add_argument("dirs", nargs="+", metavar="DIR", help="results folders (their cells are put together)")

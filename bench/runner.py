@@ -330,8 +330,9 @@ def run_cell(
             ctx.steps_in_task = tcfg.epochs * math.ceil(n / bs) if n else 0
             if n and params:
                 ctx.optimizer = opt = make_optimizer(params, tcfg)
-                for _epoch in range(tcfg.epochs):
+                for epoch in range(tcfg.epochs):
                     running = torch.zeros((), device=device)
+                    batches = 0
                     for idx in batch_indices(data.lengths, bs, ctx.generator, tcfg.batching, tcfg.length_window):
                         batch = data[idx.to(device)]
                         batch = hook.train_batch(cell=ctx, batch=batch) or batch
@@ -348,6 +349,7 @@ def run_cell(
                         step += 1
                         detached = total.detach()
                         running += detached
+                        batches += 1
                         examples_seen += len(batch)
                         tokens_seen += batch.lengths.sum()
                         # positions computed: token batches are trimmed to their longest sequence (ctx.logits)
@@ -355,6 +357,9 @@ def run_cell(
                         hook.after_step(cell=ctx, step=step, loss=detached)
                     if not bool(torch.isfinite(running)):
                         raise Diverged(f"loss is {running.item()} on task {i} ({task.name})")
+                    # mean training loss (with the strategy's terms) of the epoch: eval_task = epoch
+                    if batches:
+                        record(i, epoch, "train_loss", running.item() / batches)
             hook.after_task(cell=ctx, task=task)
             train_s += time.perf_counter() - t0
 

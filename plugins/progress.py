@@ -49,7 +49,7 @@ class SuiteProgress:
         self.progress.advance(self._suite)
         if result.status != "ok":
             self.progress.console.print(
-                f"[red]{result.status}[/red]: {result.cell['strategy']} seed {result.cell['seed']}: {result.cell['error']}"
+                f"[red]failed[/red] ({result.status}): {result.cell['strategy']} seed {result.cell['seed']}: {result.cell['error']}"
             )
 
 

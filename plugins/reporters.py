@@ -12,15 +12,18 @@ from clbench import hookimpl
 from clbench.results.summary import aggregate, stream_title
 
 SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity")
+#: Column headings, short so that the table fits 100 columns (the caption spells them out).
+HEAD = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forget", "intransigence": "intrans",
+        "plasticity": "plast"}
 
 
-def _fmt(mean: float, std: float, pct: bool = True) -> str:
+def _fmt(mean: float, std: float, pct: bool = True, stacked: bool = False) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     scale = 100.0 if pct else 1.0
     s = f"{mean * scale:.1f}"
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        s += f" ± {std * scale:.1f}"
+        s += ("\n" if stacked else " ") + f"± {std * scale:.1f}"
     return s
 
 
@@ -29,23 +32,27 @@ def console_report(tables, out, console) -> None:
     if agg.empty:
         console.print("no results")
         return
+    # narrow terminals (under 140 columns): the sd goes under the mean, so that rows fit
+    stacked = console.width < 140
     for (stream, _params, variant, order), g in agg.groupby(["stream", "stream_params", "variant", "order"], sort=False):
-        table = Table(title=f"{escape(stream_title(stream, variant))} · order {order} · mean ± sd over seeds (accuracy in %)")
+        table = Table(title=f"{escape(stream_title(stream, variant))} · order {order}",
+                      caption="% as mean ± sd over seeds; forget = forgetting, intrans = intransigence, plast = plasticity",
+                      padding=(0, 1), show_lines=stacked)
         table.add_column("rank", justify="right")
         table.add_column("strategy")
         table.add_column("seeds", justify="right")
         for m in SHOWN:
             if f"{m}_mean" in g:
-                table.add_column(m.upper() if m in ("acc", "aia", "bwt", "fwt") else m, justify="right")
-        table.add_column("train s", justify="right")
+                table.add_column(HEAD[m], justify="right", no_wrap=True)
+        table.add_column("train s", justify="right", no_wrap=True)
         for _, r in g.sort_values("rank", na_position="last").iterrows():
             cells = [
                 "–" if math.isnan(r["rank"]) else str(int(r["rank"])),
                 str(r["strategy"]),
                 f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
             ]
-            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in SHOWN if f"{m}_mean" in g]
-            cells.append(_fmt(r["train_seconds_mean"], r["train_seconds_std"], pct=False))
+            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) for m in SHOWN if f"{m}_mean" in g]
+            cells.append(_fmt(r["train_seconds_mean"], r["train_seconds_std"], pct=False, stacked=stacked))
             table.add_row(*cells)
         console.print(table)
 

@@ -41,7 +41,9 @@ COST = (
     ("peak_memory_mb", "peak MB", 1.0, "{:.0f}"),
     ("trainable_params", "trainable params", 1.0, "{:,.0f}"),
 )
-HEADINGS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting"}
+#: Metrics shown in the report's leaderboard (the console's too: also AIA and plasticity).
+BOARD = ("acc", "aia", "bwt", "fwt", "forgetting", "plasticity")
+HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity"}
 #: Summary columns that are not metrics.
 SUMMARY_FIXED = {"run_id", "suite", "stream", "stream_params", "variant", "order", "strategy", "params", "seed", "status",
                  "train_seconds", "eval_seconds", "peak_memory_mb", "trainable_params", "buffer_size"}
@@ -58,7 +60,7 @@ def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
     order and rank."""
     if summary.empty:
         return pd.DataFrame()
-    cols = [m for m in METRICS if m in summary] + [c for c, *_ in COST if c in summary and c not in ("train_seconds", "trainable_params")]
+    cols = [m for m in BOARD if m in summary] + [c for c, *_ in COST if c in summary and c not in ("train_seconds", "trainable_params")]
     agg = aggregate(summary, metrics=cols)
     return agg.sort_values(["stream", "stream_params", "order", "rank"], na_position="last", kind="stable").reset_index(drop=True)
 
@@ -227,7 +229,8 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
     size = 1.2 + 0.45 * T
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 0.8, rows * size + 0.4), squeeze=False)
     names = _task_names(tables, stream, order, variant)
-    labels = names if names and len(names) == T and max(map(len, names)) <= 8 else [str(j) for j in range(T)]
+    labels = ([n if len(n) <= 12 else n[:11] + "…" for n in names] if names and len(names) == T
+              else [str(j) for j in range(T)])
     im = None
     for k, (ax, (strategy, (R, seeds))) in enumerate(zip(axes.flat, means.items())):
         im = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
@@ -299,7 +302,9 @@ def cost_bars(stream: str, order: str, board: pd.DataFrame, variant: str = "") -
     fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 0.4 * len(board) + 1.4), squeeze=False)
     y = np.arange(len(board))
     for ax, (c, heading) in zip(axes[0], cols):
-        ax.barh(y, board[f"{c}_mean"], xerr=board[f"{c}_std"].fillna(0), capsize=2, color="tab:gray")
+        mean, std = board[f"{c}_mean"].to_numpy(float), board[f"{c}_std"].fillna(0).to_numpy(float)
+        # asymmetric bars: a cost is never below zero
+        ax.barh(y, mean, xerr=[np.minimum(std, mean), std], capsize=2, color="tab:gray")
         ax.set_yticks(y, board["strategy"], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(heading, fontsize=9)
@@ -307,6 +312,42 @@ def cost_bars(stream: str, order: str, board: pd.DataFrame, variant: str = "") -
     name, on = _names("cost", stream, order, variant)
     alt = f"training time, peak memory and trainable parameters of {', '.join(board['strategy'])} on {on}"
     return Figure(name, "Cost (mean ± sd over seeds)", alt, _png(fig))
+
+
+def train_losses(tables: Tables) -> pd.DataFrame:
+    """One row per finished cell, task and epoch: the mean training loss (``train_loss``
+    measurements), with ``step`` = the epoch's position across the stream (1-based)."""
+    cols = ["stream", "variant", "order", "strategy", "seed", "task", "epoch", "step", "train_loss"]
+    m = tables.measurements
+    m = m[m["metric"] == "train_loss"]
+    if m.empty:
+        return pd.DataFrame(columns=cols)
+    cells = _ok_cells(tables)[["run_id", "stream", "variant", "order", "strategy", "seed"]]
+    df = m[["run_id", "train_task", "eval_task", "value"]].merge(cells, on="run_id")
+    df = df.rename(columns={"train_task": "task", "eval_task": "epoch", "value": "train_loss"})
+    epochs = df.groupby("run_id")["epoch"].transform("max") + 1
+    df["step"] = df["task"] * epochs + df["epoch"] + 1
+    return df[cols].sort_values(["stream", "variant", "order", "strategy", "seed", "step"]).reset_index(drop=True)
+
+
+def loss_curves(stream: str, order: str, df: pd.DataFrame, variant: str = "") -> Figure:
+    """Mean training loss of each epoch across the stream, one line per strategy, ± sd over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for strategy, g in df.groupby("strategy", sort=False):
+        s = g.groupby("step")["train_loss"].agg(["mean", "std"]).fillna({"std": 0.0})
+        ax.plot(s.index, s["mean"], marker=".", label=strategy)
+        ax.fill_between(s.index, (s["mean"] - s["std"]).clip(lower=0), s["mean"] + s["std"], alpha=0.2)
+    per_task = df.groupby("task")["step"].min()
+    for x in per_task.iloc[1:]:
+        ax.axvline(x - 0.5, color="gray", linewidth=0.5)
+    ax.set_xlabel("epoch across the stream (lines: a new task)")
+    ax.set_ylabel("mean training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    name, on = _names("loss", stream, order, variant)
+    alt = f"training loss per epoch of {', '.join(df['strategy'].unique())} on {on}"
+    return Figure(name, "Training loss per epoch (mean ± sd over seeds)", alt, _png(fig))
 
 
 # -- the report as blocks, rendered to Markdown or HTML -------------------------------------------
@@ -334,7 +375,7 @@ def _num(fmt: str, mean, std) -> str:
 
 def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The leaderboard of one (stream, stream params, order) as a header and rows of strings."""
-    metrics = [m for m in METRICS if f"{m}_mean" in board]
+    metrics = [m for m in BOARD if f"{m}_mean" in board]
     cost = [(c, h, f) for c, h, _s, f in COST if f"{c}_mean" in board]
     header = ["rank", "strategy", "seeds", *(HEADINGS[m] for m in metrics), *(h for _c, h, _f in cost)]
     rows = []
@@ -342,11 +383,50 @@ def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         rows.append([
             "–" if pd.isna(r["rank"]) else str(int(r["rank"])),
             str(r["strategy"]),
-            f"{r['seeds']}" + (f" (+{r['not_ok']} not ok)" if r["not_ok"] else ""),
+            f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
             *(_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_sem"]) for m in metrics),
             *(_num(f, r[f"{c}_mean"], r[f"{c}_std"]) for c, _h, f in cost),
         ])
     return header, rows
+
+
+def _about(tables: Tables, stream: str, order: str, variant: str) -> str:
+    """The scenario and the tasks, in order, of a (stream, variant, order) group."""
+    cells = with_variants(tables.cells)
+    c = cells[(cells["stream"] == stream) & (cells["variant"] == variant) & (cells["order"] == order)]
+    c = c[c["status"] == "ok"] if (c["status"] == "ok").any() else c
+    if c.empty:
+        return ""
+    r = c.iloc[0]
+    tasks = json.loads(r["tasks"]) if isinstance(r.get("tasks"), str) else []
+    parts = []
+    if r.get("scenario"):
+        parts.append(f"Scenario: {r['scenario']}")
+    if tasks:
+        parts.append(f"tasks in order: {', '.join(map(str, tasks))}")
+    parts.append(f"stream parameters: {r['stream_params']}")
+    return "; ".join(parts) + "."
+
+
+def _distinct(values) -> str:
+    vals = list(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v))
+    return " | ".join(vals) if vals else "–"
+
+
+def provenance(tables: Tables) -> list[list[str]]:
+    """What produced the numbers, as (what, value) rows: suites, model and training settings,
+    versions (each distinct value of the cells' JSON columns), devices, and when cells started."""
+    c = tables.cells
+    rows = [["suites", _distinct(c["suite"])]]
+    for col, what in (("model", "model"), ("training", "training"), ("versions", "versions"), ("device", "devices")):
+        if col in c:
+            rows.append([what, _distinct(c[col])])
+    if "started_at" in c and c["started_at"].notna().any():
+        t = pd.to_datetime(c["started_at"].dropna().astype(float), unit="s", utc=True)
+        rows.append(["cells started", f"{t.min():%Y-%m-%d %H:%M} – {t.max():%Y-%m-%d %H:%M} UTC"])
+    if tables.sources:
+        rows.append(["results folders", ", ".join(map(str, tables.sources))])
+    return rows
 
 
 def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
@@ -355,14 +435,17 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     cells = tables.cells
     n_ok = int((cells["status"] == "ok").sum())
     out: list[tuple] = [("h1", "clbench report")]
-    what = f"{len(cells)} cells ({n_ok} ok, {len(cells) - n_ok} failed or diverged)"
+    what = f"{len(cells)} cells ({n_ok} ok, {len(cells) - n_ok} failed)"
     if sources:
         what += " from " + ", ".join(sources)
     out.append(("p", what + "."))
     kinds = sorted(set(cells["memory_kind"].dropna()) - {""}) if "memory_kind" in cells else []
+    out.append(("h2", "Provenance"))
+    out.append(("table", ["what", "value"], provenance(tables)))
     out.append(("p", "Metrics in % as mean ± sd [standard error] over seeds; rank by mean ACC. "
-                     "ACC: mean final accuracy; BWT: backward transfer; FWT: forward transfer; "
-                     "forgetting: max-based (Chaudhry et al. 2018). Cost: training seconds, peak memory "
+                     "A failed cell (status failed or diverged) is counted, not averaged. "
+                     "ACC: mean final accuracy; AIA: average incremental accuracy; BWT: backward transfer; FWT: forward transfer; "
+                     "forgetting: max-based (Chaudhry et al. 2018); plasticity: mean accuracy right after learning each task. Cost: training seconds, peak memory "
                      f"(MB; {', '.join(kinds) or 'not measured'}), and the most parameters trained at once."))
     board = leaderboard(tables.summary)
     means = mean_matrices(tables)
@@ -370,6 +453,9 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     forget_df = forgetting_per_task(tables)
     for (stream, _params, variant, order), b in board.groupby(["stream", "stream_params", "variant", "order"], sort=False):
         out.append(("h2", f"{stream_title(stream, variant)} · order {order}"))
+        about = _about(tables, stream, order, variant)
+        if about:
+            out.append(("p", about))
         out.append(("h3", "Leaderboard"))
         out.append(("table", *leaderboard_rows(b)))
         sel = lambda df: df[(df["stream"] == stream) & (df["variant"] == variant) & (df["order"] == order)]  # noqa: E731
@@ -382,6 +468,10 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
         if not sel(forget_df).empty:
             out.append(("h3", "Forgetting per task"))
             out.append(("figure", forgetting_bars(stream, order, sel(forget_df), variant)))
+        loss = train_losses(tables)
+        if not sel(loss).empty:
+            out.append(("h3", "Training loss"))
+            out.append(("figure", loss_curves(stream, order, sel(loss), variant)))
         ok = b[b["seeds"] > 0]
         if not ok.empty:
             out.append(("h3", "Cost"))
@@ -389,7 +479,7 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     labelled = with_variants(cells)
     bad = labelled[labelled["status"] != "ok"]
     if not bad.empty:
-        out.append(("h2", "Cells that did not finish"))
+        out.append(("h2", "Failed cells"))
         out.append(("table", ["stream", "order", "strategy", "seed", "status", "error"],
                     [[stream_title(r["stream"], r["variant"]), str(r["order"]), str(r["strategy"]), str(r["seed"]), str(r["status"]), str(r["error"])]
                      for _, r in bad.iterrows()]))
@@ -411,7 +501,7 @@ def render_markdown(bl: list[tuple], figures_dir: str = "figures") -> tuple[str,
         elif b[0] == "table":
             header, rows = b[1], b[2]
             lines.append("| " + " | ".join(map(_md_cell, header)) + " |")
-            lines.append("|" + "|".join("---" if h in ("strategy", "stream", "order", "status", "error") else "---:" for h in header) + "|")
+            lines.append("|" + "|".join("---" if h in ("strategy", "stream", "order", "status", "error", "what", "value") else "---:" for h in header) + "|")
             lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
             lines.append("")
         elif b[0] == "figure":

@@ -134,3 +134,24 @@ def test_show_prints_fwt_only_where_it_is_defined(tmp_path, suite_file, host, ca
     cols = [c.strip() for c in re.split("[│┃]", header)]
     cell = [c.strip() for c in re.split("[│┃]", row)][cols.index("FWT")]
     assert (cell not in ("–", "")) if fwt_shown else cell == "–"
+
+
+def test_check_lists_cells_and_hashes_without_running(tmp_path, suite_file, host, capsys, monkeypatch):
+    from clbench.suite import load_suite
+
+    path = suite_file(make_suite(["naive", "ewc"], seeds=[0, 1]))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    cells = load_suite(str(path), host).cells
+    assert "4 cells" in out and len(cells) == 4
+    for c in cells:  # a row per cell: stream, order, strategy, seed, config hash
+        assert any(c.run_id in ln and c.strategy.label in ln and f" {c.seed} " in ln and "split-digits" in ln
+                   for ln in out.splitlines())
+    assert list(tmp_path.iterdir()) == [path]  # nothing run, nothing written
+    data = make_suite(["naive"])
+    data["strategies"].append({"name": "replya"})
+    assert main(["check", str(suite_file(data, "bad.toml"))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clbench: error: ") and "unknown strategy 'replya'" in err and err.count("\n") == 1

@@ -2,6 +2,7 @@
 the comparison of two result sets. The tables are built from accuracy matrices chosen by hand."""
 
 import base64
+import io
 import re
 from html.parser import HTMLParser
 
@@ -227,12 +228,18 @@ def test_html_report_is_self_contained_with_leaderboard_and_images(tables, tmp_p
     boards = [rows for cls, rows in page.tables if cls == "leaderboard"]
     assert len(boards) == 1
     header, *rows = boards[0]
-    assert header == ["rank", "strategy", "seeds", "ACC", "BWT", "FWT", "forgetting", "train s", "peak MB", "trainable params"]
-    assert [r[:3] for r in rows] == [["1", "cumulative", "2 (+1 not ok)"], ["2", "naive", "3"]]
+    assert header == ["rank", "strategy", "seeds", "ACC", "AIA", "BWT", "FWT", "forgetting", "plasticity",
+                      "train s", "peak MB", "trainable params"]
+    assert [r[:3] for r in rows] == [["1", "cumulative", "2 (+1 failed)"], ["2", "naive", "3"]]
     assert rows[1][3] == "30.0 ± 3.3 [1.9]"  # ACC: mean ± sd [standard error], in %
-    assert rows[1][7] == "2.0 ± 1.0" and rows[1][9] == "1,000"
-    failed = [rows for cls, rows in page.tables if cls is None]
-    assert failed and ["split-digits", "default", "cumulative", "2", "failed", "RuntimeError: boom"] in failed[0]
+    assert rows[1][8].startswith("83.3")  # plasticity: mean diagonal, (0.9 + 0.8 + (0.9, 0.8, 0.7)) / 3
+    assert rows[1][9] == "2.0 ± 1.0" and rows[1][11] == "1,000"
+    others = [rows for cls, rows in page.tables if cls is None]
+    assert ["split-digits", "default", "cumulative", "2", "failed", "RuntimeError: boom"] in others[-1]
+    # provenance: which suite, model, training settings and versions produced the numbers
+    prov = dict(r for r in others[0][1:])
+    assert prov["suites"] == "test" and '"d_model": 32' in prov["model"] and '"epochs": 1' in prov["training"]
+    assert '"clbench"' in prov["versions"] and '"torch"' in prov["versions"]
 
 
 def test_markdown_report_links_its_figures(tables, tmp_path):
@@ -243,7 +250,11 @@ def test_markdown_report_links_its_figures(tables, tmp_path):
     for link in links:
         assert (tmp_path / "rep" / link).read_bytes().startswith(PNG)
     assert "| 2 | naive | 3 | 30.0 ± 3.3 [1.9] |" in text
-    assert "| rank | strategy | seeds | ACC | BWT | FWT | forgetting | train s | peak MB | trainable params |" in text
+    assert "| rank | strategy | seeds | ACC | AIA | BWT | FWT | forgetting | plasticity | train s | peak MB | trainable params |" in text
+    # a section says which scenario and tasks it is about; one word for cells that did not finish
+    assert "tasks in order: 0-1, 2-3, 4-5; stream parameters:" in text
+    assert "6 cells (5 ok, 1 failed)" in text and "## Failed cells" in text
+    assert "not ok" not in text and "diverged," not in text
 
 
 def _welch_sets(host):
@@ -298,3 +309,88 @@ def test_file_reporters_need_an_output_folder(host):
 
     with pytest.raises(UserError, match="the html reporter writes files"):
         host.get("reporters", "html").obj(None, None, Console())
+
+
+def test_cost_error_bars_stop_at_zero(tables, monkeypatch):
+    from clbench.results import report
+
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    board = leaderboard(tables.summary).assign(train_seconds_mean=[1.0, 2.0], train_seconds_std=[5.0, 1.0])
+    report.cost_bars("split-digits", "default", board)
+    ax = figs[0].axes[0]
+    lows = [seg[:, 0].min() for coll in ax.collections for seg in coll.get_segments()]
+    assert lows and min(lows) >= 0  # mean 1 ± sd 5: the bar starts at 0, not at -4
+    assert max(seg[:, 0].max() for coll in ax.collections for seg in coll.get_segments()) == pytest.approx(6.0)
+
+
+def test_training_loss_is_plotted(host, tmp_path, run_suite_dict):
+    from clbench.results.report import train_losses
+
+    _, t = run_suite_dict(make_suite(["naive", "ewc"], stream_params={"patch_size": 4, "n_tasks": 2},
+                                     training={"epochs": 2}))
+    df = train_losses(t)
+    assert set(df["strategy"]) == {"naive", "ewc"} and sorted(df["step"].unique()) == [1, 2, 3, 4]
+    text = write_markdown(t, tmp_path / "rep").read_text(encoding="utf-8")
+    assert "### Training loss" in text
+    link = re.search(r"!\[training loss per epoch of [^\]]+\]\(([^)]+)\)", text).group(1)
+    assert (tmp_path / "rep" / link).read_bytes().startswith(PNG)
+
+
+def _folder(rows, path):
+    prepare_out(path)
+    for row, meas in rows:
+        write_cell(path, row, meas)
+    return path
+
+
+def test_show_formats_and_filters(host, tmp_path, capsys):
+    m = {("naive", s): naive_R(last) for s, last in [(0, 0.9), (1, 0.8), (2, 0.7)]}
+    m.update({("cumulative", 0): flat_R(0.8), ("cumulative", 1): flat_R(0.8)})
+    d = _folder(build(host, m, failed=[("cumulative", 2)]), tmp_path / "res")
+    capsys.readouterr()
+    assert main(["show", str(d), "--format", "markdown"]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert md[0] == "| stream | order | rank | strategy | seeds | ACC | AIA | BWT | FWT | forgetting | plasticity | train s | peak MB | trainable params |"
+    assert md[3].startswith("| split-digits | default | 2 | naive | 3 | 30.0 ± 3.3 [1.9] |")
+    assert main(["show", str(d), "--format", "csv", "--strategy", "naive"]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(df["strategy"]) == ["naive"] and df["acc_mean"].iloc[0] == pytest.approx(0.3)
+    assert main(["show", str(d), "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert tex.startswith(r"\begin{tabular}{llrlr") and tex.rstrip().endswith(r"\end{tabular}")
+    assert r"30.0 $\pm$ 3.3 [1.9]" in tex and r"2 (+1 failed)" in tex
+    assert main(["show", str(d), "--stream", "split-digits", "--strategy", "cumulative"]) == 0
+    out = capsys.readouterr().out
+    assert "cumulative" in out and "naive" not in out and "failed (failed): cumulative seed 2" in out
+    for flag, name in (("--strategy", "replay"), ("--stream", "mnist")):
+        assert main(["show", str(d), flag, name]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("clbench: error: no cells of") and repr(name) in err and err.count("\n") == 1
+
+
+def test_show_fits_100_columns(host, tmp_path, capsys, monkeypatch):
+    m = {("naive", s): naive_R(last) for s, last in [(0, 0.9), (1, 0.8), (2, 0.7)]}
+    m.update({("cumulative", s): flat_R(0.8 - s / 10) for s in range(3)})
+    d = _folder(build(host, m), tmp_path / "res")
+    monkeypatch.setenv("COLUMNS", "100")
+    capsys.readouterr()
+    assert main(["show", str(d)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 100
+    # nothing cut: every strategy name and number whole (the sd under its mean)
+    assert "…" not in "".join(lines)
+    assert any("cumulative" in ln and " 70.0 │" in ln for ln in lines)
+    assert any("│ ± 10.0 │" in ln for ln in lines) and any("│  -80.0 │" in ln for ln in lines)
+
+
+def test_matrix_axes_show_task_names(tables, monkeypatch):
+    from clbench.results import report
+
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    tables.cells = tables.cells.assign(tasks='["positive-negative", "2-3", "4-5"]')
+    report.heatmaps(tables, "split-digits", "default", report.mean_matrices(tables)[("split-digits", "", "default")])
+    ax = figs[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["positive-ne…", "2-3", "4-5"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["positive-ne…", "2-3", "4-5"]

@@ -13,9 +13,14 @@ def test_every_task_is_evaluated_before_training_and_after_each_task(run_suite_d
     run, t = run_suite_dict(make_suite(["naive"], training={"epochs": 3, "batch_size": 32}))
     assert [r.status for r in run.ran] == ["ok"]
     m = t.measurements
-    assert set(m["metric"]) == {"acc", "loss"}
+    assert set(m["metric"]) == {"acc", "loss", "train_loss"}
     assert sorted(m["train_task"].unique()) == [-1, 0, 1, 2, 3, 4]
-    assert len(m) == 6 * 5 * 2  # (before + 5 tasks) × 5 eval tasks × 2 metrics
+    ev = m[m["metric"] != "train_loss"]
+    assert len(ev) == 6 * 5 * 2  # (before + 5 tasks) × 5 eval tasks × 2 metrics
+    # the mean training loss of each epoch of each task: eval_task holds the epoch
+    tl = m[m["metric"] == "train_loss"].set_index(["train_task", "eval_task"])["value"]
+    assert sorted(tl.index) == [(i, e) for i in range(5) for e in range(3)]
+    assert (tl > 0).all() and tl[(0, 2)] < tl[(0, 0)]  # the first task is learned over its epochs
     R, b = accuracy_matrix(m, run.ran[0].cell["run_id"])
     assert R.shape == (5, 5) and b.shape == (5,)
     # class-incremental naive: the first task is learned, then forgotten
