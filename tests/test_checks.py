@@ -1,0 +1,87 @@
+"""Results you can trust: every field checked before anything runs; one bad cell or file stops
+nothing else; errors are one line."""
+
+import os
+import stat
+
+import pytest
+
+from clbench.cli import main
+from conftest import make_suite
+from test_cli import _toml
+
+
+def _write(tmp_path, data, text_edit=None):
+    text = _toml(data)
+    if text_edit:
+        text = text_edit(text)
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+def _one_line_exit_2(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("clbench: error: "), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("training", "epochs", 0, "field 'training.epochs' must be greater than 0"),
+        ("training", "epochs", -1, "field 'training.epochs' must be greater than 0"),
+        ("training", "batch_size", 0, "field 'training.batch_size' must be greater than 0"),
+        ("training", "lr", -1.0, "field 'training.lr' must be greater than 0"),
+        ("training", "lr", "nan", "field 'training.lr' must be a finite number"),
+        ("training", "eval_batch_size", 0, "field 'training.eval_batch_size' must be greater than 0"),
+        ("model", "d_model", 0, "field 'model.d_model' must be greater than 0"),
+        ("model", "dropout", 1.5, "field 'model.dropout' must be in [0, 1)"),
+        ("model", "max_len", 2, "model.max_len = 2 is below the 4 positions"),
+    ],
+)
+def test_bad_field_is_one_line_and_writes_nothing(tmp_path, host, capsys, section, key, value, message):
+    data = make_suite(["naive"])
+    edit = None
+    if value == "nan":
+        data[section][key] = 0.5
+        edit = lambda t: t.replace(f"{key} = 0.5", f"{key} = nan")  # noqa: E731
+    else:
+        data[section][key] = value
+    path = _write(tmp_path, data, edit)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 2
+    _one_line_exit_2(capsys, message, str(path))
+    assert not out.exists()
+
+
+def test_strategy_training_is_checked_too(tmp_path, host, capsys):
+    data = make_suite([{"name": "naive", "training": {"epochs": 0}}])
+    path = _write(tmp_path, data)
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    _one_line_exit_2(capsys, "strategies[0].training.epochs")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_without_cuda_is_one_line(tmp_path, host, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = make_suite(["naive"], training={"device": "cuda"})
+    path = _write(tmp_path, data)
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    _one_line_exit_2(capsys, "training.device", "CUDA is not available", str(path))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["../../x", "", "a/b", "."])
+def test_suite_name_cannot_leave_the_results_folder(tmp_path, host, capsys, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    data = make_suite(["naive"], name=name)
+    path = _write(tmp_path, data)
+    assert main(["run", str(path), "--no-progress"]) == 2
+    _one_line_exit_2(capsys, "field 'name'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
