@@ -86,6 +86,8 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
             objs = make_strategies(cell, host)
         except UserError as exc:
             raise UserError(f"{suite.path}: strategy '{cell.strategy.label}': {exc}") from None
+        except Exception:  # a broken strategy class: its cells fail (run_cell records why)
+            continue
         pm = new_cell_manager()
         for name, obj in objs:
             pm.register(obj, name=name)

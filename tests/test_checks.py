@@ -85,3 +85,77 @@ def test_suite_name_cannot_leave_the_results_folder(tmp_path, host, capsys, monk
     assert main(["run", str(path), "--no-progress"]) == 2
     _one_line_exit_2(capsys, "field 'name'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
+
+
+# -- one bad cell or file stops nothing else ---------------------------------------------------
+
+import clbench  # noqa: E402
+from clbench.errors import UserError  # noqa: E402
+
+
+class BadInit:
+    def __init__(self):
+        raise RuntimeError("broken constructor")
+
+
+class RefusesInHook:
+    @clbench.hookimpl
+    def before_task(self, cell, task):
+        raise UserError("this strategy refuses the task")
+
+
+class Plugins:
+    __test__ = False
+
+    @clbench.hookimpl
+    def register_strategies(self, register):
+        register("bad-init", BadInit)
+        register("refuses", RefusesInHook)
+
+
+@pytest.fixture
+def plugins(host):
+    p = Plugins()
+    host.register(p, name="check-plugins")
+    yield
+    host.unregister(p)
+
+
+def test_failing_init_and_user_error_in_a_hook_fail_their_cell_only(tmp_path, host, plugins, capsys):
+    path = _write(tmp_path, make_suite(["bad-init", "refuses", "naive"]))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 1
+    import pandas as pd
+
+    cells = pd.read_parquet(out / "cells.parquet").set_index("strategy")
+    assert cells["status"].to_dict() == {"bad-init": "failed", "refuses": "failed", "naive": "ok"}
+    assert "broken constructor" in cells.loc["bad-init", "error"]
+    assert cells.loc["refuses", "error"] == "strategy 'refuses': this strategy refuses the task"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_damaged_cell_file_is_quarantined_and_run_again(tmp_path, host, capsys):
+    path = _write(tmp_path, make_suite(["naive"]))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    (part,) = (out / "cells").glob("*.measurements.parquet")
+    part.write_bytes(b"not parquet")
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 2  # nothing readable left: one line
+    err = capsys.readouterr().err
+    assert "warning" in err and "damaged" in err and "Traceback" not in err
+    assert (out / "cells" / "quarantine" / part.name).exists() and not part.exists()
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0  # resumes: runs it again
+    assert part.exists()
+    assert main(["show", str(out)]) == 0
+
+
+def test_result_files_honour_the_umask(tmp_path, host):
+    path = _write(tmp_path, make_suite(["naive"]))
+    old = os.umask(0o022)
+    try:
+        assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    for f in [tmp_path / "out" / "cells.parquet", *(tmp_path / "out" / "cells").glob("*.parquet")]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
