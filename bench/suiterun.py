@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from .backbones import check_stream, is_pretrained, resolve
 from .errors import UserError
@@ -235,7 +236,7 @@ def run_suite(
     streams = preflight(suite, host)
     setup = None if in_process else WorkerSetup.of(host)
     out = prepare_out(Path(out))
-    console.print(f"suite [bold]{suite.name}[/bold]: {len(suite.cells)} cells → {out}", soft_wrap=True)
+    console.print(f"suite [bold]{escape(suite.name)}[/bold]: {len(suite.cells)} cells → {out}", soft_wrap=True)
 
     done = {} if force else {k: v for k, v in done_cells(out).items() if v == "ok"}
     todo = [c for c in suite.cells if c.run_id not in done]

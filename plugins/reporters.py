@@ -41,7 +41,7 @@ def console_report(tables, out, console) -> None:
         for _, r in g.sort_values("rank", na_position="last").iterrows():
             cells = [
                 "–" if math.isnan(r["rank"]) else str(int(r["rank"])),
-                str(r["strategy"]),
+                escape(str(r["strategy"])),
                 f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
             ]
             cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in SHOWN if f"{m}_mean" in g]

@@ -159,3 +159,33 @@ def test_result_files_honour_the_umask(tmp_path, host):
         os.umask(old)
     for f in [tmp_path / "out" / "cells.parquet", *(tmp_path / "out" / "cells").glob("*.parquet")]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_labels_with_markup_are_printed_as_written(tmp_path, host, capsys):
+    path = _write(tmp_path, make_suite([{"name": "naive", "label": "[/]x [b]y[/b]"}]))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert "[/]x [b]y[/b]" in capsys.readouterr().out
+    assert main(["show", str(out)]) == 0
+    assert "[/]x [b]y[/b]" in capsys.readouterr().out
+    assert main(["compare", str(out), str(out)]) == 0
+    assert "[/]x [b]y[/b]" in capsys.readouterr().out
+
+
+def test_sigterm_says_what_ctrl_c_says(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, clbench.cli as c\n"
+         "c.cmd_list = lambda a, k: (print('ready', flush=True), time.sleep(30))[1]\n"
+         "p = c.build_parser\n"
+         "sys.exit(c.main(['list']))"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert "interrupted; finished cells are saved" in err and "Traceback" not in err
