@@ -55,6 +55,12 @@ def _need_out(out, name: str):
 
     if out is None:
         raise UserError(f"the {name} reporter writes files: give an output folder (--out)")
+    from pathlib import Path
+
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     return out
 
 

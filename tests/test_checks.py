@@ -189,3 +189,14 @@ def test_sigterm_says_what_ctrl_c_says(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert "interrupted; finished cells are saved" in err and "Traceback" not in err
+
+
+def test_report_out_that_is_a_file_is_one_line(tmp_path, host, capsys):
+    path = _write(tmp_path, make_suite(["naive"]))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(blocker)]) == 2
+    _one_line_exit_2(capsys, "cannot write the report to", str(blocker))
