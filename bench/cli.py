@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
@@ -70,7 +73,8 @@ def _run(args, console: Console) -> int:
     tables.summary = tables.summary[tables.summary["run_id"].isin(mine)]
     _results_table(console, tables)
     for r in run.not_ok:
-        err.print(f"[red]failed[/red] ({r.status}) {r.cell['strategy']} seed {r.cell['seed']} on {r.cell['stream']}: {r.cell['error']}")
+        err.print(f"[red]failed[/red] ({r.status}) {escape(str(r.cell['strategy']))} seed {r.cell['seed']} on "
+                  f"{escape(str(r.cell['stream']))}: {escape(str(r.cell['error']))}")
     console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)", soft_wrap=True)
     return 1 if run.not_ok else 0
 
@@ -132,7 +136,8 @@ def cmd_show(args, console: Console) -> int:
     _results_table(console, tables)
     bad = tables.cells[tables.cells["status"] != "ok"]
     for _, r in bad.iterrows():
-        console.print(f"failed ({r['status']}): {r['strategy']} seed {r['seed']} on {r['stream']}: {r['error']}")
+        console.print(f"failed ({r['status']}): {escape(str(r['strategy']))} seed {r['seed']} on {escape(str(r['stream']))}: "
+                      f"{escape(str(r['error']))}")
     return 0
 
 
@@ -148,7 +153,7 @@ def cmd_check(args, console: Console) -> int:
     for col in ("stream", "order", "strategy", "seed", "run_id (config hash)"):
         table.add_column(col, justify="right" if col == "seed" else "left")
     for c in suite.cells:
-        table.add_row(c.stream, str(c.order), c.strategy.label, str(c.seed), c.run_id)
+        table.add_row(escape(c.stream), escape(str(c.order)), escape(c.strategy.label), str(c.seed), c.run_id)
     console.print(table)
     return 0
 
@@ -180,7 +185,7 @@ def cmd_compare(args, console: Console) -> int:
 
     for _, r in df.iterrows():
         p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}" + (" *" if r["p"] < 0.05 else "")
-        table.add_row(escape(stream_title(r["stream"], r["variant"])), str(r["order"]), str(r["strategy"]), str(r["metric"]),
+        table.add_row(escape(stream_title(r["stream"], r["variant"])), escape(str(r["order"])), escape(str(r["strategy"])), str(r["metric"]),
                       side(r["a_mean"], r["a_std"], r["a_n"]), side(r["b_mean"], r["b_std"], r["b_n"]),
                       "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", p)
     console.print(table)
@@ -357,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=200)  # piped: don't squeeze tables into 80 columns
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)  # a kill says what Ctrl-C says
     try:
         return args.fn(args, console)
     except UserError as exc:

@@ -382,8 +382,10 @@ def run_cell(
         row["peak_memory_mb"], row["memory_kind"] = _peak_memory_mb(device)
     except Diverged as exc:
         row["status"], row["error"] = "diverged", str(exc)
-    except UserError:
-        raise
+    except UserError as exc:  # a plugin refusing this cell: the cell fails, the suite goes on
+        row["status"] = "failed"
+        row["error"] = f"strategy '{cell.strategy.label}': {exc}".splitlines()[0]
+        row["traceback"] = traceback.format_exc()
     except Exception as exc:  # a failing plugin: record it, the suite goes on
         row["status"] = "failed"
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]

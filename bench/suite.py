@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -150,6 +151,36 @@ def _need(cond: bool, where: str, msg: str) -> None:
         raise UserError(f"{where}: {msg}")
 
 
+#: Range of each numeric field of [model] and [training] (fields not listed take any value of their
+#: type): ("positive", "non-negative" or "fraction" = [0, 1)). Floats must also be finite.
+FIELD_RANGES: dict[str, dict[str, str]] = {
+    "ModelConfig": {
+        "d_model": "positive", "n_layers": "positive", "n_heads": "positive", "mlp_ratio": "positive",
+        "max_len": "positive", "dropout": "fraction", "norm_eps": "positive",
+    },
+    "TrainingConfig": {
+        "epochs": "positive", "batch_size": "positive", "lr": "positive", "weight_decay": "non-negative",
+        "momentum": "non-negative", "grad_clip": "non-negative", "length_window": "positive",
+        "eval_batch_size": "positive", "threads": "positive",
+    },
+}
+
+_RANGE_OK = {
+    "positive": (lambda v: v > 0, "greater than 0"),
+    "non-negative": (lambda v: v >= 0, "at least 0"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def _check_range(cls, key: str, value: Any, where: str, section: str) -> None:
+    if isinstance(value, float):
+        _need(math.isfinite(value), where, f"field '{section}.{key}' must be a finite number, got {value!r}")
+    kind = FIELD_RANGES.get(cls.__name__, {}).get(key)
+    if kind is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok, what = _RANGE_OK[kind]
+        _need(ok(value), where, f"field '{section}.{key}' must be {what}, got {value!r}")
+
+
 def _dataclass_from(cls, table: Any, where: str, section: str):
     _need(isinstance(table, dict), where, f"[{section}] must be a table")
     known = {f.name: f for f in fields(cls)}
@@ -163,14 +194,12 @@ def _dataclass_from(cls, table: Any, where: str, section: str):
             where,
             f"field '{section}.{key}' must be {_type_name(hints[key])}, got {value!r}",
         )
+        _check_range(cls, key, value, where, section)
     return cls(**table)
 
 
 def _training(table: Any, where: str, section: str) -> TrainingConfig:
-    cfg = _dataclass_from(TrainingConfig, table, where, section)
-    _need(cfg.length_window >= 1, where, f"{section}.length_window must be at least 1")
-    _need(cfg.threads >= 1, where, f"{section}.threads must be at least 1, got {cfg.threads}")
-    return cfg
+    return _dataclass_from(TrainingConfig, table, where, section)  # the device: in the suite's preflight
 
 
 def _order_label(value: Any) -> str:
@@ -190,6 +219,11 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         _need(key in TOP_KEYS, where, f"unknown field '{key}' (fields: {', '.join(sorted(TOP_KEYS))})")
     name = data.get("name", Path(where).stem if where.endswith(".toml") else "suite")
     _need(isinstance(name, str), where, "field 'name' must be a string")
+    _need(
+        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and not name.startswith("."),
+        where,
+        f"field 'name' must be a plain folder name (no '/', '\\', leading '.', not empty), got {name!r}",
+    )
     description = data.get("description", "")
     _need(isinstance(description, str), where, "field 'description' must be a string")
     seeds = data.get("seeds", [0])

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from .backbones import check_stream, is_pretrained, resolve
 from .errors import UserError
 from .host import DEFAULT_PLUGINS, Host, firstresult_conflicts, get_host, new_cell_manager
 from .params import check_params
-from .runner import CellResult, build_stream, cell_row, make_strategies, run_cell
+from .runner import CellResult, build_stream, cell_row, device_from, make_strategies, run_cell
 from .suite import Cell, Suite
 
 #: Environment variables a worker process gets from the driver (data folders of text streams).
@@ -56,6 +57,11 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
     host = host or get_host()
     streams = {}
     for cell in suite.cells:
+        what = "training.device" if cell.training is suite.cells[0].training else f"strategy '{cell.strategy.label}': training.device"
+        try:
+            device_from(cell.training.device, what)
+        except UserError as exc:
+            raise UserError(f"{suite.path}: {exc}") from None
         key = _stream_key(cell)
         if key not in streams:
             try:
@@ -67,6 +73,11 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
                     check_stream(resolve(cell.model.init), streams[key])
                 except UserError as exc:
                     raise UserError(f"{suite.path}: {exc}") from None
+        if streams[key].max_len > cell.model.max_len:
+            raise UserError(
+                f"{suite.path}: model.max_len = {cell.model.max_len} is below the {streams[key].max_len} positions "
+                f"of stream '{cell.stream}' (raise model.max_len, or lower the stream's max_len)"
+            )
     seen = set()
     for cell in suite.cells:
         if cell.strategy.label in seen:
@@ -76,6 +87,8 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
             objs = make_strategies(cell, host)
         except UserError as exc:
             raise UserError(f"{suite.path}: strategy '{cell.strategy.label}': {exc}") from None
+        except Exception:  # a broken strategy class: its cells fail (run_cell records why)
+            continue
         pm = new_cell_manager()
         for name, obj in objs:
             pm.register(obj, name=name)
@@ -223,7 +236,7 @@ def run_suite(
     streams = preflight(suite, host)
     setup = None if in_process else WorkerSetup.of(host)
     out = prepare_out(Path(out))
-    console.print(f"suite [bold]{suite.name}[/bold]: {len(suite.cells)} cells → {out}", soft_wrap=True)
+    console.print(f"suite [bold]{escape(suite.name)}[/bold]: {len(suite.cells)} cells → {out}", soft_wrap=True)
 
     done = {} if force else {k: v for k, v in done_cells(out).items() if v == "ok"}
     todo = [c for c in suite.cells if c.run_id not in done]

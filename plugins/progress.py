@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -49,7 +51,8 @@ class SuiteProgress:
         self.progress.advance(self._suite)
         if result.status != "ok":
             self.progress.console.print(
-                f"[red]failed[/red] ({result.status}): {result.cell['strategy']} seed {result.cell['seed']}: {result.cell['error']}"
+                f"[red]failed[/red] ({result.status}): {escape(str(result.cell['strategy']))} seed {result.cell['seed']}: "
+                f"{escape(str(result.cell['error']))}"
             )
 
 
@@ -66,7 +69,7 @@ class CellProgress:
     def before_task(self, cell, task):
         self.progress.update(
             self.task_id,
-            description=f"  {cell.cell.describe()} · task {cell.task_index + 1}/{cell.stream.n_tasks}",
+            description=f"  {escape(cell.cell.describe())} · task {cell.task_index + 1}/{cell.stream.n_tasks}",
         )
 
     @hookimpl

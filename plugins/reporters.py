@@ -48,7 +48,7 @@ def console_report(tables, out, console) -> None:
         for _, r in g.sort_values("rank", na_position="last").iterrows():
             cells = [
                 "–" if math.isnan(r["rank"]) else str(int(r["rank"])),
-                str(r["strategy"]),
+                escape(str(r["strategy"])),
                 f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
             ]
             cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) for m in SHOWN if f"{m}_mean" in g]
@@ -62,6 +62,12 @@ def _need_out(out, name: str):
 
     if out is None:
         raise UserError(f"the {name} reporter writes files: give an output folder (--out)")
+    from pathlib import Path
+
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     return out
 
 

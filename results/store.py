@@ -15,11 +15,13 @@ the end of every run (and by :func:`clbench.results.load`, which reads the per-c
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from clbench.errors import UserError
 
@@ -43,6 +45,9 @@ def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it (mkstemp makes 0600)
         df.to_parquet(tmp, index=False)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -76,8 +81,40 @@ def write_cell(out: Path, cell: dict, measurements: list[dict]) -> None:
     _atomic_parquet(pd.DataFrame([cell]), d / f"{cell['run_id']}.cell.parquet")
 
 
+QUARANTINE = "quarantine"  # cells/quarantine/: the files of damaged cell records, moved aside
+
+
+def _quarantine(d: Path, run_id: str, exc: Exception) -> None:
+    """Move a cell's damaged files to ``cells/quarantine/`` with one warning line; the cell then
+    has no record, so a resumed run runs it again."""
+    q = d / QUARANTINE
+    q.mkdir(exist_ok=True)
+    for suffix in (".cell.parquet", ".measurements.parquet"):
+        f = d / f"{run_id}{suffix}"
+        if f.exists():
+            os.replace(f, q / f.name)
+    why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    print(f"clbench: warning: {d / run_id}.*.parquet is damaged ({why}); moved to {q}, "
+          "the cell runs again on resume", file=sys.stderr)
+
+
+def _read_cell(d: Path, run_id: str, columns=None) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """A cell's (cells row, measurements), or None (quarantined) when a file is damaged."""
+    try:
+        cell = pd.read_parquet(d / f"{run_id}.cell.parquet", columns=columns)
+        mf = d / f"{run_id}.measurements.parquet"
+        meas = pd.read_parquet(mf) if columns is None else pq.read_metadata(mf)
+        if len(cell) != 1:
+            raise ValueError(f"{len(cell)} cells rows")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is damaged
+        _quarantine(d, run_id, exc)
+        return None
+    return cell, meas
+
+
 def done_cells(out: Path) -> dict[str, str]:
-    """run_id -> status of every cell with a complete record in ``out``."""
+    """run_id -> status of every cell with a complete record in ``out`` (damaged records are
+    quarantined: see :func:`_quarantine`)."""
     d = Path(out) / "cells"
     if not d.is_dir():
         return {}
@@ -85,7 +122,9 @@ def done_cells(out: Path) -> dict[str, str]:
     for f in d.glob("*.cell.parquet"):
         run_id = f.name[: -len(".cell.parquet")]
         if (d / f"{run_id}.measurements.parquet").exists():
-            done[run_id] = str(pd.read_parquet(f, columns=["status"])["status"].iloc[0])
+            got = _read_cell(d, run_id, columns=["status"])
+            if got is not None:
+                done[run_id] = str(got[0]["status"].iloc[0])
     return done
 
 
@@ -102,8 +141,12 @@ def read_parts(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         mf = d / f"{run_id}.measurements.parquet"
         if not mf.exists():
             continue
-        cells.append(pd.read_parquet(f))
-        meas.append(pd.read_parquet(mf))
+        got = _read_cell(d, run_id)
+        if got is not None:
+            cells.append(got[0])
+            meas.append(got[1])
+    if not cells:
+        raise UserError(f"no readable clbench results in {out}")
     cells_df = pd.concat(cells, ignore_index=True).sort_values(["suite", "stream", "order", "strategy", "seed"], kind="stable")
     meas_df = pd.concat(meas, ignore_index=True) if meas else pd.DataFrame(columns=MEASUREMENT_COLUMNS)
     return meas_df.reset_index(drop=True), cells_df.reset_index(drop=True)

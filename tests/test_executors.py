@@ -147,7 +147,7 @@ def test_a_cells_thread_count_is_part_of_its_configuration(host):
         parse_suite(make_suite(["naive"], training={"threads": n}), "t.toml", host).cells[0] for n in (1, 2)
     )
     assert one.config_hash != two.config_hash
-    with pytest.raises(clbench.errors.UserError, match="training.threads must be at least 1, got 0"):
+    with pytest.raises(clbench.errors.UserError, match="training.threads. must be greater than 0, got 0"):
         parse_suite(make_suite(["naive"], training={"threads": 0}), "t.toml", host)
 
 
