@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,9 +140,12 @@ class RawTask:
     labels: list[str]
     train: tuple[list[str], np.ndarray]
     test: tuple[list[str], np.ndarray]
+    dropped: dict[str, int] = field(default_factory=dict)  # file name -> examples left out (unknown label)
 
 
-def read_task(folder: Path, name: str, fmt: str, text_field: str, label_field: str) -> RawTask:
+def read_task(folder: Path, name: str, fmt: str, text_field: str, label_field: str, drop_unknown: bool = False) -> RawTask:
+    """Read one task folder. With ``drop_unknown``, examples whose label is not in the label list
+    are left out (:attr:`RawTask.dropped` counts them) instead of being a one-line error."""
     ext = FORMATS[fmt]
     train_texts, train_labels, train_where = read_split(folder / f"train.{ext}", fmt, text_field, label_field)
     test_texts, test_labels, test_where = read_split(folder / f"test.{ext}", fmt, text_field, label_field)
@@ -163,22 +166,27 @@ def read_task(folder: Path, name: str, fmt: str, text_field: str, label_field: s
         labels = sorted(set(train_labels), key=_label_key)
         source = f"the labels of {folder / f'train.{ext}'} (add a labels.json to list all labels)"
     index = {lab: i for i, lab in enumerate(labels)}
+    dropped: dict[str, int] = {}
 
-    def to_index(path: Path, split_labels: list[str], wheres: list[str]) -> np.ndarray:
-        out = np.empty(len(split_labels), dtype=np.int64)
-        for i, lab in enumerate(split_labels):
-            if lab not in index:
-                shown = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
-                raise UserError(f"{path}: {wheres[i]} has label {lab!r}, which is not in {source} ({shown})")
-            out[i] = index[lab]
-        return out
+    def split(path: Path, texts: list[str], split_labels: list[str], wheres: list[str]) -> tuple[list[str], np.ndarray]:
+        unknown = [i for i, lab in enumerate(split_labels) if lab not in index]
+        if unknown and not drop_unknown:
+            i = unknown[0]
+            shown = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
+            raise UserError(
+                f"{path}: {wheres[i]} has label {split_labels[i]!r}, which is not in {source} ({shown}); "
+                "unknown_labels = \"drop\" leaves such examples out"
+            )
+        if unknown:
+            dropped[path.name] = len(unknown)
+            skip = set(unknown)
+            keep = [i for i in range(len(texts)) if i not in skip]
+            texts, split_labels = [texts[i] for i in keep], [split_labels[i] for i in keep]
+        return texts, np.array([index[lab] for lab in split_labels], dtype=np.int64)
 
-    return RawTask(
-        name,
-        labels,
-        (train_texts, to_index(folder / f"train.{ext}", train_labels, train_where)),
-        (test_texts, to_index(folder / f"test.{ext}", test_labels, test_where)),
-    )
+    train = split(folder / f"train.{ext}", train_texts, train_labels, train_where)
+    test = split(folder / f"test.{ext}", test_texts, test_labels, test_where)
+    return RawTask(name, labels, train, test, dropped)
 
 
 # -- finding tasks ----------------------------------------------------------------------------------
@@ -300,6 +308,7 @@ def text_stream(
     vocab_size: int = 8000,
     max_len: int = 256,
     skip_missing: bool = False,
+    unknown_labels: Literal["error", "drop"] = "error",
     order: str | list | None = None,
 ) -> Stream:
     """Text classification tasks from a folder (CL_Benchmark, JSONL or CSV).
@@ -319,6 +328,9 @@ def text_stream(
     :param vocab_size: BPE vocabulary size (``bytes`` always has 257).
     :param max_len: sequences are truncated to this many tokens.
     :param skip_missing: skip tasks that the order names but the folder lacks (with a warning).
+    :param unknown_labels: an example whose label is not in the task's label list is a one-line
+        error (``error``), or is left out with one warning line that counts them (``drop``: O-LoRA's
+        MNLI test split has examples labelled ``-``, without a gold label).
     :param order: a named order (``order1``-``order3``, ``long``), a list of task names, or a
         list of positions into ``tasks``.
     """
@@ -340,7 +352,14 @@ def text_stream(
             f"clbench: warning: stream 'text': skipped task(s) absent from {root}: {', '.join(skipped)}",
             file=sys.stderr,
         )
-    raw = [read_task(found[n][0], n, found[n][1], text_field, label_field) for n in seq]
+    raw = [read_task(found[n][0], n, found[n][1], text_field, label_field, unknown_labels == "drop") for n in seq]
+    dropped = [f"{n} {r.name}/{f}" for r in raw for f, n in r.dropped.items()]
+    if dropped:
+        print(
+            f"clbench: warning: stream 'text': left out {sum(n for r in raw for n in r.dropped.values())} "
+            f"example(s) whose label is not in the task's labels ({', '.join(dropped)})",
+            file=sys.stderr,
+        )
 
     # label space
     if scenario == "domain-incremental":

@@ -200,3 +200,18 @@ def test_report_out_that_is_a_file_is_one_line(tmp_path, host, capsys):
     capsys.readouterr()
     assert main(["report", str(out), "--out", str(blocker)]) == 2
     _one_line_exit_2(capsys, "cannot write the report to", str(blocker))
+
+
+def test_report_and_show_of_a_result_set_whose_cells_all_failed(tmp_path, host, capsys):
+    # every cell diverges on its first task: a few measurements (before training), no summary numbers
+    data = make_suite(["naive", "ewc"], stream_params={"patch_size": 4, "n_tasks": 2},
+                      training={"lr": 1e30, "grad_clip": 0.0, "optimizer": "sgd", "epochs": 1})
+    out = tmp_path / "out"
+    assert main(["run", str(_write(tmp_path, data)), "--out", str(out), "--no-progress"]) == 1
+    capsys.readouterr()
+    rep = tmp_path / "rep"  # a folder that does not exist yet
+    assert main(["report", str(out), "--out", str(rep)]) == 0
+    md = (rep / "report.md").read_text()
+    assert "Failed cells" in md and "diverged" in md and (rep / "report.html").exists()
+    assert main(["show", str(out)]) == 0
+    assert "failed (diverged)" in capsys.readouterr().out

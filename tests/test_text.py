@@ -600,3 +600,21 @@ def test_text_standard_suite_parses(host):
     assert len(suite.cells) == 4 * 3
     assert {c.strategy.label for c in suite.cells} == {"naive", "replay", "ewc", "lora"}
     assert suite.cells[0].stream == "text"
+
+
+def test_unknown_labels_drop_leaves_them_out_with_one_warning(tmp_path, capsys):
+    # O-LoRA's MNLI test split labels some examples "-" (no gold label): an error by default,
+    # left out and counted with unknown_labels = "drop"
+    train = rows(["x", "y"], 4, "tr")
+    test = rows(["x", "y"], 2, "te") + [("no gold 1", "-"), ("no gold 2", "-")]
+    write_task(tmp_path / "d", "t", train, test, ["x", "y"])
+    line = _fails(tmp_path, capsys, {"data_dir": str(tmp_path / "d")}, "test.json: items[4] has label '-'")
+    assert 'unknown_labels = "drop"' in line
+    s = text_stream(data_dir=str(tmp_path / "d"), unknown_labels="drop")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "left out 2 example(s)" in err and "t/test.json" in err
+    assert len(s.tasks[0].test) == 4 and len(s.tasks[0].train) == 8
+    out = tmp_path / "results"
+    rc = main(["run", str(_suite(tmp_path, {"data_dir": str(tmp_path / "d"), "unknown_labels": "drop"})), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert main(["run", str(_suite(tmp_path, {"data_dir": str(tmp_path / "d"), "unknown_labels": "keep"})), "--out", str(out), "--no-progress"]) == 2
