@@ -173,9 +173,15 @@ def cmd_compare(args, console: Console) -> int:
 
     from clbench.results import load
     from clbench.results.report import METRICS, compare
-    from clbench.results.summary import stream_title
+    from clbench.results.summary import config_differences, stream_title
 
-    df = compare(load(args.a), load(args.b), tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b)
+    a, b = load(args.a), load(args.b)
+    df = compare(a, b, tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b)
+    differ = config_differences(a.cells, b.cells)
+    if differ:
+        console.print("configurations differ between A and B:")
+        for line in differ:
+            console.print(f"  {escape(line)}")
     table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · Welch's t-test over seeds")
     for col in ("stream", "order", "strategy", "metric", "A", "B", "B − A", "p"):
         table.add_column(col, justify="left" if col in ("stream", "order", "strategy", "metric") else "right")

@@ -232,6 +232,8 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         where,
         "field 'seeds' must be a non-empty list of integers",
     )
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    _need(not repeated, where, f"field 'seeds' lists seed {repeated[0]} twice: a cell would be counted twice" if repeated else "")
     model_table = data.get("model", {})
     model = _dataclass_from(ModelConfig, model_table, where, "model")
     init_digest = ""

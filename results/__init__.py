@@ -16,8 +16,11 @@ from .summary import accuracy_matrix, aggregate, summarize
 def load(path: str | Path, *more: str | Path) -> Tables:
     """The tables of one or more results folders (every finished cell in them), as DataFrames.
 
-    A cell (by config hash) found in several folders is taken from the first that has it.
+    A cell (by config hash) found in several folders is taken from the first that has it, with
+    one warning line: its seed is counted once.
     """
+    import sys
+
     import pandas as pd
 
     from clbench.errors import UserError
@@ -28,7 +31,11 @@ def load(path: str | Path, *more: str | Path) -> Tables:
         if not p.is_dir():
             raise UserError(f"results folder not found: {p}")
         m, c = read_parts(p)
-        c = c[~c["run_id"].isin(seen)]
+        again = c["run_id"].isin(seen)
+        if again.any():
+            print(f"clbench: warning: {p}: {int(again.sum())} cell(s) already read from an earlier folder "
+                  "(same config hash), counted once", file=sys.stderr)
+        c = c[~again]
         seen |= set(c["run_id"])
         meas.append(m[m["run_id"].isin(set(c["run_id"]))])
         cells.append(c)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .store import Tables
-from .summary import accuracy_matrix, aggregate, stream_title, with_variants
+from .summary import COST as COST_COLUMNS, IDENTITY, accuracy_matrix, aggregate, stream_title, with_variants
 
 #: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
 METRICS = ("acc", "bwt", "fwt", "forgetting")
@@ -45,8 +45,7 @@ COST = (
 BOARD = ("acc", "aia", "bwt", "fwt", "forgetting", "plasticity")
 HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity"}
 #: Summary columns that are not metrics.
-SUMMARY_FIXED = {"run_id", "suite", "stream", "stream_params", "variant", "order", "strategy", "params", "seed", "status",
-                 "train_seconds", "eval_seconds", "peak_memory_mb", "trainable_params", "buffer_size"}
+SUMMARY_FIXED = {*IDENTITY, "variant", "reference_run_id", *COST_COLUMNS}
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -140,7 +139,7 @@ def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
             s = s[s["strategy"] == strategy].assign(strategy=f"{strategy_a} vs {strategy_b}")
         return s
 
-    sa, sb = with_variants(pick(a, strategy_a, "A"), pick(b, strategy_b, "B"))
+    sa, sb = with_variants(pick(a, strategy_a, "A"), pick(b, strategy_b, "B"))  # configurations: labelled within each side
     known = [c for c in sa.columns if c in sb.columns and c not in SUMMARY_FIXED]
     for m in metrics:
         if m not in known:

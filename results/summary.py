@@ -55,6 +55,13 @@ def fwt_undefined(cell: pd.Series) -> str | None:
     return None
 
 
+#: The summary's columns that say which cell a row is (the rest are metrics and :data:`COST`).
+IDENTITY = ("run_id", "suite", "stream", "stream_params", "order", "strategy", "params", "seed", "status",
+            "model", "training")
+#: Training fields that are not part of a cell's configuration (left out of its hash too).
+NOT_CONFIG = ("training.device", "training.eval_batch_size")
+
+
 def _key(cell: pd.Series) -> tuple:
     return tuple(cell[g] if g in cell else None for g in GROUP)
 
@@ -86,7 +93,7 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
         from clbench.host import get_host
 
         metrics = {n: e.obj for n, e in get_host().registries["metrics"].items()}
-    keep = ["run_id", "suite", "stream", "stream_params", "order", "strategy", "params", "seed", "status", *COST]
+    keep = [*IDENTITY, *COST]
     rows = []
     ok = cells[cells["status"] == "ok"]
     matrices = {rid: accuracy_matrix(measurements, rid) for rid in ok["run_id"]}
@@ -151,16 +158,111 @@ def variant_labels(pairs) -> dict[tuple[str, str], str]:
     return out
 
 
-def with_variants(*dfs: pd.DataFrame):
+def with_variants(*dfs: pd.DataFrame, configs: bool = True):
     """Each of ``dfs`` (cells or summary rows) with ``stream_params`` as canonical JSON and a
     ``variant`` column, labelled by :func:`variant_labels` over the streams and parameters of all
-    of them together (so that two result sets name a stream's variants alike). One frame given,
-    one returned; several, a list."""
+    of them together (so that two result sets name a stream's variants alike). With ``configs``,
+    strategies of several configurations are labelled apart (:func:`config_labels`, within each
+    frame). One frame given, one returned; several, a list."""
     out = [df.assign(stream_params=df["stream_params"].map(canonical_params) if "stream_params" in df else "{}")
            for df in dfs]
+    if configs:
+        out = [df.assign(strategy=config_labels(df)) if not df.empty else df for df in out]
     labels = variant_labels(key for df in out for key in zip(df["stream"], df["stream_params"]))
     out = [df.assign(variant=[labels[key] for key in zip(df["stream"], df["stream_params"])]) for df in out]
     return out[0] if len(out) == 1 else out
+
+
+def _json(v):
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
+
+
+def config_fields(row) -> dict[str, str]:
+    """A cell's configuration beyond stream, order and strategy name, flattened: the strategy's
+    parameters (``memory_size``; ``ewc.lambda_`` in a combination), ``model.<field>`` and
+    ``training.<field>``, each value as JSON text."""
+    out: dict[str, str] = {}
+    parts = _json(row.get("params")) or []
+    for part in parts if isinstance(parts, list) else []:
+        if isinstance(part, list) and len(part) == 2 and isinstance(part[1], dict):
+            for k, v in part[1].items():
+                out[k if len(parts) == 1 else f"{part[0]}.{k}"] = _value(v)
+    for section in ("model", "training"):
+        d = _json(row.get(section))
+        if isinstance(d, dict):
+            out.update((f"{section}.{k}", _value(v)) for k, v in d.items() if f"{section}.{k}" not in NOT_CONFIG)
+    return out
+
+
+def differing_fields(configs: list[dict[str, str]]) -> list[str]:
+    """The fields whose value (or presence) is not the same in every one of ``configs``."""
+    keys = sorted(set().union(*configs)) if configs else []
+    return [k for k in keys if len({c.get(k, "(default)") for c in configs}) > 1]
+
+
+def config_labels(df: pd.DataFrame) -> list[str]:
+    """Each row's strategy label, with the configuration fields that tell it apart from the other
+    configurations of the same stream, stream parameters, order and strategy in ``df``
+    (``replay (memory_size=20)``, ``naive (training.epochs=2)``); the plain label where there
+    is one configuration."""
+    if df.empty or "strategy" not in df:
+        return [] if df.empty else list(df.get("strategy", []))
+    configs = [config_fields(r) for r in df.to_dict("records")]
+    keys = list(zip(df["stream"], df["stream_params"].map(canonical_params) if "stream_params" in df else [""] * len(df),
+                    df["order"], df["strategy"]))
+    groups: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    labels = [str(s) for s in df["strategy"]]
+    for members in groups.values():
+        distinct = {json.dumps(configs[i], sort_keys=True) for i in members}
+        if len(distinct) < 2:
+            continue
+        differ = differing_fields([configs[i] for i in members])
+        for i in members:
+            labels[i] = f"{labels[i]} (" + ", ".join(f"{k}={configs[i].get(k, '(default)')}" for k in differ) + ")"
+    return labels
+
+
+def config_differences(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """How the configurations of two sets of cells differ, a line per field: ``training.epochs: 1
+    (A) vs 2 (B)``; a field with several values on a side lists them all."""
+    def values(df: pd.DataFrame) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for row in df.to_dict("records"):
+            for k, v in config_fields(row).items():
+                out.setdefault(k, set()).add(v)
+        return out
+
+    va, vb = values(a), values(b)
+    lines = []
+    for k in sorted(set(va) | set(vb)):
+        sa, sb = va.get(k, {"(default)"}), vb.get(k, {"(default)"})
+        if sa != sb:
+            lines.append(f"{k}: {', '.join(sorted(sa))} (A) vs {', '.join(sorted(sb))} (B)")
+    return lines
+
+
+def drop_repeated_seeds(df: pd.DataFrame, what: str = "results") -> pd.DataFrame:
+    """``df`` (summary or cells rows, strategies labelled by :func:`config_labels`) without a seed
+    counted twice: a second row of the same configuration and seed (another run id: e.g. cells run
+    by an earlier clbench whose hash differs) is left out with a one-line warning."""
+    import sys
+
+    if df.empty:
+        return df
+    cols = [c for c in ("stream", "stream_params", "order", "strategy", "seed") if c in df]
+    dup = df.duplicated(subset=cols, keep="first")
+    if dup.any():
+        shown = ", ".join(f"{r['strategy']} seed {r['seed']}" for r in df[dup].head(5).to_dict("records"))
+        print(f"clbench: warning: {what}: {int(dup.sum())} cell(s) repeat a configuration and seed already "
+              f"counted, left out ({shown}{', ...' if dup.sum() > 5 else ''})", file=sys.stderr)
+    return df[~dup]
 
 
 def stream_title(stream: str, variant: str) -> str:
@@ -177,9 +279,9 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
     if summary.empty:
         return pd.DataFrame()
     if metrics is None:
-        fixed = {"run_id", "suite", "stream", "stream_params", "variant", "order", "strategy", "params", "seed", "status", "reference_run_id", *COST}
+        fixed = {*IDENTITY, "variant", "reference_run_id", *COST}
         metrics = [c for c in summary.columns if c not in fixed]
-    summary = with_variants(summary)
+    summary = drop_repeated_seeds(with_variants(summary), "aggregate")
     keys = ["stream", "stream_params", "variant", "order", "strategy"]
     out = []
     for key, g in summary.groupby(keys, sort=False):
