@@ -169,8 +169,6 @@ def cmd_report(args, console: Console) -> int:
 
 
 def cmd_compare(args, console: Console) -> int:
-    from rich.markup import escape
-
     from clbench.results import load
     from clbench.results.report import METRICS, compare
     from clbench.results.summary import config_differences, stream_title
@@ -368,11 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=200)  # piped: don't squeeze tables into 80 columns
+
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_sigterm)  # a kill says what Ctrl-C says
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None  # a kill says what Ctrl-C says
     try:
         return args.fn(args, console)
     except UserError as exc:
@@ -381,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clbench: interrupted; finished cells are saved, run again to resume", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
