@@ -78,7 +78,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--strategy", default="naive")
     args = ap.parse_args()
-    data = dict(SUITE, strategies=[{"name": args.strategy}])
+    # run_cell on the same torch threads as the plain loop in this process
+    data = dict(SUITE, strategies=[{"name": args.strategy}],
+                training={**SUITE["training"], "threads": torch.get_num_threads()})
     cell = parse_suite(data, "overhead").cells[0]
     host = get_host()
     stream = host.get("streams", cell.stream).obj(**cell.stream_params, order=None)

@@ -229,7 +229,8 @@ def main() -> None:
                 "name": "vs-avalanche",
                 "seeds": args.seeds,
                 "model": MODEL,
-                "training": {**TRAINING, "epochs": args.epochs, "device": args.device},
+                # clbench's cells run on the same torch threads as Avalanche's loop in this process
+                "training": {**TRAINING, "epochs": args.epochs, "device": args.device, "threads": torch.get_num_threads()},
                 "streams": [{"name": sname, "params": params}],
                 "strategies": [clbench_strategy(s, args) for s in args.strategies],
             },
