@@ -237,7 +237,7 @@ def _model_overrides(pairs: list[str]):
     checked as a suite's [model] table is."""
     import tomllib
 
-    from .model import ModelConfig
+    from .models.transformer import ModelConfig
     from .suite import _dataclass_from
 
     fields = ModelConfig.field_names()
@@ -257,7 +257,7 @@ def _model_overrides(pairs: list[str]):
 def cmd_pretrain(args, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .pretrain import PretrainConfig, pretrain
+    from .models.pretrain import PretrainConfig, pretrain
 
     model = _model_overrides(args.set)
     if args.init:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-import pluggy
 
 from . import hookspecs
+from .cell import new_manager, register_checked
 from .errors import UserError
 
 #: Built-in plugins, loaded before any third-party one. They use the same hooks as everyone.
@@ -39,15 +39,17 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.results.metrics",
     "clbench.plugins.executors",
     "clbench.plugins.reporters",
+    "clbench.plugins.progress",
     "clbench.plugins.avalanche",
 )
 
-KINDS = ("streams", "strategies", "metrics", "reporters", "executors")
-SINGULAR = {"streams": "stream", "strategies": "strategy", "metrics": "metric", "reporters": "reporter", "executors": "executor"}
+KINDS = ("streams", "strategies", "metrics", "reporters", "executors", "observers")
+SINGULAR = {"streams": "stream", "strategies": "strategy", "metrics": "metric", "reporters": "reporter",
+            "executors": "executor", "observers": "observer"}
 
 
 def implemented_hooks(obj: Any) -> list[str]:
-    """Names of the training-loop hooks a strategy class (or object) implements."""
+    """Names of the cell hooks a strategy class (or object) implements."""
     return sorted(
         name
         for name in dir(obj)
@@ -74,8 +76,7 @@ class Host:
     """The global plugin manager and its registries."""
 
     def __init__(self) -> None:
-        self.pm = pluggy.PluginManager("clbench")
-        self.pm.add_hookspecs(hookspecs)
+        self.pm = new_manager(hookspecs.HostSpecs)
         self._registries: dict[str, dict[str, Entry]] | None = None
 
     # -- loading -------------------------------------------------------------------------------
@@ -88,22 +89,23 @@ class Host:
 
         for modname in DEFAULT_PLUGINS:
             if ok(modname):
-                self.pm.register(importlib.import_module(modname), name=modname)
+                self.register(importlib.import_module(modname), name=modname)
         for ep in entry_points(group="clbench"):
             if not ok(ep.name) or self.pm.has_plugin(ep.name):
                 continue
             try:
-                plugin = ep.load()
+                self.register(ep.load(), name=ep.name)
             except Exception as exc:  # a broken third-party plugin must not take clbench down
                 print(f"clbench: warning: plugin {ep.name!r} failed to load: {exc}", file=sys.stderr)
-                continue
-            self.pm.register(plugin, name=ep.name)
         return self
 
     def register(self, plugin: Any, name: str | None = None) -> str:
-        """Register a plugin object or module (tests use this in a fixture)."""
+        """Register a plugin object or module (tests use this in a fixture). A plugin that
+        implements a hook the host does not know (a cell hook belongs on a strategy's class, not
+        on its module) is refused with a one-line :class:`UserError`."""
         self._registries = None
-        return self.pm.register(plugin, name=name)
+        register_checked(self.pm, plugin, name, f"plugin {name or getattr(plugin, '__name__', plugin)!r}")
+        return name or self.pm.get_name(plugin)
 
     def unregister(self, plugin: Any = None, name: str | None = None) -> None:
         self._registries = None
@@ -152,7 +154,7 @@ class Host:
 
     def plugins(self) -> list[tuple[str, dict[str, list[str]]]]:
         """Each loaded plugin with what it registered, by kind (a strategy is listed with the
-        training-loop hooks it implements, e.g. ``"joint (train_data)"``)."""
+        cell hooks it implements, e.g. ``"joint (train_data)"``)."""
         out = []
         for name, _plugin in self.pm.list_name_plugin():
             what: dict[str, list[str]] = {}
@@ -184,27 +186,6 @@ def reset_host() -> None:
     """Forget the process-wide host (the next :func:`get_host` loads plugins again)."""
     global _host
     _host = None
-
-
-def new_cell_manager() -> pluggy.PluginManager:
-    """A fresh plugin manager for one cell's strategy objects and observers."""
-    pm = pluggy.PluginManager("clbench")
-    pm.add_hookspecs(hookspecs)
-    return pm
-
-
-def firstresult_conflicts(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
-    """``firstresult`` hooks implemented by more than one plugin of ``pm`` (a refused mix)."""
-    out = []
-    for name in dir(pm.hook):
-        caller = getattr(pm.hook, name)
-        if not isinstance(caller, pluggy.HookCaller) or caller.spec is None:
-            continue
-        if caller.spec.opts.get("firstresult"):
-            impls = caller.get_hookimpls()
-            if len(impls) > 1:
-                out.append((name, [pm.get_name(i.plugin) for i in impls]))
-    return out
 
 
 Register = Callable[..., None]

@@ -112,3 +112,19 @@ def require(ok: bool, name: str, must: str, value: Any) -> None:
     The host prefixes where the value came from (the suite file and the strategy's name)."""
     if not ok:
         raise UserError(f"parameter '{name}' must be {must}, got {value!r}")
+
+
+def device_from(name: str, what: str = "training.device"):
+    """The torch device ``name`` names (``auto``: CUDA when available); a one-line
+    :class:`UserError` naming the setting ``what`` when it is not one, or is CUDA without CUDA."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{what} {name!r} is not a device torch knows") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{what} is {name!r} but CUDA is not available")
+    return dev

@@ -17,9 +17,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .backbones import is_pretrained, resolve
+from .models.backbones import is_pretrained, resolve
 from .errors import UserError
-from .model import ModelConfig
+from .models.transformer import ModelConfig
 from .params import _type_ok, _type_name, check_params
 
 #: Bumped when a change makes earlier results incomparable (it is part of every config hash).

@@ -7,6 +7,7 @@ as the driver would."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -23,11 +24,11 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from .backbones import check_stream, is_pretrained, resolve
+from .cell import CellResult, WorkerDied, cell_manager, make_strategies, refuse
 from .errors import UserError
-from .host import DEFAULT_PLUGINS, Host, firstresult_conflicts, get_host, new_cell_manager
-from .params import check_params
-from .runner import CellResult, build_stream, cell_row, device_from, make_strategies, run_cell
+from .host import DEFAULT_PLUGINS, Host, get_host
+from .loop import build_stream, cell_row, run_cell
+from .params import check_params, device_from
 from .suite import Cell, Suite
 
 #: Environment variables a worker process gets from the driver (data folders of text streams).
@@ -52,8 +53,9 @@ def _stream_key(cell: Cell) -> str:
 
 
 def preflight(suite: Suite, host=None) -> dict[str, object]:
-    """Build every distinct stream once and every strategy object once, so that a mistake in a
-    suite is reported before anything is written. Returns the built streams by key."""
+    """Build every distinct stream once and every strategy combination once, and ask
+    :func:`clbench.cell.refuse` about each (strategy combination, stream) of the suite, so that a
+    mistake in a suite is reported before anything is written. Returns the built streams by key."""
     host = host or get_host()
     streams = {}
     for cell in suite.cells:
@@ -68,39 +70,22 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
                 streams[key] = build_stream(cell, host)
             except UserError as exc:
                 raise UserError(f"{suite.path}: stream '{cell.stream}': {exc}") from None
-            if is_pretrained(cell.model.init):  # one model for the whole suite
-                try:
-                    check_stream(resolve(cell.model.init), streams[key])
-                except UserError as exc:
-                    raise UserError(f"{suite.path}: {exc}") from None
-        if streams[key].max_len > cell.model.max_len:
-            raise UserError(
-                f"{suite.path}: model.max_len = {cell.model.max_len} is below the {streams[key].max_len} positions "
-                f"of stream '{cell.stream}' (raise model.max_len, or lower the stream's max_len)"
-            )
-    seen = set()
+    checked = set()
     for cell in suite.cells:
-        if cell.strategy.label in seen:
+        key = _stream_key(cell)
+        if (cell.strategy.label, key) in checked:
             continue
-        seen.add(cell.strategy.label)
+        checked.add((cell.strategy.label, key))
         try:
             objs = make_strategies(cell, host)
         except UserError as exc:
             raise UserError(f"{suite.path}: strategy '{cell.strategy.label}': {exc}") from None
         except Exception:  # a broken strategy class: its cells fail (run_cell records why)
             continue
-        pm = new_cell_manager()
-        for name, obj in objs:
-            pm.register(obj, name=name)
-        for hook, who in firstresult_conflicts(pm):
-            raise UserError(
-                f"{suite.path}: strategies {' and '.join(who)} cannot be combined: both decide '{hook}'"
-            )
-        for key in dict.fromkeys(_stream_key(c) for c in suite.cells if c.strategy.label == cell.strategy.label):
-            try:
-                pm.hook.check_stream(stream=streams[key])
-            except UserError as exc:
-                raise UserError(f"{suite.path}: strategy '{cell.strategy.label}': {exc}") from None
+        try:
+            refuse(cell, streams[key], cell_manager(objs))
+        except UserError as exc:
+            raise UserError(f"{suite.path}: strategy '{cell.strategy.label}': {exc}") from None
     return streams
 
 
@@ -225,7 +210,6 @@ def run_suite(
     progress: bool = True,
     host=None,
 ) -> SuiteRun:
-    from clbench.plugins.progress import SuiteProgress
     from clbench.results import load, write_tables
     from clbench.results.store import done_cells, prepare_out, write_cell
 
@@ -244,14 +228,14 @@ def run_suite(
     if run.skipped:
         console.print(f"{run.skipped} of {len(suite.cells)} cells already have results in {out} (--force runs them again)")
 
-    with SuiteProgress(len(todo), console=console, enabled=progress) as bars:
-        from clbench.plugins.executors import WorkerDied
-
+    with contextlib.ExitStack() as stack:
+        watching = [stack.enter_context(e.obj(total=len(todo), console=console, quiet=not progress))
+                    for e in host.registries["observers"].values()]
         if in_process:
 
             def fn(cell: Cell) -> CellResult:
-                observers = [bars.cell_observer(cell)]
-                return run_cell(cell, observers=observers, stream=streams.get(_stream_key(cell)), host=host)
+                plugins = [p for p in (w.cell(cell) for w in watching) if p is not None]
+                return run_cell(cell, observers=plugins, stream=streams.get(_stream_key(cell)), host=host)
 
         else:
             fn = functools.partial(run_cell_in_worker, setup=setup)
@@ -261,7 +245,8 @@ def run_suite(
                 result = worker_died(result.cell, result.error)
             write_cell(out, result.cell, result.measurements)
             run.ran.append(result)
-            bars.cell_done(result)
+            for w in watching:
+                w.done(result)
 
     if suite.cells:
         tables = load(out)

@@ -4,7 +4,7 @@ On a CUDA GPU, in one run, bf16, timed with triton.testing.do_bench (median of C
 timings after warm-up; the autotuner runs before timing):
 
 1. dense shapes (B, H, N, D), causal and not: forward and forward+backward TFLOP/s of ours
-   (dQ ``split`` and ``atomic``, see clbench.kernels.flash.dq_mode) and of SDPA pinned to its
+   (dQ ``split`` and ``atomic``, see clbench.models.kernels.flash.dq_mode) and of SDPA pinned to its
    ``flash`` and ``cudnn`` backends;
 2. padded batches, lengths drawn uniformly in [N/2, N]: ours against the SDPA backends that take
    a padding mask (``cudnn``, ``efficient``);
@@ -38,7 +38,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from clbench.attention import _key_mask, reference_attention, sdpa_attention
+from clbench.models.attention import _key_mask, reference_attention, sdpa_attention
 
 DENSE = [(4, 32, 1024, 64), (4, 32, 4096, 64), (4, 16, 4096, 128), (1, 16, 16384, 128)]
 PADDED = [(64, 8, 256, 64), (32, 8, 512, 64)]
@@ -88,7 +88,7 @@ def sdpa_backend(name):
 
 def impls_for(kind):
     """name -> fn(q, k, v, lengths, causal) for the GPU tables."""
-    from clbench.kernels import flash_attention
+    from clbench.models.kernels import flash_attention
 
     def ours(mode):
         def run(q, k, v, lengths, causal):
@@ -213,7 +213,7 @@ def attention_tables(shapes, kind, dtype, causals):
 def model_step(dtype, impl, steps=10, B=32, N=512, d_model=512, n_heads=8, n_layers=4):
     """(positions/s, valid tokens/s, ms per step) of a training step of the clbench Transformer
     with attention ``impl`` (CLBENCH_ATTENTION)."""
-    from clbench.model import ModelConfig, Transformer
+    from clbench.models import ModelConfig, Transformer
 
     os.environ["CLBENCH_ATTENTION"] = impl
     try:
@@ -260,7 +260,7 @@ def gpu(args, dense=DENSE, padded=PADDED, model=MODEL, steps=10):
     print_table("Padded batches (lengths uniform in [N/2, N]; FLOPs counted as if unpadded)",
                 *attention_tables(padded[:1] if args.quick else padded, "padded", dtype, (False,)))
 
-    from clbench.kernels import flash
+    from clbench.models.kernels import flash
     print("\nautotuner choices (kernel: key -> config):")
     for name, kern in flash._KERNELS.items():
         for key, cfg in getattr(kern, "cache", {}).items():

@@ -1,6 +1,6 @@
 """What the attention kernels compile to on a Hopper GPU, measured without one.
 
-Compiles every autotuning candidate of each kernel (clbench.kernels.flash) for sm_90 with
+Compiles every autotuning candidate of each kernel (clbench.models.kernels.flash) for sm_90 with
 Triton's own compiler and ptxas, specialised as a launch on contiguous tensors would be (unit
 strides constant; pointers, other strides and N multiples of 16, as for every shape that
 benchmarks/attention.py times), and prints per candidate:
@@ -33,7 +33,7 @@ def compile_one(job):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from clbench.kernels import flash
+    from clbench.models.kernels import flash
 
     fn = {"fwd": flash._attn_fwd, "dkdv": flash._attn_bwd_dkdv, "dkdv_atomic": flash._attn_bwd_dkdv,
           "dq": flash._attn_bwd_dq}[kernel]
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from clbench.kernels import flash
+    from clbench.models.kernels import flash
 
     configs = {"fwd": flash.FWD_CONFIGS, "dkdv": flash.DKDV_CONFIGS, "dkdv_atomic": flash.DKDV_CONFIGS,
                "dq": flash.DQ_CONFIGS}

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from clbench.backbones import load_into, resolve
-from clbench.model import ModelConfig, Transformer
+from clbench.models.backbones import load_into, resolve
+from clbench.models import ModelConfig, Transformer
 
 
 def timed(fn, device) -> float:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from clbench.host import get_host
-from clbench.model import Transformer
-from clbench.runner import run_cell
+from clbench.models import Transformer
+from clbench.loop import run_cell
 from clbench.suite import parse_suite
 
 SUITE = {

@@ -20,7 +20,7 @@ import time
 import torch
 
 from clbench.host import get_host
-from clbench.runner import build_stream, run_cell
+from clbench.loop import build_stream, run_cell
 from clbench.suite import load_suite
 
 

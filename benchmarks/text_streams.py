@@ -92,7 +92,7 @@ def main() -> None:
 
     # 3. a real cell per mode --------------------------------------------------------------------
     if args.cell:
-        from clbench.runner import run_cell
+        from clbench.loop import run_cell
         from clbench.suite import parse_suite
 
         print("\none naive cell on agnews (250 per class, 1 epoch, bytes, d_model 64, 2 layers), as recorded")

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from clbench.host import get_host
-from clbench.model import Transformer
-from clbench.runner import build_stream, run_cell
+from clbench.models import Transformer
+from clbench.loop import build_stream, run_cell
 from clbench.suite import parse_suite
 
 MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 4}
@@ -114,7 +114,7 @@ def avalanche_side(cell, stream, bench, strategy: str, args, device) -> tuple[fl
     from avalanche.training.supervised import EWC, Naive, Replay
 
     from clbench.plugins.avalanche import PackedModel, _clip_plugin
-    from clbench.runner import make_optimizer
+    from clbench.loop import make_optimizer
 
     start = memory_start(device)
     t0, c0 = time.perf_counter(), time.process_time()

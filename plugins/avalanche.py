@@ -7,7 +7,8 @@ strategies (``avalanche:EWC``, ``avalanche:Replay``, ...).
 * :func:`benchmark_from_stream` goes the other way (what the strategy adapter trains on).
 * ``avalanche:<Class>`` strategies run the Avalanche strategy class's own training loop (its
   plugins, its data loaders, its losses) on the cell's model, one ``strategy.train(experience)``
-  per task; clbench's runner does everything else (the model, the seed, evaluation, results).
+  per task, through the ``fit_task`` hook; clbench's loop does everything else (the model, the
+  seed, evaluation, results).
   Suite parameters go to the class's constructor; clbench supplies the model, optimizer, batch
   size, epochs and device from the suite's ``[model]`` and ``[training]``.
 
@@ -307,12 +308,12 @@ class _Batches:
     def __iter__(self):
         from clbench.tasks.batching import batch_indices
 
-        tcfg = self.cell.cell.training
+        tcfg = self.cell.config.training
         for idx in batch_indices(self.lengths, tcfg.batch_size, self.cell.generator, tcfg.batching, tcfg.length_window):
             yield idx.tolist()
 
     def __len__(self) -> int:
-        bs = self.cell.cell.training.batch_size
+        bs = self.cell.config.training.batch_size
         return (len(self.lengths) + bs - 1) // bs
 
 
@@ -333,9 +334,9 @@ def resolve_class(target: Any):
 class AvalancheStrategy:
     """Runs an Avalanche strategy's training on each task of a clbench cell.
 
-    ``before_task`` calls ``strategy.train(experience)`` on the cell's model (wrapped in a
-    :class:`PackedModel`); ``train_data`` then returns no examples, so the runner's own training
-    loop is skipped; evaluation is the runner's.
+    ``fit_task`` calls ``strategy.train(experience)`` on the cell's model (wrapped in a
+    :class:`PackedModel`) instead of clbench's own steps; ``check_cell`` refuses any combination
+    with another strategy; evaluation is the loop's.
 
     :param cls: the Avalanche strategy class.
     :param params: its constructor arguments from the suite.
@@ -349,18 +350,20 @@ class AvalancheStrategy:
         self.strategy = None
         self.bench = None
 
-    def _build(self, cell) -> None:
-        from clbench.runner import make_optimizer
-
-        others = [n for n, _ in cell.cell.strategy.parts if not n.startswith("avalanche:")]
-        if len(cell.cell.strategy.parts) > 1:
+    @hookimpl
+    def check_cell(self, config, stream):
+        if len(config.strategy.parts) > 1:
+            others = [n for n, _ in config.strategy.parts if not n.startswith("avalanche:")]
             raise UserError(
                 f"an Avalanche strategy runs its own training loop and cannot be combined (with {', '.join(others) or 'another'})"
             )
+
+    def _build(self, cell) -> None:
+        from clbench.loop import make_optimizer
         from avalanche.models.base_model import BaseModel
 
         BaseModel.register(PackedModel)  # it implements get_features
-        tcfg = cell.cell.training
+        tcfg = cell.config.training
         self.bench = benchmark_from_stream(cell.stream)
         self.model = PackedModel(cell.model, cell.class_mask, tokens=cell.stream.input_kind == "tokens")
         kwargs = dict(
@@ -398,8 +401,8 @@ class AvalancheStrategy:
         )
 
     @hookimpl
-    def before_task(self, cell, task):
-        from clbench.runner import Diverged
+    def fit_task(self, cell, task, data):
+        from clbench.cell import Diverged
 
         self._cell = cell
         if self.strategy is None:
@@ -413,11 +416,8 @@ class AvalancheStrategy:
         loss = self.strategy.loss
         if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
             raise Diverged(f"loss is {loss.detach().flatten()[0].item()} on task {cell.task_index} ({task.name})")
-        cell.model.train()  # the runner sets eval mode itself before evaluating
-
-    @hookimpl
-    def train_data(self, cell, task):
-        return task.train.empty()  # trained in before_task
+        cell.model.train()  # the loop sets eval mode itself before evaluating
+        return True
 
 
 class AvalancheFactory:

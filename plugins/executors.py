@@ -3,7 +3,7 @@ processes on this machine) and ``ray`` (a Ray cluster, or a local Ray instance).
 
 An executor's ``map(fn, cells)`` yields ``fn(cell)`` for every cell as each finishes. When the
 process running a cell dies (killed, out of memory, a crash in native code), it yields
-:class:`WorkerDied` for that cell instead, and goes on with the others; the driver records the
+:class:`clbench.cell.WorkerDied` for that cell instead, and goes on with the others; the driver records the
 cell as failed. Out-of-process executors get a picklable ``fn`` (see
 :func:`clbench.suiterun.run_cell_in_worker`).
 """
@@ -15,21 +15,13 @@ import os
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from clbench import hookimpl
+from clbench.cell import WorkerDied
 from clbench.errors import UserError
 from clbench.host import DEFAULT_PLUGINS
 from clbench.params import require
-
-
-@dataclass
-class WorkerDied:
-    """What an executor yields instead of ``fn(cell)`` when the process running ``cell`` died."""
-
-    cell: Any
-    error: str
 
 
 class LocalExecutor:

@@ -1,6 +1,8 @@
-"""Progress bars (rich): one bar over the suite's cells, one over the running cell's steps.
+"""``progress``: rich progress bars, one over the suite's cells, one over the running cell's
+steps, and a line for each cell that did not finish.
 
-:class:`CellProgress` is an observer: a plugin on the cell's plugin manager that implements
+A registered observer (``register_observers``): :class:`SuiteProgress` watches a suite run;
+:class:`CellProgress` is the plugin it gives each cell run in the driver's process, implementing
 ``before_task`` and ``after_step``. It reads nothing but what the hooks hand it.
 """
 
@@ -15,7 +17,10 @@ from clbench import hookimpl
 
 
 class SuiteProgress:
-    def __init__(self, total_cells: int, console: Console | None = None, enabled: bool = True):
+    """Progress of a suite run: ``total`` cells; ``quiet`` hides the bars (failures are still
+    printed)."""
+
+    def __init__(self, total: int, console: Console | None = None, quiet: bool = False):
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -23,10 +28,10 @@ class SuiteProgress:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
-            disable=not enabled,
+            disable=quiet,
             transient=False,
         )
-        self.total = total_cells
+        self.total = total
         self._suite = None
         self._cell = None
 
@@ -41,13 +46,13 @@ class SuiteProgress:
             self._cell = None
         self.progress.__exit__(*exc)
 
-    def cell_observer(self, cell) -> "CellProgress":
+    def cell(self, cell) -> "CellProgress":
         if self._cell is not None:
             self.progress.remove_task(self._cell)
         self._cell = self.progress.add_task(f"  {cell.describe()}", total=None)
         return CellProgress(self.progress, self._cell)
 
-    def cell_done(self, result) -> None:
+    def done(self, result) -> None:
         self.progress.advance(self._suite)
         if result.status != "ok":
             self.progress.console.print(
@@ -69,7 +74,7 @@ class CellProgress:
     def before_task(self, cell, task):
         self.progress.update(
             self.task_id,
-            description=f"  {escape(cell.cell.describe())} · task {cell.task_index + 1}/{cell.stream.n_tasks}",
+            description=f"  {escape(cell.config.describe())} · task {cell.task_index + 1}/{cell.stream.n_tasks}",
         )
 
     @hookimpl
@@ -79,3 +84,8 @@ class CellProgress:
             self.progress.update(self.task_id, total=self.total)
         self.done += 1
         self.progress.advance(self.task_id)
+
+
+@hookimpl
+def register_observers(register):
+    register("progress", SuiteProgress, description="progress bars over cells and steps; a line per failed cell")

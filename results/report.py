@@ -31,21 +31,16 @@ import numpy as np
 import pandas as pd
 
 from .store import Tables
-from .summary import COST as COST_COLUMNS, IDENTITY, accuracy_matrix, aggregate, stream_title, with_variants
+from .schema import COST, metric_columns
+from .summary import accuracy_matrix, aggregate, stream_title, with_variants
 
 #: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
 METRICS = ("acc", "bwt", "fwt", "forgetting")
-#: Cost columns in the leaderboard: (summary column, heading, unit scale, format).
-COST = (
-    ("train_seconds", "train s", 1.0, "{:.1f}"),
-    ("peak_memory_mb", "peak MB", 1.0, "{:.0f}"),
-    ("trainable_params", "trainable params", 1.0, "{:,.0f}"),
-)
+#: Cost columns in the leaderboard: those of :data:`clbench.results.schema.COST` marked ``board``.
+BOARD_COST = tuple(c for c in COST if c.board)
 #: Metrics shown in the report's leaderboard (the console's too: also AIA and plasticity).
 BOARD = ("acc", "aia", "bwt", "fwt", "forgetting", "plasticity")
 HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity"}
-#: Summary columns that are not metrics.
-SUMMARY_FIXED = {*IDENTITY, "variant", "reference_run_id", *COST_COLUMNS}
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -59,8 +54,7 @@ def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
     order and rank."""
     if summary.empty:
         return pd.DataFrame()
-    cols = [m for m in BOARD if m in summary] + [c for c, *_ in COST if c in summary and c not in ("train_seconds", "trainable_params")]
-    agg = aggregate(summary, metrics=cols)
+    agg = aggregate(summary, metrics=[m for m in BOARD if m in summary])
     return agg.sort_values(["stream", "stream_params", "order", "rank"], na_position="last", kind="stable").reset_index(drop=True)
 
 
@@ -140,7 +134,7 @@ def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
         return s
 
     sa, sb = with_variants(pick(a, strategy_a, "A"), pick(b, strategy_b, "B"))  # configurations: labelled within each side
-    known = [c for c in sa.columns if c in sb.columns and c not in SUMMARY_FIXED]
+    known = metric_columns(c for c in sa.columns if c in sb.columns)
     for m in metrics:
         if m not in known:
             raise UserError(f"unknown metric {m!r} (metrics: {', '.join(known)})")
@@ -297,7 +291,7 @@ def forgetting_bars(stream: str, order: str, df: pd.DataFrame, variant: str = ""
 def cost_bars(stream: str, order: str, board: pd.DataFrame, variant: str = "") -> Figure:
     """Training time, peak memory and trainable parameters per strategy (mean ± sd over seeds)."""
     plt = _pyplot()
-    cols = [(c, h) for c, h, *_ in COST if f"{c}_mean" in board]
+    cols = [(c.column, c.heading) for c in BOARD_COST if f"{c.column}_mean" in board]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 0.4 * len(board) + 1.4), squeeze=False)
     y = np.arange(len(board))
     for ax, (c, heading) in zip(axes[0], cols):
@@ -375,7 +369,7 @@ def _num(fmt: str, mean, std) -> str:
 def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The leaderboard of one (stream, stream params, order) as a header and rows of strings."""
     metrics = [m for m in BOARD if f"{m}_mean" in board]
-    cost = [(c, h, f) for c, h, _s, f in COST if f"{c}_mean" in board]
+    cost = [(c.column, c.heading, c.format) for c in BOARD_COST if f"{c.column}_mean" in board]
     header = ["rank", "strategy", "seeds", *(HEADINGS[m] for m in metrics), *(h for _c, h, _f in cost)]
     rows = []
     for _, r in board.iterrows():

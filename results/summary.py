@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 
 from .metrics import Matrices
+from .schema import COST_COLUMNS, IDENTITY, metric_columns
 
 #: Columns that say which cells are comparable apart from the strategy (intransigence's reference):
 #: the same stream, stream parameters, order, seed and model. Not ``training``: a reference run at
 #: another learning rate (``cumulative`` at 1e-4 beside LoRA strategies at 1e-3) is still the one.
 GROUP = ("stream", "stream_params", "order", "seed", "model")
 REFERENCE_STRATEGY = "cumulative"
-COST = ("train_seconds", "eval_seconds", "peak_memory_mb", "trainable_params", "buffer_size")
 #: Strategies that train on a task before it comes: R[j-1, j] is not forward transfer for them.
 SEES_FUTURE_TASKS = frozenset({"joint"})
 
@@ -55,9 +55,6 @@ def fwt_undefined(cell: pd.Series) -> str | None:
     return None
 
 
-#: The summary's columns that say which cell a row is (the rest are metrics and :data:`COST`).
-IDENTITY = ("run_id", "suite", "stream", "stream_params", "order", "strategy", "params", "seed", "status",
-            "model", "training")
 #: Training fields that are not part of a cell's configuration (left out of its hash too).
 NOT_CONFIG = ("training.device", "training.eval_batch_size")
 
@@ -93,7 +90,7 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
         from clbench.host import get_host
 
         metrics = {n: e.obj for n, e in get_host().registries["metrics"].items()}
-    keep = [*IDENTITY, *COST]
+    keep = [*IDENTITY, *COST_COLUMNS]
     rows = []
     ok = cells[cells["status"] == "ok"]
     matrices = {rid: accuracy_matrix(measurements, rid) for rid in ok["run_id"]}
@@ -273,14 +270,14 @@ def stream_title(stream: str, variant: str) -> str:
 
 def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
     """Mean, standard deviation and standard error over seeds per (stream, stream_params, order,
-    strategy), with the rank by mean ACC within each (stream, stream_params, order). Failed cells
-    are left out (and counted). ``variant`` labels a stream's parameters where it appears with
+    strategy) of each of ``metrics`` (default: every registered metric in ``summary``) and each
+    cost column, with the rank by mean ACC within each (stream, stream_params, order). Failed
+    cells are left out (and counted). ``variant`` labels a stream's parameters where it appears with
     several sets of them (:func:`variant_labels`), else is empty."""
     if summary.empty:
         return pd.DataFrame()
     if metrics is None:
-        fixed = {*IDENTITY, "variant", "reference_run_id", *COST}
-        metrics = [c for c in summary.columns if c not in fixed]
+        metrics = metric_columns(summary.columns)
     summary = drop_repeated_seeds(with_variants(summary), "aggregate")
     keys = ["stream", "stream_params", "variant", "order", "strategy"]
     out = []
@@ -289,7 +286,7 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
         row = dict(zip(keys, key))
         row["seeds"] = len(ok)
         row["not_ok"] = len(g) - len(ok)
-        for col in [*metrics, "train_seconds", "trainable_params"]:
+        for col in [*metrics, *(c for c in COST_COLUMNS if c in ok)]:
             vals = ok[col].astype(float).dropna()
             row[f"{col}_mean"] = vals.mean() if len(vals) else np.nan
             row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan

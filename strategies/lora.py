@@ -194,7 +194,7 @@ class LoRA:
     :param lambda_l2: O-LoRA's L2 weight on the new adapter (``olora`` only; default 0).
     """
 
-    #: LoRA replaces layers of the model (and, per task, its head): the runner lets its hooks run
+    #: LoRA replaces layers of the model (and, per task, its head): the loop lets its hooks run
     #: before those of the strategies it is combined with (EWC, SI see the adapters).
     changes_model = True
 
@@ -230,7 +230,7 @@ class LoRA:
 
     # -- the model ---------------------------------------------------------------------------
     @hookimpl
-    def check_stream(self, stream):
+    def check_cell(self, config, stream):
         if self.mode == "per-task" and stream.scenario != "task-incremental":
             raise UserError(
                 f"strategy 'lora': mode 'per-task' picks each task's adapter by its task id, which "
@@ -240,7 +240,6 @@ class LoRA:
 
     def _install(self, cell) -> None:
         model = cell.model
-        self.check_stream(cell.stream)  # also when run without a suite's preflight
         self.layers = inject(model, self.targets, self.rank, self.alpha, self.dropout)
         if self.mode == "per-task":
             self.heads = model.head = TaskHeads(model.head)
@@ -322,13 +321,10 @@ class LoRA:
                 p.grad = None
 
     @hookimpl
-    def before_eval(self, cell, task):
+    def before_eval(self, cell, task_index, task):
         if self.layers is None or self.mode != "per-task":
             return  # the other modes evaluate every task with what they trained
-        j = next((k for k, t in enumerate(cell.tasks) if t is task), None)
-        if j is None:  # not one of the cell's task objects: match by name
-            j = next(k for k, t in enumerate(cell.stream.tasks) if t.name == task.name)
-        name = f"task{j}"
+        name = f"task{task_index}"
         if name in self.adapters:
             self._route([name], name)
         else:  # not trained yet (or the base's task): the base model answers

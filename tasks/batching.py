@@ -47,13 +47,19 @@ def batch_indices(
     return [batches[i] for i in shuffle.tolist()]
 
 
+def computed_positions(lengths: torch.Tensor, trimmed: bool = True) -> torch.Tensor:
+    """Positions a batch of sequences of ``lengths`` computes: ``max(lengths) × batch size`` when
+    it is trimmed to its longest sequence (token batches), else ``sum(lengths)``. A tensor on
+    the lengths' device (summing them on a GPU needs no sync)."""
+    if not trimmed:
+        return lengths.sum()
+    return lengths.max() * len(lengths) if len(lengths) else lengths.sum()
+
+
 def padding_fraction(lengths: torch.Tensor, batches: list[torch.Tensor]) -> float:
     """The share of computed positions that are padding when each batch is trimmed to its
     longest sequence (what the runner records as ``padding_fraction``)."""
     lengths = lengths.detach().cpu()
-    real = computed = 0
-    for b in batches:
-        lb = lengths[b]
-        real += int(lb.sum())
-        computed += int(lb.max()) * len(b) if len(b) else 0
+    real = sum(int(lengths[b].sum()) for b in batches)
+    computed = sum(int(computed_positions(lengths[b])) for b in batches)
     return 1.0 - real / computed if computed else float("nan")

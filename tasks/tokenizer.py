@@ -12,7 +12,7 @@ Both truncate to ``max_len`` tokens; ``decode(encode(s)) == s`` for any text tha
 
 A third kind, :class:`PretrainedTokenizer`, is a backbone's own tokenizer (MiniLM's WordPiece, a
 clbench checkpoint's BPE): :func:`load_tokenizer` gives it for a backbone name (see
-:mod:`clbench.backbones`), since a pretrained model only understands its own token ids.
+:mod:`clbench.models.backbones`), since a pretrained model only understands its own token ids.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class PretrainedTokenizer:
 
 def load_tokenizer(spec: str, max_len: int = 256):
     """The tokenizer of the backbone ``spec`` names (``minilm``, a checkpoint folder, ``hf:<name>``)."""
-    from clbench.backbones import resolve
+    from clbench.models.backbones import resolve
     from clbench.errors import UserError
     from tokenizers import Tokenizer
 

@@ -31,7 +31,7 @@ def matrix(result) -> np.ndarray:
 
 
 def run(host, strategies, **kw):
-    from clbench.runner import run_cell
+    from clbench.loop import run_cell
     from clbench.suite import parse_suite
 
     suite = parse_suite(make_suite(strategies, **kw), "test-suite.toml", host)
@@ -207,7 +207,7 @@ def test_clbench_forgetting_differs_from_avalanche_where_accuracy_rose_after_lea
 
 
 def _tiny_model(seed=0):
-    from clbench.model import ModelConfig, Transformer
+    from clbench.models import ModelConfig, Transformer
 
     torch.manual_seed(seed)
     return Transformer(ModelConfig(d_model=16, n_layers=1, n_heads=2), input_kind="patches", input_dim=4, n_classes=4)
@@ -294,7 +294,7 @@ def test_avalanche_naive_gives_clbench_naives_accuracy_matrix(host):
 
 def test_avalanche_strategy_parameters_come_from_the_suite(host, capsys, monkeypatch):
     from clbench.plugins.avalanche import AvalancheStrategy
-    from clbench.runner import make_strategies
+    from clbench.cell import make_strategies
     from clbench.suite import parse_suite
 
     with pytest.raises(UserError, match="missing required parameter 'ewc_lambda'"):
@@ -307,7 +307,7 @@ def test_avalanche_strategy_parameters_come_from_the_suite(host, capsys, monkeyp
     (cell,) = suite.cells
     [(_, obj)] = make_strategies(cell, host)
     assert obj.params == {"ewc_lambda": 5.0, "mode": "separate", "decay_factor": None, "keep_importance_data": False}
-    from clbench.runner import run_cell
+    from clbench.loop import run_cell
 
     made = []
     init = AvalancheStrategy.__init__

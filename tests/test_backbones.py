@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clbench.backbones import latest_checkpoint, load_into, resolve
+from clbench.models.backbones import latest_checkpoint, load_into, resolve
 from clbench.cli import main
 from clbench.errors import UserError
-from clbench.model import ModelConfig, Transformer
-from clbench.pretrain import PretrainConfig, pretrain
+from clbench.models import ModelConfig, Transformer
+from clbench.models.pretrain import PretrainConfig, pretrain
 from clbench.suite import parse_suite
 from clbench.tasks.tokenizer import load_tokenizer
 from conftest import make_suite
@@ -105,7 +105,7 @@ def test_hub_name_loads_a_bert_checkpoint_through_the_same_mapping(monkeypatch, 
         return str(resolve("minilm").folder)
 
     monkeypatch.setattr(hub, "snapshot_download", download)
-    from clbench.backbones import _hub_folder
+    from clbench.models.backbones import _hub_folder
 
     _hub_folder.cache_clear()
     name = "hf:sentence-transformers/all-MiniLM-L6-v2"
@@ -120,8 +120,8 @@ def test_hub_name_loads_a_bert_checkpoint_through_the_same_mapping(monkeypatch, 
         del suite["model"][k]
     cell = parse_suite(suite, "s.toml", host).cells[0]
     assert cell.stream_params["tokenizer"] == name
-    from clbench.runner import build_stream
-    from clbench.backbones import check_stream
+    from clbench.loop import build_stream
+    from clbench.models.backbones import check_stream
 
     check_stream(backbone, build_stream(cell, host))  # the stream speaks the checkpoint's tokens
 

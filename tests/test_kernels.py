@@ -1,16 +1,16 @@
-"""The Triton attention kernels (clbench.kernels) and the attention dispatch.
+"""The Triton attention kernels (clbench.models.kernels) and the attention dispatch.
 
 Triton decides when a kernel is *defined* whether it is compiled for the GPU or run by its CPU
 interpreter, and its own library (tl.sum, ...) is defined when triton is first imported. So
 ``TRITON_INTERPRET=1`` must be set before anything imports triton: tests/conftest.py sets it
 (some test dependencies import triton), this module sets it again for a run of this file alone,
-and clbench.kernels refuses to import if the two were built differently. The whole test process
+and clbench.models.kernels refuses to import if the two were built differently. The whole test process
 keeps the variable: it only matters to code that imports Triton. With
 ``CLBENCH_TEST_DEVICE=cuda`` the same tests run the compiled kernels on a GPU instead.
 
 Accuracy criterion (FlashAttention's own, as in its hopper/test_flash_attn.py): against a float64
 reference, the error of our output and gradients is at most twice the error of a plain torch
-implementation in the same dtype (:func:`clbench.attention.reference_attention`) plus a noise
+implementation in the same dtype (:func:`clbench.models.attention.reference_attention`) plus a noise
 floor: ``(ref + 0.3 - 0.3 - ref)`` in that dtype, plus 1e-6 for the output and 1e-5 for the
 gradients. The gradients' extra floor is for fp32 only in practice: a query row with a single
 valid key (length 1) makes torch's softmax backward cancel exactly (``dP - sum(P dP)`` with P = 1),
@@ -33,15 +33,15 @@ if DEVICE == "cpu":
 
 triton = pytest.importorskip("triton", reason="triton is not installed on this platform")
 
-from clbench import attention as dispatch  # noqa: E402
-from clbench import kernels  # noqa: E402
-from clbench.attention import attention, reference_attention  # noqa: E402
+from clbench.models import attention as dispatch  # noqa: E402
+from clbench.models import kernels  # noqa: E402
+from clbench.models.attention import attention, reference_attention  # noqa: E402
 from clbench.errors import UserError  # noqa: E402
-from clbench.kernels import flash_attention  # noqa: E402
+from clbench.models.kernels import flash_attention  # noqa: E402
 
 if DEVICE == "cpu" and not kernels.INTERPRET:
     raise RuntimeError(
-        "clbench.kernels was imported compiled before tests/test_kernels.py set TRITON_INTERPRET=1; "
+        "clbench.models.kernels was imported compiled before tests/test_kernels.py set TRITON_INTERPRET=1; "
         "set TRITON_INTERPRET=1 in the environment"
     )
 
@@ -408,7 +408,7 @@ def test_kernels_refuse_to_import_when_triton_was_imported_in_the_other_mode():
     code = (
         "import os, triton.language\n"
         "os.environ['TRITON_INTERPRET'] = '1'\n"
-        "import clbench.kernels\n"
+        "import clbench.models.kernels\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -418,10 +418,10 @@ def test_kernels_refuse_to_import_when_triton_was_imported_in_the_other_mode():
 def test_cpu_users_never_import_triton():
     code = (
         "import sys, torch\n"
-        "from clbench.model import ModelConfig, Transformer\n"
+        "from clbench.models import ModelConfig, Transformer\n"
         "m = Transformer(ModelConfig(d_model=32, n_heads=2, n_layers=1), input_kind='tokens', input_dim=9, n_classes=3)\n"
         "m(torch.randint(0, 9, (2, 5)), torch.tensor([3, 5])).sum().backward()\n"
-        "assert 'triton' not in sys.modules and 'clbench.kernels' not in sys.modules\n"
+        "assert 'triton' not in sys.modules and 'clbench.models.kernels' not in sys.modules\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("CLBENCH_ATTENTION", "TRITON_INTERPRET")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
@@ -431,7 +431,7 @@ def test_cpu_users_never_import_triton():
 
 
 def test_model_training_steps_match_sdpa(monkeypatch):
-    from clbench.model import ModelConfig, Transformer
+    from clbench.models import ModelConfig, Transformer
 
     def losses(impl: str) -> list[float]:
         monkeypatch.setenv("CLBENCH_ATTENTION", impl)

@@ -8,9 +8,9 @@ import torch
 
 import clbench
 from clbench.errors import UserError
-from clbench.model import ModelConfig, Transformer
+from clbench.models import ModelConfig, Transformer
 from clbench.results import accuracy_matrix
-from clbench.runner import run_cell
+from clbench.loop import run_cell
 from clbench.strategies.lora import LoRALinear, inject, lora_layers, orthogonality
 from clbench.suite import parse_suite
 from clbench.suiterun import preflight
@@ -313,17 +313,17 @@ def test_per_task_adapters_do_not_forget_and_joint_stays_above(run_suite_dict):
 def test_lora_and_si_give_the_same_cell_in_either_order_and_si_sees_the_adapters(run_suite_dict, monkeypatch):
     """pluggy calls the latest registered plugin first; LoRA (``changes_model``) runs first in
     both orders, so SI snapshots and anchors the adapters it trains, not the frozen base."""
-    from clbench import runner
+    from clbench import loop
 
     made = []
-    real = runner.make_strategies
+    real = loop.make_strategies
 
     def spy(cell, host=None):
         out = real(cell, host)
         made.append(dict(out))
         return out
 
-    monkeypatch.setattr(runner, "make_strategies", spy)
+    monkeypatch.setattr(loop, "make_strategies", spy)
     params = {"seq-lora": {"rank": 4}, "si": {"c": 100.0}}
     data = make_suite([{"name": ["seq-lora", "si"], "params": params},
                        {"name": ["si", "seq-lora"], "params": params}], training={"epochs": 2})

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from clbench.attention import attention, reference_attention, sdpa_attention
-from clbench.model import ModelConfig, Transformer
+from clbench.models.attention import attention, reference_attention, sdpa_attention
+from clbench.models import ModelConfig, Transformer
 
 
 def test_padding_as_lengths_gives_the_same_features_as_the_unpadded_sequence():

@@ -22,7 +22,7 @@ from clbench.results.report import (
     write_markdown,
 )
 from clbench.results.store import MEASUREMENT_COLUMNS, prepare_out, write_cell
-from clbench.runner import cell_row
+from clbench.loop import cell_row
 from clbench.suite import parse_suite
 from conftest import make_suite
 

@@ -117,7 +117,7 @@ def test_task_incremental_masks_the_head_to_the_task_classes(run_suite_dict):
 
 
 def test_class_mask_sets_other_tasks_logits_to_minus_infinity():
-    from clbench.model import ModelConfig, Transformer
+    from clbench.models import ModelConfig, Transformer
     from clbench.tasks.digits import split_digits
 
     stream = split_digits(patch_size=4, scenario="task-incremental")

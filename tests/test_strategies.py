@@ -10,50 +10,34 @@ import torch
 from conftest import make_suite
 
 from clbench.errors import UserError
-from clbench.model import Transformer
-from clbench.runner import CellContext, build_stream, make_optimizer
+from clbench.cell import CellContext
+from clbench.loop import build_model, build_stream, make_optimizer, train_step
 from clbench.suite import parse_suite
 from clbench.strategies.ewc import empirical_fisher
 from clbench.suiterun import preflight
 
 
 def context(host, scenario: str = "class-incremental", seed: int = 0) -> CellContext:
-    """A cell context as the runner builds it (without running the cell)."""
+    """A cell context as the loop builds it (without running the cell; no strategy on it)."""
     data = make_suite(["naive"], stream_params={"scenario": scenario, "patch_size": 4}, seeds=[seed])
     cell = parse_suite(data, "t.toml", host).cells[0]
     stream = build_stream(cell, host)
-    torch.manual_seed(seed)
-    model = Transformer(cell.model, input_kind=stream.input_kind, input_dim=stream.input_dim, n_classes=stream.n_classes)
-    ctx = CellContext(cell, stream, model, torch.device("cpu"), hook=None)
-    ctx.tasks = stream.tasks
-    return ctx
+    return CellContext(cell, stream, build_model(cell, stream), torch.device("cpu"))
 
 
 def start_task(ctx: CellContext, i: int) -> None:
-    ctx.task_index, ctx.task = i, ctx.stream.tasks[i]
+    ctx.task_index, ctx.task = i, ctx.tasks[i]
     ctx.model.train()
-    ctx.optimizer = make_optimizer(ctx.model.parameters(), ctx.cell.training)
+    ctx.optimizer = make_optimizer(ctx.model.parameters(), ctx.config.training)
 
 
-def train(ctx: CellContext, steps: int = 30, bs: int = 32, lr: float = 3e-3, strategy=None) -> None:
-    """A few Adam steps on the current task (with ``strategy``'s loss terms and hooks)."""
-    opt = torch.optim.Adam(ctx.model.parameters(), lr=lr)
-    ctx.optimizer = opt
+def train(ctx: CellContext, steps: int = 30, bs: int = 32, lr: float = 3e-3) -> None:
+    """A few of the loop's steps on the current task (Adam at ``lr``, batches drawn at random)."""
+    ctx.optimizer = torch.optim.Adam(ctx.model.parameters(), lr=lr)
+    params = list(ctx.model.parameters())
     data = ctx.task.train
-    for s in range(steps):
-        batch = data[torch.randperm(len(data), generator=ctx.generator)[:bs]]
-        logits = ctx.logits(batch)
-        loss = torch.nn.functional.cross_entropy(logits, batch.y)
-        if strategy is not None and hasattr(strategy, "loss_terms"):
-            term = strategy.loss_terms(ctx, batch, logits, loss)
-            loss = loss if term is None else loss + term
-        opt.zero_grad()
-        loss.backward()
-        if strategy is not None and hasattr(strategy, "after_backward"):
-            strategy.after_backward(ctx, batch)
-        opt.step()
-        if strategy is not None and hasattr(strategy, "after_step"):
-            strategy.after_step(ctx, s, loss.detach())
+    for _ in range(steps):
+        train_step(ctx, data[torch.randperm(len(data), generator=ctx.generator)[:bs]], params)
 
 
 def strategy(host, name: str, **params):

@@ -202,7 +202,7 @@ def test_ambiguous_short_name(tmp_path):
 
 
 def test_orders_from_a_suite(bench_dir, host):
-    from clbench.runner import build_stream
+    from clbench.loop import build_stream
     from clbench.suite import parse_suite
 
     data = make_suite(["naive"], stream="text", stream_params={"data_dir": str(bench_dir), "skip_missing": True},

@@ -17,7 +17,7 @@ block a query block can see (``min(length, causal diagonal)``), so blocks past a
 are never loaded, and a key-block program past the length does no work. Each loop has two stages:
 blocks that need no mask (fully valid, fully below the diagonal), then the few boundary blocks
 that do. Causal attention is aligned to the bottom right (query ``i`` sees keys
-``j <= i + N_K - N_Q``), as FlashAttention-2 and :func:`clbench.attention.reference_attention`
+``j <= i + N_K - N_Q``), as FlashAttention-2 and :func:`clbench.models.attention.reference_attention`
 do. A row without any valid key gets zeros in the output and gradients, never NaN: its
 accumulators stay zero and its log-sum-exp is stored as +inf, so its recomputed probabilities
 are exactly zero.
@@ -53,7 +53,7 @@ INTERPRET = _interpreting()
 # triton.language was first imported; ours must be built the same way or no kernel runs.
 if INTERPRET != (type(tl.sum).__name__ == "InterpretedFunction"):
     raise ImportError(
-        "TRITON_INTERPRET changed between the first import of triton and that of clbench.kernels; "
+        "TRITON_INTERPRET changed between the first import of triton and that of clbench.models.kernels; "
         "set it (or unset it) before anything imports triton, e.g. in the environment"
     )
 LOG2E = 1.4426950408889634
@@ -509,7 +509,7 @@ def dq_mode() -> str:
     """
     mode = os.environ.get("CLBENCH_FLASH_DQ", "split")
     if mode not in ("split", "atomic"):
-        from ..errors import UserError
+        from ...errors import UserError
 
         raise UserError(f"CLBENCH_FLASH_DQ={mode!r} is not one of: split, atomic")
     return mode
@@ -617,7 +617,7 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torc
     if len({q.device, k.device, v.device}) != 1:
         return "q, k and v are on different devices"
     if q.device.type != "cuda" and not INTERPRET:
-        return "tensors on the CPU need TRITON_INTERPRET=1 (set before clbench.kernels is first imported)"
+        return "tensors on the CPU need TRITON_INTERPRET=1 (set before clbench.models.kernels is first imported)"
     if lengths is not None and (lengths.shape != (B,) or lengths.is_floating_point()):
         return f"lengths must be an integer tensor of shape ({B},), got {lengths.dtype} {tuple(lengths.shape)}"
     return None

@@ -2,7 +2,7 @@
 
 ``attention(q, k, v, lengths=..., causal=..., scale=...)`` picks an implementation:
 
-* ``triton``: our FlashAttention-2 kernels (:mod:`clbench.kernels`), the default for CUDA tensors;
+* ``triton``: our FlashAttention-2 kernels (:mod:`clbench.models.kernels`), the default for CUDA tensors;
 * ``sdpa``: torch's ``scaled_dot_product_attention``, the default for CPU tensors (and on CUDA
   when Triton is missing or the inputs are outside what the kernels take: head_dim > 128, fp64);
 * ``reference``: a plain softmax(QKᵀ)V in the input dtype, for tests and debugging.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 IMPLEMENTATIONS = ("triton", "sdpa", "reference")
 
-_kernels = None  # clbench.kernels once imported; False if Triton could not be imported
+_kernels = None  # clbench.models.kernels once imported; False if Triton could not be imported
 _kernels_error = "triton is not installed"  # why not, then
 
 
@@ -64,7 +64,7 @@ def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None) -> torch.Ten
 
 
 def kernels():
-    """``clbench.kernels``, imported on first use; None (with one warning) if Triton cannot be
+    """``clbench.models.kernels``, imported on first use; None (with one warning) if Triton cannot be
     imported here."""
     global _kernels, _kernels_error
     if _kernels is None:
@@ -85,7 +85,7 @@ def choose(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | Non
     forced = os.environ.get("CLBENCH_ATTENTION")
     if forced:
         if forced not in IMPLEMENTATIONS:
-            from .errors import UserError
+            from ..errors import UserError
 
             raise UserError(
                 f"CLBENCH_ATTENTION={forced!r} is not one of: {', '.join(IMPLEMENTATIONS)}"
@@ -93,7 +93,7 @@ def choose(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | Non
         if forced == "triton":
             why = _triton_unsupported(q, k, v, lengths)
             if why:
-                from .errors import UserError
+                from ..errors import UserError
 
                 raise UserError(f"CLBENCH_ATTENTION=triton cannot run here: {why}")
         return forced

@@ -3,8 +3,8 @@
 An encoder of Transformer blocks over token ids or patch vectors, with a classification head over
 the stream's label space. Blocks are pre-norm (nanoGPT, the default) or post-norm with a LayerNorm
 after the embeddings (BERT: ``norm = "post"``, ``embed_norm = True``), which is how a BERT-family
-checkpoint such as MiniLM runs in it (see :mod:`clbench.backbones`). Attention goes through
-:func:`clbench.attention.attention`; padding is expressed as sequence lengths.
+checkpoint such as MiniLM runs in it (see :mod:`clbench.models.backbones`). Attention goes through
+:func:`clbench.models.attention.attention`; padding is expressed as sequence lengths.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbones import CHECKPOINT_FORMAT, CONFIG, TOKENIZER, WEIGHTS, is_pretrained, latest_checkpoint, load_into, resolve
-from .errors import UserError
-from .model import ModelConfig, Transformer
-from .runner import device_from
+from ..errors import UserError
+from .transformer import ModelConfig, Transformer
+from ..params import device_from
 
 TRAINER = "trainer.pt"
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 CHECKPOINT_FORMAT = "clbench-checkpoint"
 WEIGHTS = "model.safetensors"
@@ -224,7 +224,7 @@ def backbone_state(backbone: Backbone) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: torch.nn.Module, backbone: Backbone) -> None:
-    """Copy the backbone's weights into ``model`` (a :class:`~clbench.model.Transformer` built
+    """Copy the backbone's weights into ``model`` (a :class:`~clbench.models.Transformer` built
     with the backbone's architecture); only the classification head keeps its own initialisation."""
     state = backbone_state(backbone)
     own = model.state_dict()

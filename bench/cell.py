@@ -1,0 +1,217 @@
+"""The cell contract: what a strategy's hooks are handed, what they may raise, and which
+combinations a cell refuses.
+
+* :class:`CellContext` is the ``cell`` argument of every cell hook (docs/hooks.md).
+* :class:`Diverged` (a loss became NaN or infinite) and :class:`WorkerDied` (an executor's worker
+  process died) are the outcomes a cell records instead of raising;
+  :class:`clbench.errors.UserError` from a hook fails the cell with its one line.
+* :func:`cell_manager` builds a cell's plugin manager from its strategies and observers, and
+  :func:`refuse` is the one place that decides whether a cell can run: the suite's preflight
+  calls it before anything is written, and :func:`clbench.loop.run_cell` again when the cell starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import pluggy
+import torch
+
+from . import hookspecs
+from .errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .kinds import Kind
+    from .suite import Cell
+    from clbench.tasks import Batch, Stream, Task
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite: the cell is recorded as ``diverged``."""
+
+
+@dataclass
+class WorkerDied:
+    """What an executor yields instead of ``fn(cell)`` when the process running ``cell`` died:
+    the cell is recorded as ``failed`` with ``error``."""
+
+    cell: Any
+    error: str
+
+
+@dataclass
+class CellResult:
+    """What a cell produced: its ``cells`` row and its ``measurements`` rows
+    (:mod:`clbench.results.schema` describes both)."""
+
+    cell: dict[str, Any]
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.cell["status"]
+
+
+class CellContext:
+    """What cell hooks see of the running cell (their ``cell`` argument).
+
+    The loop (:mod:`clbench.loop`) sets ``task_index``, ``task``, ``optimizer`` and
+    ``steps_in_task`` as it goes; strategies read them and may write ``info``.
+    """
+
+    config: Cell
+    """The cell's configuration (:class:`clbench.suite.Cell`): ``config.strategy``,
+    ``config.model``, ``config.training``, ``config.seed``."""
+    stream: Stream
+    """The stream as built, its tasks on the CPU (``stream.union(k)`` for the training data of
+    tasks ``0..k``)."""
+    tasks: list[Task]
+    """The stream's tasks with their examples on :attr:`device`: what the loop trains and
+    evaluates on."""
+    model: torch.nn.Module
+    """The network being trained (a strategy may wrap or replace its layers in ``before_task``)."""
+    kind: Kind
+    """The stream's kind of task (:mod:`clbench.kinds`): the model's outputs, the loss of a batch
+    and the evaluation of a task."""
+    device: torch.device
+    """Where the model and :attr:`tasks` are."""
+    task_index: int
+    """Position of the task being trained (-1 before the first)."""
+    task: Task | None
+    """The task being trained (None before the first)."""
+    optimizer: torch.optim.Optimizer | None
+    """The optimizer of the current task, rebuilt for every task after ``trainable_parameters``."""
+    steps_in_task: int
+    """Optimizer steps the current task will take (0 when it trains no parameter)."""
+    generator: torch.Generator
+    """The cell's seeded torch generator (batch order, memory samples)."""
+    rng: np.random.Generator
+    """The cell's seeded numpy generator (memories, Fisher samples)."""
+    class_mask: torch.Tensor | None
+    """``(n_tasks, n_classes)`` bool on :attr:`device`: the classes of each task, in
+    task-incremental streams; None otherwise."""
+    info: dict[str, Any]
+    """Numbers a strategy reports for the cell's row (``buffer_size``)."""
+    hook: pluggy.HookRelay
+    """The cell's hooks, as the loop calls them (``cell.hook.after_step(...)``)."""
+
+    def __init__(self, config: Cell, stream: Stream, model: torch.nn.Module, device: torch.device,
+                 hook: pluggy.HookRelay | None = None, tasks: list[Task] | None = None):
+        from .kinds import kind_of
+
+        self.config = config
+        self.stream = stream
+        self.tasks = list(stream.tasks) if tasks is None else tasks
+        self.model = model
+        self.kind = kind_of(stream)
+        self.device = device
+        self.hook = hook if hook is not None else cell_manager([]).hook
+        self.task_index = -1
+        self.task = None
+        self.optimizer = None
+        self.steps_in_task = 0
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        mask = stream.class_mask()
+        self.class_mask = None if mask is None else mask.to(device)
+        self.info = {}
+
+    # helpers strategies use -------------------------------------------------------------------
+    def logits(self, batch: Batch, model: torch.nn.Module | None = None, masked: bool = True) -> torch.Tensor:
+        """The outputs of ``model`` (default: the cell's) for ``batch``, as the task's kind gives
+        them: class logits masked to each example's task in task-incremental scenarios (unless
+        ``masked`` is False: LwF distils the heads of earlier tasks)."""
+        return self.kind.logits(self, batch, model or self.model, masked)
+
+    def loss(self, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """The task's loss of ``batch`` (cross-entropy under the cell's masking rules)."""
+        return self.kind.loss(self, batch, self.logits(batch, model))
+
+
+# --------------------------------------------------------------------------------------------
+# A cell's plugin manager, and what it refuses
+# --------------------------------------------------------------------------------------------
+
+
+def new_manager(specs) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("clbench")
+    pm.add_hookspecs(specs)
+    return pm
+
+
+def register_checked(pm: pluggy.PluginManager, plugin: Any, name: str, what: str) -> None:
+    """Register ``plugin`` on ``pm``, refusing (one line) a hook ``pm`` does not know: a cell hook
+    on a plugin of the host, or a registration hook on a strategy."""
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        raise UserError(f"{what}: {str(exc).splitlines()[0]}") from None
+
+
+def strategy_order(strategies: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The cell's strategies in the order they are registered on its plugin manager: those that
+    change the model's structure (``changes_model = True``, e.g. LoRA injecting adapters) last, so
+    that their hooks run first (pluggy calls the latest registered first) and the others see the
+    model they will train, whatever the order of the names in the suite. Otherwise the suite's
+    order is kept."""
+    return sorted(strategies, key=lambda ns: bool(getattr(ns[1], "changes_model", False)))
+
+
+def cell_manager(strategies: list[tuple[str, Any]], observers: Iterable[Any] = ()) -> pluggy.PluginManager:
+    """A cell's plugin manager: its strategy objects (``(name, object)`` pairs, in
+    :func:`strategy_order`) and its observers, each checked to implement only cell hooks."""
+    pm = new_manager(hookspecs.CellSpecs)
+    for name, obj in strategy_order(strategies):
+        register_checked(pm, obj, f"strategy:{name}", f"strategy '{name}'")
+    for i, obs in enumerate(observers):
+        register_checked(pm, obs, f"observer:{i}", f"observer {type(obs).__name__}")
+    return pm
+
+
+def make_strategies(config: Cell, host=None) -> list[tuple[str, Any]]:
+    """Instantiate the cell's strategy objects (one per combined strategy)."""
+    from .host import get_host
+
+    host = host or get_host()
+    return [(name, host.get("strategies", name).obj(**params)) for name, params in config.strategy.parts]
+
+
+def firstresult_conflicts(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
+    """``firstresult`` hooks implemented by more than one strategy of ``pm`` (observers, which
+    answer None, do not count)."""
+    out = []
+    for name in hookspecs.CELL_HOOKS:
+        caller = getattr(pm.hook, name)
+        who = [pm.get_name(i.plugin) for i in caller.get_hookimpls()]
+        who = [w.split(":", 1)[1] for w in who if w.startswith("strategy:")]
+        if caller.spec.opts.get("firstresult") and len(who) > 1:
+            out.append((name, who))
+    return out
+
+
+def refuse(config: Cell, stream: Stream, pm: pluggy.PluginManager) -> None:
+    """Raise a one-line :class:`UserError` if the cell ``config`` cannot run on ``stream`` with
+    the strategies registered on ``pm``, else return. In this order:
+
+    1. two strategies decide the same ``firstresult`` hook ("cannot be combined");
+    2. the stream's positions exceed ``model.max_len``;
+    3. a pretrained ``model.init`` that the stream does not feed what it was trained on;
+    4. a strategy's own ``check_cell`` hook refuses the combination.
+    """
+    from .models.backbones import check_stream, is_pretrained, resolve
+
+    for hook, who in firstresult_conflicts(pm):
+        raise UserError(f"strategies {' and '.join(who)} cannot be combined: both decide '{hook}'")
+    if stream.max_len > config.model.max_len:
+        raise UserError(
+            f"model.max_len = {config.model.max_len} is below the {stream.max_len} positions "
+            f"of stream '{config.stream}' (raise model.max_len, or lower the stream's max_len)"
+        )
+    if is_pretrained(config.model.init):
+        check_stream(resolve(config.model.init), stream)
+    pm.hook.check_cell(config=config, stream=stream)

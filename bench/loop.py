@@ -1,0 +1,305 @@
+"""The cell loop: set a cell up, then evaluate every task, and for each task train it and evaluate
+every task again.
+
+The loop is three named steps that :func:`run_cell` calls after its setup, and that tests and
+benchmarks call on their own contexts:
+
+* :func:`evaluate_tasks`: ``before_eval`` and the kind's evaluation, for every task;
+* :func:`train_task`: ``before_task``, ``train_data``, ``trainable_parameters``, a new optimizer,
+  the epochs of :func:`train_step` (or a strategy's own ``fit_task``), ``after_task``;
+* :func:`train_step`: ``train_batch``, the kind's outputs and loss, ``loss_terms``, backward,
+  ``after_backward``, clipping, the optimizer step, ``after_step``.
+
+What a batch's outputs and loss are, and how a task is scored, belongs to the stream's kind
+(:mod:`clbench.kinds`), never to the loop. :func:`run_cell` never raises for a failing plugin or a
+diverging loss: those become ``status = "failed"`` / ``"diverged"`` in the cell's row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+from . import __version__
+from .cell import CellContext, CellResult, Diverged, cell_manager, make_strategies, refuse
+from .errors import UserError
+from .models.backbones import is_pretrained, load_into, resolve
+from .models.transformer import Transformer
+from .params import device_from
+from .suite import Cell
+
+from clbench.results.schema import new_cell_row
+from clbench.tasks import Batch, Stream, Task
+from clbench.tasks.batching import batch_indices, computed_positions
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
+    """The optimizer ``training.optimizer`` names, over ``params``."""
+    params = list(params)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build_stream(config: Cell, host=None) -> Stream:
+    """The cell's stream, built by its registered factory with the cell's parameters and order."""
+    from .host import get_host
+
+    host = host or get_host()
+    entry = host.get("streams", config.stream)
+    stream = entry.obj(**config.stream_params, order=config.order_value)
+    if not isinstance(stream, Stream):
+        raise TypeError(f"stream factory {config.stream!r} returned {type(stream).__name__}, not a Stream")
+    if not stream.tasks:
+        raise UserError(f"stream {config.stream!r} has no tasks")
+    return stream
+
+
+# --------------------------------------------------------------------------------------------
+# The steps
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What the loop counts while a cell trains (the cell's row reports it)."""
+
+    steps: int = 0
+    examples: int = 0
+    tokens: torch.Tensor | int = 0  # positions trained on (a tensor on the device: no sync per step)
+    positions: torch.Tensor | int = 0  # positions computed (padding included)
+    trainable: int = 0  # the most parameters trained at once
+
+
+def evaluate_tasks(cell: CellContext) -> list[dict[str, float]]:
+    """Evaluate the model on every task's test split, in stream order: ``before_eval``, then the
+    kind's scores of the task. The model is put in eval mode."""
+    cell.model.eval()
+    out = []
+    for j, task in enumerate(cell.tasks):
+        cell.hook.before_eval(cell=cell, task_index=j, task=task)
+        out.append(cell.kind.evaluate(cell, j, task))
+    return out
+
+
+def train_step(cell: CellContext, batch: Batch, params: list[torch.nn.Parameter], tally: Tally | None = None) -> torch.Tensor:
+    """One optimizer step of ``cell.optimizer`` on ``batch`` (``params`` are the parameters it
+    updates, for clipping); returns the detached total loss."""
+    hook, tcfg = cell.hook, cell.config.training
+    batch = hook.train_batch(cell=cell, batch=batch) or batch
+    logits = cell.logits(batch)
+    loss = cell.kind.loss(cell, batch, logits)
+    extra = [t for t in hook.loss_terms(cell=cell, batch=batch, logits=logits, loss=loss) if t is not None]
+    total = loss + sum(extra) if extra else loss
+    cell.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    hook.after_backward(cell=cell, batch=batch)
+    if tcfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+    cell.optimizer.step()
+    detached = total.detach()
+    if tally is not None:
+        tally.steps += 1
+        tally.examples += len(batch)
+        tally.tokens = tally.tokens + batch.lengths.sum()
+        tally.positions = tally.positions + computed_positions(batch.lengths, trimmed=cell.stream.input_kind == "tokens")
+    hook.after_step(cell=cell, step=tally.steps if tally is not None else 0, loss=detached)
+    return detached
+
+
+def train_task(cell: CellContext, index: int, task: Task, tally: Tally | None = None,
+               record: Callable[[int, float], None] | None = None) -> None:
+    """Train on the ``index``-th task: its hooks, a new optimizer over the trainable
+    parameters, and ``training.epochs`` passes of :func:`train_step` over the task's training
+    data (or what ``train_data`` returned) in the batches of ``training.batching``. ``record``
+    gets each epoch's mean training loss. Raises :class:`Diverged` when an epoch's loss is not
+    finite."""
+    hook, tcfg = cell.hook, cell.config.training
+    tally = tally if tally is not None else Tally()
+    cell.task_index, cell.task = index, task
+    cell.model.train()
+    hook.before_task(cell=cell, task=task)
+    data = hook.train_data(cell=cell, task=task)
+    data = task.train if data is None else data.to(cell.device)
+    params = hook.trainable_parameters(cell=cell)
+    params = [p for p in (cell.model.parameters() if params is None else params) if p.requires_grad]
+    tally.trainable = max(tally.trainable, sum(p.numel() for p in params))
+    n, bs = len(data), tcfg.batch_size
+    cell.steps_in_task = tcfg.epochs * math.ceil(n / bs) if n and params else 0
+    if n and params:
+        cell.optimizer = make_optimizer(params, tcfg)
+        if not hook.fit_task(cell=cell, task=task, data=data):
+            for epoch in range(tcfg.epochs):
+                running = torch.zeros((), device=cell.device)
+                batches = 0
+                for idx in batch_indices(data.lengths, bs, cell.generator, tcfg.batching, tcfg.length_window):
+                    running += train_step(cell, data[idx.to(cell.device)], params, tally)
+                    batches += 1
+                if not bool(torch.isfinite(running)):
+                    raise Diverged(f"loss is {running.item()} on task {index} ({task.name})")
+                if batches and record is not None:  # the mean loss (with the strategies' terms) of the epoch
+                    record(epoch, running.item() / batches)
+    hook.after_task(cell=cell, task=task)
+
+
+# --------------------------------------------------------------------------------------------
+# A whole cell
+# --------------------------------------------------------------------------------------------
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process-rss"
+
+
+#: Distributions whose release can change a cell's numbers (or whether it runs), recorded in
+#: each cell's ``versions``; "" where one is not installed.
+RESULT_PACKAGES = (
+    "torch", "numpy", "pandas", "scikit-learn", "scipy", "tokenizers", "safetensors", "transformers",
+    "peft", "triton", "avalanche-lib", "qpsolvers", "quadprog", "pyarrow",
+)
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return ""
+
+    found = {"clbench": __version__, "python": platform.python_version()}
+    found.update((dist, of(dist)) for dist in RESULT_PACKAGES)
+    found["torch"] = torch.__version__  # the running one (a source build's may differ from its metadata)
+    return json.dumps(found)
+
+
+def cell_row(cell: Cell) -> dict[str, Any]:
+    """A cell's ``cells`` row before it runs: :func:`run_cell` fills in the rest; the suite
+    records it as it is (status ``failed``) for a cell whose worker process died."""
+    return new_cell_row({
+        "run_id": cell.run_id,
+        "config_hash": cell.config_hash,
+        "suite": cell.suite,
+        "stream": cell.stream,
+        "stream_params": json.dumps(cell.stream_params, sort_keys=True),
+        "order": cell.order,
+        "strategy": cell.strategy.label,
+        "strategies": json.dumps([n for n, _ in cell.strategy.parts]),
+        "params": json.dumps(cell.strategy.to_json(), sort_keys=True),
+        "seed": cell.seed,
+        "model": json.dumps(asdict(cell.model), sort_keys=True),
+        "training": json.dumps(asdict(cell.training), sort_keys=True),
+        "config": json.dumps(cell.config(), sort_keys=True),
+        "versions": versions(),
+        "started_at": time.time(),
+    })
+
+
+def build_model(config: Cell, stream: Stream) -> torch.nn.Module:
+    """The cell's model for ``stream``, seeded with the cell's seed (and loaded from its
+    pretrained ``model.init``)."""
+    backbone = resolve(config.model.init) if is_pretrained(config.model.init) else None
+    torch.manual_seed(config.seed)
+    model = Transformer(
+        config.model,
+        input_kind=stream.input_kind,
+        input_dim=backbone.input_dim if backbone else stream.input_dim,  # a backbone may have extra ids ([MASK])
+        n_classes=stream.n_classes,
+    )
+    if backbone is not None:
+        load_into(model, backbone)
+    return model
+
+
+def run_cell(
+    cell: Cell,
+    *,
+    observers: Iterable[Any] = (),
+    stream: Stream | None = None,
+    host=None,
+) -> CellResult:
+    """Run one cell. ``observers`` are extra plugins for the cell's hooks (progress bars);
+    ``stream`` may be passed in when it was already built (the suite builds each once)."""
+    started = time.perf_counter()
+    row = cell_row(cell)
+    meas: list[dict[str, Any]] = []
+    base = {k: row[k] for k in ("run_id", "suite", "stream", "order", "strategy", "params", "seed")}
+
+    def record(train_task: int, eval_task: int, metric: str, value: float) -> None:
+        meas.append({**base, "train_task": train_task, "eval_task": eval_task, "metric": metric, "value": float(value)})
+
+    def evaluate(after: int) -> float:
+        t0 = time.perf_counter()
+        for j, scores in enumerate(evaluate_tasks(ctx)):
+            for metric, value in scores.items():
+                record(after, j, metric, value)
+        return time.perf_counter() - t0
+
+    train_s = eval_s = 0.0
+    threads = torch.get_num_threads()
+    try:
+        device = device_from(cell.training.device)
+        row["device"] = str(device)
+        if device.type == "cpu":  # the same count whatever runs the cell: same sums, same numbers
+            torch.set_num_threads(cell.training.threads)
+        row["threads"] = torch.get_num_threads()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        stream = stream if stream is not None else build_stream(cell, host)
+        row["scenario"] = stream.scenario
+        row["tasks"] = json.dumps([t.name for t in stream.tasks])
+        row["n_tasks"] = stream.n_tasks
+        tasks = [Task(t.name, t.classes, t.train.to(device), t.test.to(device)) for t in stream.tasks]
+        model = build_model(cell, stream).to(device)
+        row["total_params"] = model.n_parameters()
+
+        pm = cell_manager(make_strategies(cell, host), observers)
+        refuse(cell, stream, pm)
+        ctx = CellContext(cell, stream, model, device, pm.hook, tasks)
+        tally = Tally(tokens=torch.zeros((), dtype=torch.long, device=device),
+                      positions=torch.zeros((), dtype=torch.long, device=device))
+
+        eval_s += evaluate(-1)
+        for i, task in enumerate(tasks):
+            t0 = time.perf_counter()
+            train_task(ctx, i, task, tally, record=lambda epoch, loss, i=i: record(i, epoch, "train_loss", loss))
+            train_s += time.perf_counter() - t0
+            eval_s += evaluate(i)
+
+        row["status"] = "ok"
+        row["trainable_params"] = tally.trainable
+        row["examples_seen"] = tally.examples
+        row["tokens_seen"] = int(tally.tokens.item())
+        computed = int(tally.positions.item())
+        row["padding_fraction"] = 1.0 - row["tokens_seen"] / computed if computed else float("nan")
+        row["buffer_size"] = int(ctx.info.get("buffer_size", 0))
+        row["peak_memory_mb"], row["memory_kind"] = _peak_memory_mb(device)
+    except Diverged as exc:
+        row["status"], row["error"] = "diverged", str(exc)
+    except UserError as exc:  # a plugin refusing this cell: the cell fails, the suite goes on
+        row["status"] = "failed"
+        row["error"] = f"strategy '{cell.strategy.label}': {exc}".splitlines()[0]
+        row["traceback"] = traceback.format_exc()
+    except Exception as exc:  # a failing plugin: record it, the suite goes on
+        row["status"] = "failed"
+        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        row["traceback"] = traceback.format_exc()
+    finally:
+        torch.set_num_threads(threads)
+    row["train_seconds"] = train_s
+    row["eval_seconds"] = eval_s
+    row["total_seconds"] = time.perf_counter() - started
+    return CellResult(row, meas)

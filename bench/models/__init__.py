@@ -1,0 +1,11 @@
+"""clbench.models: the networks a cell trains, apart from the framework that runs them.
+
+``transformer`` is clbench's own Transformer (one nanoGPT-style file: a config dataclass and the
+model); ``attention`` the dispatch to our Triton kernels (``kernels/``) or torch SDPA;
+``backbones`` pretrained weights (MiniLM, clbench checkpoints, the Hub) mapped onto it;
+``pretrain`` clbench's own pre-training.
+"""
+
+from .transformer import ModelConfig, Transformer
+
+__all__ = ["ModelConfig", "Transformer"]
