@@ -25,6 +25,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.tasks.digits",
     "clbench.tasks.text",
     "clbench.tasks.hub",
+    "clbench.tasks.algorithmic",
     "clbench.strategies.naive",
     "clbench.strategies.joint",
     "clbench.strategies.cumulative",

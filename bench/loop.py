@@ -23,7 +23,7 @@ import platform
 import resource
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable
 
 import torch
@@ -31,8 +31,7 @@ import torch
 from . import __version__
 from .cell import CellContext, CellResult, Diverged, cell_manager, make_strategies, refuse
 from .errors import UserError
-from .models.backbones import is_pretrained, load_into, resolve
-from .models.transformer import Transformer
+from .kinds import kind_of
 from .params import device_from
 from .suite import Cell
 
@@ -209,19 +208,9 @@ def cell_row(cell: Cell) -> dict[str, Any]:
 
 
 def build_model(config: Cell, stream: Stream) -> torch.nn.Module:
-    """The cell's model for ``stream``, seeded with the cell's seed (and loaded from its
-    pretrained ``model.init``)."""
-    backbone = resolve(config.model.init) if is_pretrained(config.model.init) else None
-    torch.manual_seed(config.seed)
-    model = Transformer(
-        config.model,
-        input_kind=stream.input_kind,
-        input_dim=backbone.input_dim if backbone else stream.input_dim,  # a backbone may have extra ids ([MASK])
-        n_classes=stream.n_classes,
-    )
-    if backbone is not None:
-        load_into(model, backbone)
-    return model
+    """The cell's model for ``stream``, as its kind builds it, seeded with the cell's seed (and
+    loaded from its pretrained ``model.init``)."""
+    return kind_of(stream).build_model(config, stream)
 
 
 def run_cell(
@@ -246,6 +235,8 @@ def run_cell(
         for j, scores in enumerate(evaluate_tasks(ctx)):
             for metric, value in scores.items():
                 record(after, j, metric, value)
+        for metric, value in ctx.kind.evaluate_stream(ctx).items():  # not a task's: eval_task -1
+            record(after, -1, metric, value)
         return time.perf_counter() - t0
 
     train_s = eval_s = 0.0
@@ -262,7 +253,7 @@ def run_cell(
         row["scenario"] = stream.scenario
         row["tasks"] = json.dumps([t.name for t in stream.tasks])
         row["n_tasks"] = stream.n_tasks
-        tasks = [Task(t.name, t.classes, t.train.to(device), t.test.to(device)) for t in stream.tasks]
+        tasks = [replace(t, train=t.train.to(device), test=t.test.to(device)) for t in stream.tasks]
         model = build_model(cell, stream).to(device)
         row["total_params"] = model.n_parameters()
 

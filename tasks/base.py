@@ -9,7 +9,13 @@ about its inputs and labels. Examples are held as tensors, ready to batch:
 * ``lengths``: ``(n,)`` int64 number of valid positions of each sequence (padding is expressed
   as lengths, never as a mask tensor);
 * ``t``: ``(n,)`` int64 index of the task each example comes from (its position in the stream),
-  so a batch that mixes tasks (replay) can still be masked per example in task-incremental runs.
+  so a batch that mixes tasks (replay) can still be masked per example in task-incremental runs;
+* ``start``: ``(n,)`` int64, in generative streams only (else None): the position where each
+  sequence's answer begins (the length of its prompt). ``x`` holds prompt, answer and the end
+  token; the loss is taken on the answer's positions only.
+
+A stream's ``kind`` says which: ``"classification"`` (``y`` is the label) or ``"generation"``
+(``y`` is the index of the answer among the task's ``labels`` where it has label texts, else 0).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 Scenario = Literal["class-incremental", "task-incremental", "domain-incremental"]
 SCENARIOS: tuple[str, ...] = ("class-incremental", "task-incremental", "domain-incremental")
 InputKind = Literal["tokens", "patches"]
+Kind = Literal["classification", "generation"]
 
 
 @dataclass
@@ -32,15 +39,17 @@ class Examples:
     y: torch.Tensor
     lengths: torch.Tensor
     t: torch.Tensor
+    start: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def __getitem__(self, idx) -> "Examples":
-        return Examples(self.x[idx], self.y[idx], self.lengths[idx], self.t[idx])
+        return Examples(self.x[idx], self.y[idx], self.lengths[idx], self.t[idx],
+                        None if self.start is None else self.start[idx])
 
     def to(self, device) -> "Examples":
-        return Examples(*(a.to(device) for a in (self.x, self.y, self.lengths, self.t)))
+        return Examples(*(None if a is None else a.to(device) for a in (self.x, self.y, self.lengths, self.t, self.start)))
 
     @staticmethod
     def cat(parts: Sequence["Examples"]) -> "Examples":
@@ -56,11 +65,15 @@ class Examples:
             else:
                 p_x = p.x
             xs.append(p_x)
+        starts = [p.start for p in parts]
+        if any(s is None for s in starts) and not all(s is None for s in starts):
+            raise ValueError("cannot concatenate generative examples (with answer starts) and others")
         return Examples(
             torch.cat(xs),
             torch.cat([p.y for p in parts]),
             torch.cat([p.lengths for p in parts]),
             torch.cat([p.t for p in parts]),
+            None if starts[0] is None else torch.cat(starts),
         )
 
     def empty(self) -> "Examples":
@@ -76,13 +89,21 @@ class Task:
     """One task of a stream.
 
     :param name: a readable name (``"digits 0-1"``, ``"TC/agnews"``).
-    :param classes: the label indices (into ``Stream.labels``) this task uses.
+    :param classes: the label indices (into ``Stream.labels``) this task uses (classification).
+    :param metric: the task's primary score, the one its accuracy matrix holds (generation:
+        ``exact_match``, ``rouge_l``, ``accuracy`` by ranking ``labels``, ...;
+        :mod:`clbench.tasks.scoring`).
+    :param labels: the answer texts to rank (generation tasks with a label set), else empty.
+    :param max_new_tokens: the most tokens generated for an answer (generation).
     """
 
     name: str
     classes: tuple[int, ...]
     train: Examples
     test: Examples
+    metric: str = "acc"
+    labels: tuple[str, ...] = ()
+    max_new_tokens: int = 0
 
 
 @dataclass
@@ -92,6 +113,9 @@ class Stream:
     :param input_dim: the vocabulary size (tokens) or the patch vector size (patches).
     :param max_len: the longest sequence, in positions.
     :param params: the factory's parameters, as the cell recorded them.
+    :param kind: ``"classification"`` or ``"generation"`` (:mod:`clbench.kinds`).
+    :param general: generative streams: held-out general text (token sequences, ``start`` 0)
+        whose perplexity measures the loss of general ability; None for none.
     """
 
     name: str
@@ -103,6 +127,8 @@ class Stream:
     max_len: int
     tokenizer: Any = None
     params: dict[str, Any] = field(default_factory=dict)
+    kind: Kind = "classification"
+    general: Examples | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -118,8 +144,8 @@ class Stream:
 
     def class_mask(self) -> torch.Tensor | None:
         """``(n_tasks, n_classes)`` bool: which logits each task may use, in task-incremental
-        scenarios (None otherwise: the head is not masked)."""
-        if self.scenario != "task-incremental":
+        scenarios of classification tasks (None otherwise: the head is not masked)."""
+        if self.scenario != "task-incremental" or self.kind != "classification":
             return None
         mask = torch.zeros(self.n_tasks, self.n_classes, dtype=torch.bool)
         for i, task in enumerate(self.tasks):

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbones import CHECKPOINT_FORMAT, CONFIG, TOKENIZER, WEIGHTS, is_pretrained, latest_checkpoint, load_into, resolve
 from ..errors import UserError
-from .transformer import ModelConfig, Transformer
+from .transformer import LMHead, ModelConfig, Transformer
 from ..params import device_from
 
 TRAINER = "trainer.pt"
@@ -102,19 +101,6 @@ def special_ids(tok) -> tuple[int | None, list[int]]:
 
 
 # -- model -----------------------------------------------------------------------------------------
-
-
-class LMHead(nn.Module):
-    """BERT's LM head: dense, GELU, LayerNorm, then logits over the (tied) token embeddings."""
-
-    def __init__(self, cfg: ModelConfig, vocab: int):
-        super().__init__()
-        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-        self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.bias = nn.Parameter(torch.zeros(vocab))
-
-    def forward(self, h: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.ln(F.gelu(self.dense(h))), embed, self.bias)
 
 
 def mask_tokens(x, lengths, *, vocab: int, mask_id: int, special: torch.Tensor, prob: float, g: torch.Generator):

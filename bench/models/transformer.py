@@ -1,7 +1,8 @@
 """The clbench Transformer, in one file (after nanoGPT's model.py).
 
 An encoder of Transformer blocks over token ids or patch vectors, with a classification head over
-the stream's label space. Blocks are pre-norm (nanoGPT, the default) or post-norm with a LayerNorm
+the stream's label space, or (``lm_head = True``, with ``causal = True``) a decoder with a
+language-model head that generates with a KV cache (:meth:`Transformer.generate`). Blocks are pre-norm (nanoGPT, the default) or post-norm with a LayerNorm
 after the embeddings (BERT: ``norm = "post"``, ``embed_norm = True``), which is how a BERT-family
 checkpoint such as MiniLM runs in it (see :mod:`clbench.models.backbones`). Attention goes through
 :func:`clbench.models.attention.attention`; padding is expressed as sequence lengths.
@@ -57,12 +58,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, N, C) -> (B, H, N, D)
         q, k, v = (t.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        y = attention(q, k, v, lengths=lengths, causal=self.causal)
+        if cache is None:
+            y = attention(q, k, v, lengths=lengths, causal=self.causal)
+        else:
+            y = cache.attend(self, q, k, v, lengths)
         y = y.transpose(1, 2).contiguous().view(B, N, C)
         return self.dropout(self.proj(y))
 
@@ -87,12 +91,52 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         if self.post:  # BERT
-            x = self.ln_1(x + self.attn(x, lengths))
+            x = self.ln_1(x + self.attn(x, lengths, cache))
             return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x), lengths)
+        x = x + self.attn(self.ln_1(x), lengths, cache)
         return x + self.mlp(self.ln_2(x))
+
+
+class LMHead(nn.Module):
+    """BERT's LM head: dense, GELU, LayerNorm, then logits over the (tied) token embeddings."""
+
+    def __init__(self, cfg: ModelConfig, vocab: int):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.bias = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, h: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.ln(F.gelu(self.dense(h))), embed, self.bias)
+
+
+class KVCache:
+    """Keys and values of every layer for batched greedy decoding, right-padded like everything
+    else: ``(B, H, n_max, D)`` buffers per layer. The prompt pass (``pos`` None) stores its
+    keys and values at positions ``0..N-1``; each later pass stores one token per sequence at its
+    own position ``pos[b]`` (sequences of different lengths decode side by side) and attends to
+    the first ``pos[b] + 1`` keys. ``n_keys`` (a host-side bound on ``max(pos) + 1``) trims
+    the keys attended to without a device sync."""
+
+    def __init__(self, model: "Transformer", batch: int, n_max: int, device, dtype):
+        cfg = model.cfg
+        shape = (batch, cfg.n_heads, n_max, cfg.d_model // cfg.n_heads)
+        self.k = {id(b.attn): torch.zeros(shape, device=device, dtype=dtype) for b in model.blocks}
+        self.v = {id(b.attn): torch.zeros(shape, device=device, dtype=dtype) for b in model.blocks}
+        self.pos: torch.Tensor | None = None
+        self.n_keys = 0
+
+    def attend(self, layer: SelfAttention, q, k, v, lengths) -> torch.Tensor:
+        kc, vc = self.k[id(layer)], self.v[id(layer)]
+        if self.pos is None:  # the prompts
+            n = k.shape[2]
+            kc[:, :, :n], vc[:, :, :n] = k, v
+            return attention(q, k, v, lengths=lengths, causal=layer.causal)
+        rows = torch.arange(k.shape[0], device=k.device)
+        kc[rows, :, self.pos], vc[rows, :, self.pos] = k[:, :, 0], v[:, :, 0]
+        return attention(q, kc[:, :, : self.n_keys], vc[:, :, : self.n_keys], lengths=self.pos + 1, causal=False)
 
 
 class Transformer(nn.Module):
@@ -103,7 +147,7 @@ class Transformer(nn.Module):
     :param n_classes: the size of the stream's label space (the head's outputs).
     """
 
-    def __init__(self, cfg: ModelConfig, *, input_kind: str, input_dim: int, n_classes: int):
+    def __init__(self, cfg: ModelConfig, *, input_kind: str, input_dim: int, n_classes: int, lm_head: bool = False):
         super().__init__()
         self.cfg = cfg
         self.input_kind = input_kind
@@ -119,7 +163,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         # pre-norm ends with a LayerNorm; in post-norm the last block's output is already normed
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.norm == "pre" else nn.Identity()
-        self.head = nn.Linear(cfg.d_model, n_classes, bias=True)
+        self.head = nn.Linear(cfg.d_model, n_classes, bias=True) if n_classes else None
+        self.lm_head = LMHead(cfg, input_dim) if lm_head else None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith("proj.weight"):
@@ -134,16 +179,19 @@ class Transformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def _encode(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The last layer's states, and ``lengths`` (None when nothing is padded)."""
+    def _encode(self, x: torch.Tensor, lengths: torch.Tensor | None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last layer's states, and ``lengths`` (None when nothing is padded). With a
+        ``cache`` past its prompt pass, ``x`` is one token per sequence at ``cache.pos``."""
         N = x.shape[1]
         if N > self.cfg.max_len:
             raise ValueError(f"sequence of {N} positions exceeds max_len={self.cfg.max_len}")
-        h = self.drop(self.ln_e(self.embed(x) + self.pos(torch.arange(N, device=x.device))))  # (B, N, C)
+        pos = torch.arange(N, device=x.device) if cache is None or cache.pos is None else cache.pos[:, None]
+        h = self.drop(self.ln_e(self.embed(x) + self.pos(pos)))  # (B, N, C)
         if lengths is not None and bool((lengths >= N).all()):
             lengths = None  # nothing is padded: let attention (and pooling) take the fast path
         for block in self.blocks:
-            h = block(h, lengths)
+            h = block(h, lengths, cache)
         return self.ln_f(h), lengths
 
     def hidden_states(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -173,6 +221,40 @@ class Transformer(nn.Module):
         if class_mask is not None:
             logits = logits.masked_fill(~class_mask, float("-inf"))
         return logits
+
+    # -- a decoder's language-model head ----------------------------------------------------------
+    def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``(..., input_dim)`` of states ``h`` ``(..., d_model)``."""
+        return self.lm_head(h, self.embed.weight)
+
+    @torch.no_grad()
+    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:
+        """Greedy continuations ``(B, max_new_tokens)`` of the right-padded prompts ``x``
+        ``(B, N)`` of ``lengths`` tokens, with a KV cache; a sequence that produced ``eos_id``
+        gets ``eos_id`` from then on, and decoding stops when every sequence has."""
+        B, N = x.shape
+        new = min(max_new_tokens, self.cfg.max_len - N)
+        out = torch.full((B, max(max_new_tokens, 0)), eos_id, dtype=torch.long, device=x.device)
+        if new <= 0:
+            return out
+        p = next(self.parameters())
+        cache = KVCache(self, B, N + new, x.device, p.dtype)
+        h, _ = self._encode(x, lengths, cache)
+        last = h[torch.arange(B, device=x.device), lengths - 1]  # (B, C): each prompt's last state
+        done = torch.zeros(B, dtype=torch.bool, device=x.device)
+        cache.pos, cache.n_keys = lengths.clone(), N + 1
+        for step in range(new):
+            tok = self.lm_logits(last).argmax(-1)
+            tok = torch.where(done, torch.full_like(tok, eos_id), tok)
+            out[:, step] = tok
+            done |= tok == eos_id
+            if step == new - 1 or bool(done.all()):
+                break
+            h, _ = self._encode(tok[:, None], None, cache)
+            last = h[:, 0]
+            cache.pos += 1
+            cache.n_keys += 1
+        return out
 
     def n_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
