@@ -200,9 +200,11 @@ def refuse(config: Cell, stream: Stream, pm: pluggy.PluginManager) -> None:
 
     1. two strategies decide the same ``firstresult`` hook ("cannot be combined");
     2. the stream's positions exceed ``model.max_len``;
-    3. a pretrained ``model.init`` that the stream does not feed what it was trained on;
+    3. a pretrained ``model.init`` that the stream does not feed what it was trained on, or a
+       model that cannot do the stream's kind of task (a generative stream needs a causal model);
     4. a strategy's own ``check_cell`` hook refuses the combination.
     """
+    from .kinds import kind_of
     from .models.backbones import check_stream, is_pretrained, resolve
 
     for hook, who in firstresult_conflicts(pm):
@@ -214,4 +216,5 @@ def refuse(config: Cell, stream: Stream, pm: pluggy.PluginManager) -> None:
         )
     if is_pretrained(config.model.init):
         check_stream(resolve(config.model.init), stream)
+    kind_of(stream).check(config, stream)
     pm.hook.check_cell(config=config, stream=stream)

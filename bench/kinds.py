@@ -4,6 +4,8 @@ into scores.
 The loop (:mod:`clbench.loop`) never looks inside a batch: it asks the stream's kind
 (``Stream.kind``). A kind has:
 
+* ``check(config, stream)``: a one-line :class:`~clbench.errors.UserError` if the cell's model
+  cannot do the stream's tasks (called by :func:`clbench.cell.refuse`, before anything runs);
 * ``build_model(config, stream)``: the cell's model, seeded with the cell's seed;
 * ``logits(cell, batch, model, masked)``: the model's outputs for a batch (what strategies match,
   distil or store, and what ``loss_terms`` gets);
@@ -37,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Kind(Protocol):
+    def check(self, config: Cell, stream: Stream) -> None: ...
+
     def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module: ...
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor: ...
@@ -58,6 +62,9 @@ class Classification:
     """A label per example: ``(B, n_classes)`` logits from the model's head over the stream's
     label space (masked to the example's task in task-incremental streams), cross-entropy, and
     accuracy (``acc``) and mean cross-entropy (``loss``) on the test split."""
+
+    def check(self, config: Cell, stream: Stream) -> None:
+        pass
 
     def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
         from .models.backbones import load_into
@@ -136,6 +143,12 @@ class Generation:
     or ``accuracy`` by the likelihood of each of the task's label texts after the prompt. Every
     task also gets ``loss``, the cross-entropy of its reference answers."""
 
+    def check(self, config: Cell, stream: Stream) -> None:
+        backbone = _backbone(config)
+        if not config.model.causal and (backbone is None or backbone.kind != "hf-causal"):
+            raise UserError(f"stream '{stream.name}' has generative tasks: they need a causal model "
+                            "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
+
     def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
         from .models.backbones import load_into
         from .models.transformer import Transformer
@@ -146,9 +159,7 @@ class Generation:
 
             torch.manual_seed(config.seed)
             return load_causal_lm(backbone)
-        if not config.model.causal:
-            raise UserError(f"stream '{stream.name}' has generative tasks: they need a causal model "
-                            "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
+        self.check(config, stream)
         torch.manual_seed(config.seed)
         model = Transformer(config.model, input_kind="tokens", input_dim=backbone.input_dim if backbone else stream.input_dim,
                             n_classes=0, lm_head=True)

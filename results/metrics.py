@@ -31,12 +31,15 @@ from clbench import hookimpl
 @dataclass
 class Matrices:
     """A cell's accuracy matrices. ``R``: (T, T); ``b``: (T,); ``R_ref``: (T, T) or None.
-    ``fwt_undefined``: why forward transfer means nothing for this cell (None: it is defined)."""
+    ``fwt_undefined``: why forward transfer means nothing for this cell (None: it is defined).
+    ``general``: (T + 1,) the perplexity of the stream's general text before training and after
+    each task (generative streams that name one), else None."""
 
     R: np.ndarray
     b: np.ndarray | None = None
     R_ref: np.ndarray | None = None
     fwt_undefined: str | None = None
+    general: np.ndarray | None = None
 
     @property
     def T(self) -> int:
@@ -127,6 +130,15 @@ def plasticity(R: np.ndarray) -> float:
     return float(np.mean(np.diag(R)))
 
 
+def general_ppl_change(general: np.ndarray | None) -> float:
+    """(ppl_T − ppl_0) / ppl_0: the relative change of the general text's perplexity from before
+    training to after the last task (TRACE's loss of general ability, Wang et al. 2023, as a
+    perplexity); NaN without a general text."""
+    if general is None or len(general) < 2 or not np.isfinite(general[0]):
+        return float("nan")
+    return float((general[-1] - general[0]) / general[0])
+
+
 #: name -> (function of Matrices, description); the built-in metrics plugin registers these.
 BUILTIN = {
     "acc": (lambda m: acc(m.R), "mean final accuracy"),
@@ -137,6 +149,7 @@ BUILTIN = {
     "intransigence": (lambda m: intransigence(m.R, m.R_ref), "against cumulative, same seed"),
     "intransigence_last": (lambda m: intransigence_last(m.R, m.R_ref), "the last task's intransigence"),
     "plasticity": (lambda m: plasticity(m.R), "accuracy right after learning each task"),
+    "general_ppl_change": (lambda m: general_ppl_change(m.general), "relative change of the general text's perplexity"),
 }
 
 

@@ -29,6 +29,15 @@ def accuracy_matrix(measurements: pd.DataFrame, run_id: str, metric: str = "acc"
     return R, b
 
 
+def general_series(measurements: pd.DataFrame, run_id: str) -> np.ndarray | None:
+    """The perplexity of a cell's general text before training and after each task (``metric``
+    ``general_ppl``, ``eval_task`` -1), or None when it has none."""
+    m = measurements[(measurements["run_id"] == run_id) & (measurements["metric"] == "general_ppl")]
+    if m.empty:
+        return None
+    return m.sort_values("train_task")["value"].to_numpy(float)
+
+
 def _strategy_names(cell: pd.Series) -> list[str]:
     names = cell.get("strategies")
     if isinstance(names, str) and names:
@@ -100,7 +109,8 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
         if c["status"] == "ok":
             R, b = matrices[c["run_id"]]
             ref = reference.get(c["run_id"])
-            m = Matrices(R=R, b=b, R_ref=matrices[ref][0] if ref else None, fwt_undefined=fwt_undefined(c))
+            m = Matrices(R=R, b=b, R_ref=matrices[ref][0] if ref else None, fwt_undefined=fwt_undefined(c),
+                         general=general_series(measurements, c["run_id"]))
             for name, fn in metrics.items():
                 row[name] = float(fn(m))
             row["reference_run_id"] = ref or ""

@@ -8,7 +8,8 @@ examples (the paper draws as many as the batch has). The batch is offered to the
 the terms are computed, with its logits from this step's forward pass.
 
 In task-incremental streams the stored logits are masked to the example's task (the other
-entries are −inf) and the matching runs over the finite entries only.
+entries are −inf) and the matching runs over the finite entries only. Generative streams are
+refused: an example's logits there are the whole vocabulary at every answer token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from clbench import hookimpl
+from clbench.errors import UserError
 from clbench.params import require
 
 from .buffer import Buffer, Policy
@@ -42,6 +44,14 @@ class DER:
         self.alpha = alpha
         self.beta = 0.0
         self.ratio = ratio
+
+    @hookimpl
+    def check_cell(self, config, stream):
+        if stream.kind != "classification":
+            raise UserError(
+                f"strategy '{self.memory.name}' stores each example's logits; on generative tasks those are the "
+                "whole vocabulary at every answer token (vocabulary × answer tokens floats per example): not supported"
+            )
 
     @hookimpl
     def loss_terms(self, cell, batch, logits, loss):

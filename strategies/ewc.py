@@ -36,7 +36,8 @@ def empirical_fisher(cell, examples, max_samples: int, chunk: int = 64) -> dict[
 
     Per-example gradients come from ``torch.func.vmap`` over examples of one length at a time
     (each trimmed to its length, so no padding is involved); where the model does not support
-    vmap (a custom kernel), one backward pass per example gives the same numbers, slower."""
+    vmap (a custom kernel), and for generative tasks (whose log-likelihood is that of the
+    answer's tokens), one backward pass per example gives the same numbers, slower."""
     model = cell.model
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -44,6 +45,8 @@ def empirical_fisher(cell, examples, max_samples: int, chunk: int = 64) -> dict[
     was_training = model.training
     model.eval()
     try:
+        if cell.stream.kind != "classification":
+            raise NotImplementedError  # the loss of an example is its answer's: the loop below
         with warnings.catch_warnings():  # "performance drop": ops vmap runs one by one
             warnings.filterwarnings("ignore", message=".*performance drop.*")
             _fisher_vmap(cell, data, params, fisher, chunk)
@@ -80,7 +83,7 @@ def _fisher_vmap(cell, data, params, fisher, chunk) -> None:
 def _fisher_loop(cell, data, params, fisher) -> None:
     names, tensors = list(params), list(params.values())
     for i in range(len(data)):
-        loss = cell.loss(data[i : i + 1])  # − log p(y|x) of one example
+        loss = cell.loss(data[i : i + 1])  # − log p(y|x) of one example (mean over an answer's tokens)
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         for n, g in zip(names, grads):
             if g is not None:

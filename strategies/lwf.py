@@ -8,6 +8,10 @@ earlier task's head (its classes) is distilled separately and the terms are summ
 class-incremental streams the classes of all earlier tasks form one group; in domain-incremental
 streams, where every task shares the labels, it is all of them. The paper's warm-up step
 (training the new head alone first) is left out: clbench's head is shared and already sized.
+
+On generative tasks the outputs are next-token distributions over the vocabulary at each answer
+token, and the term distils the whole vocabulary there (LwF for language models, as in the
+O-LoRA and TRACE baselines: the frozen model's token distributions as soft targets).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class LwF:
         if cell.task_index == 0:
             return
         self.old = copy.deepcopy(cell.model).eval().requires_grad_(False)
+        if cell.stream.kind != "classification":
+            self.groups = [None]  # the whole vocabulary
+            return
         earlier = cell.stream.tasks[: cell.task_index]
         device = cell.device
         if cell.stream.scenario == "task-incremental":
@@ -63,7 +70,8 @@ class LwF:
         with torch.no_grad():
             old = cell.logits(batch, self.old, masked=False)
         new = logits if cell.class_mask is None else cell.logits(batch, masked=False)
-        total = sum(distillation(new[:, g], old[:, g], self.temperature) for g in self.groups)
+        total = sum(distillation(new if g is None else new[:, g], old if g is None else old[:, g], self.temperature)
+                    for g in self.groups)
         return self.alpha * total
 
 

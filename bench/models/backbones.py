@@ -211,7 +211,8 @@ def bert_to_clbench(sd: dict[str, torch.Tensor], n_layers: int) -> dict[str, tor
 
 
 def backbone_state(backbone: Backbone) -> dict[str, torch.Tensor]:
-    """The backbone's weights under clbench's names (no classification head)."""
+    """The backbone's weights under clbench's names (no classification head; a causal
+    checkpoint's LM head under ``lm_head.``)."""
     from safetensors.torch import load_file
 
     sd = load_file(str(backbone.weights))
@@ -220,14 +221,20 @@ def backbone_state(backbone: Backbone) -> dict[str, torch.Tensor]:
             return bert_to_clbench(sd, backbone.arch["n_layers"])
         except KeyError as exc:
             raise UserError(f"model.init {backbone.spec!r}: weight {exc.args[0]} is missing from {backbone.weights}") from None
-    return {k: v for k, v in sd.items() if not k.startswith(("head.", "lm_head."))}
+    return {k: v for k, v in sd.items() if not k.startswith("head.")}
 
 
 def load_into(model: torch.nn.Module, backbone: Backbone) -> None:
     """Copy the backbone's weights into ``model`` (a :class:`~clbench.models.Transformer` built
-    with the backbone's architecture); only the classification head keeps its own initialisation."""
+    with the backbone's architecture); only the classification head keeps its own initialisation.
+    A model with an LM head (generative tasks) takes the checkpoint's, which must have one."""
     state = backbone_state(backbone)
     own = model.state_dict()
+    if getattr(model, "lm_head", None) is None:
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+    elif not any(k.startswith("lm_head.") for k in state):
+        raise UserError(f"model.init {backbone.spec!r} has no language-model head to generate with "
+                        "(pre-train one with clbench pretrain --causal)")
     missing = [k for k in own if k not in state and not k.startswith("head.")]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
