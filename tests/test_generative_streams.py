@@ -14,6 +14,7 @@ import pytest
 from clbench.cli import main
 from clbench.errors import UserError
 from clbench.tasks import scoring
+from clbench.tasks.text import ORDERS, find_tasks, text_stream
 from conftest import SHARED_DATA
 
 CL_BENCHMARK = SHARED_DATA / "CL_Benchmark"
@@ -108,3 +109,30 @@ def test_metric_names():
         scoring.check_metric("bleu", "here")
     with pytest.raises(UserError, match="'sari' is not available"):
         scoring.check_metric("sari", "here")
+
+
+# -- named orders ---------------------------------------------------------------------------------------
+
+PUBLISHED = {  # the O-LoRA paper's orders 1-6 (Wang et al. 2023)
+    "order1": "dbpedia amazon yahoo agnews",
+    "order2": "dbpedia amazon agnews yahoo",
+    "order3": "yahoo amazon agnews dbpedia",
+    "order4": "MNLI CB WiC COPA QQP BoolQA RTE IMDB yelp amazon SST-2 dbpedia agnews MultiRC yahoo",
+    "order5": "MultiRC BoolQA WiC MNLI CB COPA QQP RTE IMDB SST-2 dbpedia agnews yelp amazon yahoo",
+    "order6": "yelp amazon MNLI CB COPA QQP RTE IMDB SST-2 dbpedia agnews yahoo MultiRC BoolQA WiC",
+}
+
+
+def test_named_orders_are_the_papers():
+    assert {k: " ".join(ORDERS[k]) for k in PUBLISHED} == PUBLISHED
+    assert ORDERS["long"] == ORDERS["order6"]
+
+
+@shared_data
+@pytest.mark.parametrize("order", ["order4", "order5"])
+def test_text_stream_runs_orders_4_and_5(order, capsys):
+    present = {n.rsplit("/", 1)[-1] for n in find_tasks(CL_BENCHMARK, "auto")}
+    s = text_stream(data_dir=str(CL_BENCHMARK), order=order, skip_missing=True, train_per_class=1, test_per_class=1)
+    assert [t.name.rsplit("/", 1)[-1] for t in s.tasks] == [n for n in PUBLISHED[order].split() if n in present]
+    assert s.params["skipped_tasks"] == [n for n in PUBLISHED[order].split() if n not in present]
+    assert "yahoo" in capsys.readouterr().err
