@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.tasks.text",
     "clbench.tasks.hub",
     "clbench.tasks.algorithmic",
+    "clbench.tasks.instructions",
     "clbench.strategies.naive",
     "clbench.strategies.joint",
     "clbench.strategies.cumulative",

@@ -8,14 +8,16 @@ saying so, when that folder is absent; the others write small folders themselves
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from clbench.cli import main
 from clbench.errors import UserError
 from clbench.tasks import scoring
+from clbench.tasks.instructions import instructions
 from clbench.tasks.text import ORDERS, find_tasks, text_stream
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, make_suite
 
 CL_BENCHMARK = SHARED_DATA / "CL_Benchmark"
 shared_data = pytest.mark.skipif(
@@ -136,3 +138,140 @@ def test_text_stream_runs_orders_4_and_5(order, capsys):
     assert [t.name.rsplit("/", 1)[-1] for t in s.tasks] == [n for n in PUBLISHED[order].split() if n in present]
     assert s.params["skipped_tasks"] == [n for n in PUBLISHED[order].split() if n not in present]
     assert "yahoo" in capsys.readouterr().err
+
+
+# -- O-LoRA's instruction format ----------------------------------------------------------------------
+
+# O-LoRA's configs/instruction_config.json as published (the wording every prompt must carry).
+OLORA_CONFIG = r"""{
+  "NLI": [{"instruction_type": "zero-shot", "instruction": "What is the logical relationship between the \"sentence 1\" and the \"sentence 2\"? Choose one from the option.\n"}],
+  "QQP": [{"instruction_type": "zero-shot", "instruction": "Whether the \"first sentence\" and the \"second sentence\" have the same meaning? Choose one from the option.\n"}],
+  "SC": [{"instruction_type": "zero-shot", "instruction": "What is the sentiment of the following paragraph? Choose one from the option.\n"}],
+  "TC": [{"instruction_type": "zero-shot", "instruction": "What is the topic of the following paragraph? Choose one from the option.\n"}],
+  "BoolQA": [{"instruction_type": "zero-shot", "instruction": "According to the following passage, is the question true or false? Choose one from the option.\n"}],
+  "MultiRC": [{"instruction_type": "zero-shot", "instruction": "According to the following passage and question, is the candidate answer true or false? Choose one from the option.\n"}],
+  "WiC": [{"instruction_type": "zero-shot", "instruction": "Given a word and two sentences, whether the word is used with the same sense in both sentence? Choose one from the option.\n"}]
+}"""
+
+
+def olora_builder(task_type: str, dataset: str, labels: list[str], sentence: str) -> str:
+    """The prompt as O-LoRA's code makes it: ``load_<type>_dataset`` in uie_dataset_lora.py (the
+    instruction, the options, ``{0}``, the answer prefix; COPA: ``{0}`` and the prefix alone),
+    then uie_collator.py's ``get_instruction`` with ``--add_task_name True --add_dataset_name
+    True``, as its scripts run."""
+    config = json.loads(OLORA_CONFIG)
+    if task_type == "COPA":
+        instruction = "{0}" + "\nAnswer:"
+    else:
+        instruction = config[task_type][0]["instruction"]
+        instruction += "Option: " + ", ".join(labels) + " \n" + "{0}" + "\nAnswer:"
+    prefix = "Task:" + task_type + "\n"
+    prefix = prefix + "Dataset:"
+    prefix = prefix + dataset + "\n"
+    return (prefix + instruction).format(sentence)
+
+
+def write_cl_task(root: Path, name: str, train, test, labels):
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", train), ("test", test)):
+        (folder / f"{split}.json").write_text(json.dumps([{"label": y, "sentence": x} for x, y in rows]), encoding="utf-8")
+    (folder / "labels.json").write_text(json.dumps(labels), encoding="utf-8")
+
+
+@shared_data
+def test_olora_prompts_on_the_shared_data():
+    names = ["TC/agnews", "SC/SST-2", "TC/dbpedia", "SC/amazon"]
+    s = instructions(data_dir=str(CL_BENCHMARK), tasks=names, train_per_class=2, test_per_class=1, max_len=100_000)
+    assert [t.name for t in s.tasks] == names and s.kind == "generation"
+    for k, name in enumerate(names):
+        folder = CL_BENCHMARK / name
+        labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+        task = s.tasks[k]
+        assert task.labels == tuple(labels) and task.metric == "exact_match"
+        for split in ("train", "test"):
+            records = json.loads((folder / f"{split}.json").read_text(encoding="utf-8"))
+            expected = {olora_builder(name[:2], name[3:], labels, r["sentence"]): r["label"] for r in records}
+            got = pairs_of(s, k, split)
+            assert len(got) == len(labels) * (2 if split == "train" else 1)
+            for prompt, answer in got:
+                assert expected[prompt] == answer  # the prompt O-LoRA builds, and its label text as the answer
+            ex = getattr(task, split)
+            assert [labels[int(y)] for y in ex.y] == [a for _, a in got]  # y: the answer's index in labels
+        assert sorted(a for _, a in pairs_of(s, k)) == sorted(labels * 2)  # two per class
+
+
+def test_olora_prompt_of_each_task_type(tmp_path):
+    kinds = {  # type/dataset: labels
+        "NLI/CB": ["contradiction", "entailment", "neutral"], "QQP/QQP": ["False", "True"],
+        "BoolQA/BoolQA": ["False", "True"], "MultiRC/MultiRC": ["False", "True"], "WiC/WiC": ["False", "True"],
+        "COPA/COPA": ["A", "B"], "SC/yelp": ["negative", "positive"], "TC/agnews": ["World", "Sports"],
+    }
+    for name, labels in kinds.items():
+        rows = [(f"{name} example {i}: sentence 1: a.\nsentence 2: b.", labels[i % len(labels)]) for i in range(4)]
+        write_cl_task(tmp_path, name, rows, rows[:2], labels)
+    s = instructions(data_dir=str(tmp_path), order=list(kinds))
+    for k, (name, labels) in enumerate(kinds.items()):
+        t, d = name.split("/")
+        for i, (prompt, answer) in enumerate(pairs_of(s, k)):
+            assert prompt == olora_builder(t, d, labels, f"{name} example {i}: sentence 1: a.\nsentence 2: b.")
+            assert answer == labels[i % len(labels)]
+    assert s.params["task_types"]["COPA/COPA"] == "COPA"
+    bare = instructions(data_dir=str(tmp_path), tasks=["TC/agnews"], task_prefix=False)
+    assert pairs_of(bare, 0)[0][0] == olora_builder("TC", "agnews", ["World", "Sports"], "TC/agnews example 0: sentence 1: a.\nsentence 2: b.").split("\n", 2)[2]
+
+
+def test_task_types_from_the_folder_or_the_parameter(tmp_path):
+    write_cl_task(tmp_path, "mine", [("good", "pos"), ("bad", "neg")], [("ok", "pos")], ["pos", "neg"])
+    with pytest.raises(UserError, match=r"task 'mine' has no O-LoRA task type .*task_types"):
+        instructions(data_dir=str(tmp_path))
+    s = instructions(data_dir=str(tmp_path), task_types={"mine": "SC"}, metric="accuracy")
+    assert pairs_of(s, 0)[0][0].startswith("Task:SC\nDataset:mine\nWhat is the sentiment")
+    assert s.tasks[0].metric == "accuracy" and s.tasks[0].labels == ("pos", "neg")
+    with pytest.raises(UserError, match="'XX'; the types are NLI"):
+        instructions(data_dir=str(tmp_path), task_types={"mine": "XX"})
+
+
+@shared_data
+@pytest.mark.parametrize("order", list(PUBLISHED))
+def test_orders_skip_absent_tasks_and_name_them(order, capsys):
+    present = {n.rsplit("/", 1)[-1] for n in find_tasks(CL_BENCHMARK, "auto")}
+    want = [n for n in PUBLISHED[order].split() if n in present]
+    absent = [n for n in PUBLISHED[order].split() if n not in present]
+    s = instructions(data_dir=str(CL_BENCHMARK), order=order, skip_missing=True, train_per_class=1, test_per_class=1)
+    assert [t.name.rsplit("/", 1)[-1] for t in s.tasks] == want and len(want) >= 3
+    assert s.params["skipped_tasks"] == absent
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "skipped" in x]
+    assert line.endswith(", ".join(absent))
+    with pytest.raises(UserError, match=r"task\(s\) .*yahoo.* not found"):
+        instructions(data_dir=str(CL_BENCHMARK), order=order, train_per_class=1, test_per_class=1)
+
+
+def test_instructions_bad_input(tmp_path, capsys):
+    write_cl_task(tmp_path / "c", "SC/x", [("a", "p")], [("b", "p")], ["p"])
+    _fails(tmp_path, capsys, "instructions", {"data_dir": str(tmp_path / "c"), "metric": "f1"},
+           "stream 'instructions': task 'SC/x': unknown metric 'f1'", "exact_match")
+    write_cl_task(tmp_path / "d", "mine", [("a", "p")], [("b", "p")], ["p"])
+    _fails(tmp_path, capsys, "instructions", {"data_dir": str(tmp_path / "d")}, "task 'mine' has no O-LoRA task type")
+    (tmp_path / "c" / "SC/x" / "train.json").write_text('[\n{"label": "p" "sentence": "a"}\n]')
+    _fails(tmp_path, capsys, "instructions", {"data_dir": str(tmp_path / "c")}, "SC/x/train.json", "invalid JSON at line 2 column 15")
+
+
+@shared_data
+def test_instructions_stream_runs_end_to_end_with_a_tiny_causal_model(run_suite_dict, tmp_path):
+    (tmp_path / "general.txt").write_text("A general sentence to measure.\nAnother one.\n", encoding="utf-8")
+    suite = make_suite(
+        ["naive"],
+        stream="instructions",
+        stream_params={"data_dir": str(CL_BENCHMARK), "tasks": ["SC/SST-2", "TC/agnews"], "train_per_class": 4,
+                       "test_per_class": 2, "general": str(tmp_path / "general.txt")},
+        model={"causal": True},
+        training={"epochs": 1, "batch_size": 8},
+    )
+    _, tables = run_suite_dict(suite)
+    assert tables.cells["status"].tolist() == ["ok"]
+    m = tables.measurements
+    em = m[m.metric == "exact_match"]
+    assert sorted(set(zip(em.train_task, em.eval_task))) == [(i, j) for i in (-1, 0, 1) for j in (0, 1)]
+    assert em.value.between(0, 1).all()
+    assert (m[m.metric == "general_ppl"].value > 1).all() and len(m[m.metric == "general_ppl"]) == 3
