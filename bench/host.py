@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.tasks.hub",
     "clbench.tasks.algorithmic",
     "clbench.tasks.instructions",
+    "clbench.tasks.trace",
     "clbench.strategies.naive",
     "clbench.strategies.joint",
     "clbench.strategies.cumulative",

@@ -17,6 +17,7 @@ from clbench.errors import UserError
 from clbench.tasks import scoring
 from clbench.tasks.instructions import instructions
 from clbench.tasks.text import ORDERS, find_tasks, text_stream
+from clbench.tasks.trace import trace
 from conftest import SHARED_DATA, make_suite
 
 CL_BENCHMARK = SHARED_DATA / "CL_Benchmark"
@@ -275,3 +276,109 @@ def test_instructions_stream_runs_end_to_end_with_a_tiny_causal_model(run_suite_
     assert sorted(set(zip(em.train_task, em.eval_task))) == [(i, j) for i in (-1, 0, 1) for j in (0, 1)]
     assert em.value.between(0, 1).all()
     assert (m[m.metric == "general_ppl"].value > 1).all() and len(m[m.metric == "general_ppl"]) == 3
+
+
+# -- TRACE ------------------------------------------------------------------------------------------
+
+TRACE_PAPER = {  # the metric the TRACE paper reports for each task
+    "C-STANCE": "choice_accuracy", "FOMC": "choice_accuracy", "MeetingBank": "rouge_l", "Py150": "edit_similarity",
+    "ScienceQA": "choice_accuracy", "NumGLUE-cm": "strict_match", "NumGLUE-ds": "strict_match", "20Minuten": "sari",
+}
+
+
+def write_trace(root: Path, name: str, n_train=4, n_test=2, eval_text=None):
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        recs = [{"prompt": f"{name} {split} question {i}?\nAnswer:", "answer": f"A {i}"} for i in range(n)]
+        (folder / f"{split}.json").write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
+    (folder / "eval.json").write_text(eval_text if eval_text is not None else "[]", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def trace_dir(tmp_path):
+    root = tmp_path / "TRACE"
+    for name in reversed(TRACE_PAPER):
+        write_trace(root, name, eval_text="not JSON: eval.json is not read")
+    return root
+
+
+def test_trace_tasks_get_tracess_metrics_in_tracess_order(trace_dir):
+    s = trace(data_dir=str(trace_dir), metrics={"20Minuten": "rouge_l"})
+    assert [t.name for t in s.tasks] == list(TRACE_PAPER)  # the order of TRACE's scripts
+    assert {t.name: t.metric for t in s.tasks} == {**TRACE_PAPER, "20Minuten": "rouge_l"}
+    assert s.params["metrics"]["Py150"] == "edit_similarity"
+    assert pairs_of(s, 1, "test") == [("FOMC test question 0?\nAnswer:", "A 0"), ("FOMC test question 1?\nAnswer:", "A 1")]
+    with pytest.raises(UserError, match=r"task '20Minuten' is scored by 'sari', which is not available.*metrics = "):
+        trace(data_dir=str(trace_dir))
+    s = trace(data_dir=str(trace_dir), tasks=["FOMC", "Py150"], order=[1, 0])
+    assert [t.name for t in s.tasks] == ["Py150", "FOMC"]
+
+
+def test_trace_task_without_a_known_metric(tmp_path):
+    write_trace(tmp_path, "FOMC")
+    write_trace(tmp_path, "MyTask")
+    with pytest.raises(UserError, match=r"task 'MyTask' has no known metric .*metrics = \{ \"MyTask\" = "):
+        trace(data_dir=str(tmp_path))
+    s = trace(data_dir=str(tmp_path), metrics={"MyTask": "exact_match"})
+    assert [(t.name, t.metric) for t in s.tasks] == [("FOMC", "choice_accuracy"), ("MyTask", "exact_match")]
+
+
+def test_per_task_caps_are_seeded(trace_dir):
+    def picked(seed):
+        s = trace(data_dir=str(trace_dir), tasks=["FOMC", "Py150"], train_per_task=2, test_per_task=1, sample_seed=seed)
+        return [pairs_of(s, k) for k in range(2)], [len(t.test) for t in s.tasks]
+    a, n_test = picked(0)
+    assert n_test == [1, 1] and all(len(p) == 2 for p in a)
+    assert picked(0)[0] == a
+    assert any(picked(seed)[0] != a for seed in (1, 2, 3))
+    with pytest.raises(UserError, match="train_per_task must be at least 1"):
+        trace(data_dir=str(trace_dir), train_per_task=0)
+
+
+def test_general_text_from_files_relative_to_the_data_folder(trace_dir, tmp_path):
+    (trace_dir / "general").mkdir()
+    (trace_dir / "general" / "a.txt").write_text("first document\n\n  second document  \n", encoding="utf-8")
+    (trace_dir / "general" / "b.txt").write_text("third\n", encoding="utf-8")
+    s = trace(data_dir=str(trace_dir), tasks=["FOMC"], general="general")
+    assert len(s.general) == 3
+    assert s.tokenizer.decode(s.general.x[2, : s.general.lengths[2]].tolist()) == "third"
+    (tmp_path / "one.txt").write_text("only one\n", encoding="utf-8")
+    assert len(trace(data_dir=str(trace_dir), tasks=["FOMC"], general=[str(tmp_path / "one.txt"), "general/b.txt"]).general) == 2
+    with pytest.raises(UserError, match="general text not found"):
+        trace(data_dir=str(trace_dir), tasks=["FOMC"], general="nowhere")
+
+
+def test_trace_error_missing_prompt_or_answer_field(tmp_path, capsys):
+    folder = write_trace(tmp_path / "d", "FOMC")
+    (folder / "train.json").write_text(json.dumps([{"prompt": "p", "answer": "a"}, {"prompt": "p", "label": "a"}]))
+    _fails(tmp_path, capsys, "trace", {"data_dir": str(tmp_path / "d")}, "train.json: items[1] has no field 'answer'", "prompt, label")
+    (folder / "train.json").write_text(json.dumps([{"answer": "a"}]))
+    _fails(tmp_path, capsys, "trace", {"data_dir": str(tmp_path / "d")}, "train.json: items[0] has no field 'prompt'")
+
+
+def test_trace_error_empty_answer(tmp_path, capsys):
+    folder = write_trace(tmp_path / "d", "NumGLUE-ds")
+    (folder / "test.json").write_text(json.dumps([{"prompt": "p", "answer": "1"}, {"prompt": "p", "answer": " "}]))
+    _fails(tmp_path, capsys, "trace", {"data_dir": str(tmp_path / "d")}, "test.json: items[1] has an empty answer")
+
+
+def test_trace_error_unknown_metric(tmp_path, capsys):
+    write_trace(tmp_path / "d", "FOMC")
+    _fails(tmp_path, capsys, "trace", {"data_dir": str(tmp_path / "d"), "metrics": {"FOMC": "bleu"}},
+           "stream 'trace': task 'FOMC': unknown metric 'bleu'", "exact_match")
+
+
+def test_trace_error_task_without_a_known_metric(tmp_path, capsys):
+    write_trace(tmp_path / "d", "Papyrus-f")
+    _fails(tmp_path, capsys, "trace", {"data_dir": str(tmp_path / "d")}, "task 'Papyrus-f' has no known metric", "C-STANCE, FOMC")
+    write_trace(tmp_path / "d", "20Minuten")
+    _fails(tmp_path, capsys, "trace", {"data_dir": str(tmp_path / "d"), "metrics": {"Papyrus-f": "rouge_l"}},
+           "task '20Minuten' is scored by 'sari'", "not installed")
+
+
+def test_trace_error_malformed_json_says_file_and_line(tmp_path, capsys):
+    folder = write_trace(tmp_path / "d", "FOMC")
+    (folder / "train.json").write_text('[\n{"prompt": "p", "answer": "a"},\n{"prompt": "p" "answer": "a"}\n]')
+    _fails(tmp_path, capsys, "trace", {"data_dir": str(tmp_path / "d")}, "FOMC/train.json", "invalid JSON at line 3 column 16")
