@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.tasks.algorithmic",
     "clbench.tasks.instructions",
     "clbench.tasks.trace",
+    "clbench.tasks.jsonl_instructions",
     "clbench.strategies.naive",
     "clbench.strategies.joint",
     "clbench.strategies.cumulative",

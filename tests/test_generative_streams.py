@@ -16,6 +16,7 @@ from clbench.cli import main
 from clbench.errors import UserError
 from clbench.tasks import scoring
 from clbench.tasks.instructions import instructions
+from clbench.tasks.jsonl_instructions import jsonl_instructions
 from clbench.tasks.text import ORDERS, find_tasks, text_stream
 from clbench.tasks.trace import trace
 from conftest import SHARED_DATA, make_suite
@@ -382,3 +383,41 @@ def test_trace_error_malformed_json_says_file_and_line(tmp_path, capsys):
     folder = write_trace(tmp_path / "d", "FOMC")
     (folder / "train.json").write_text('[\n{"prompt": "p", "answer": "a"},\n{"prompt": "p" "answer": "a"}\n]')
     _fails(tmp_path, capsys, "trace", {"data_dir": str(tmp_path / "d")}, "FOMC/train.json", "invalid JSON at line 3 column 16")
+
+
+# -- JSONL instructions -------------------------------------------------------------------------------
+
+def write_jsonl(root: Path, name: str, train: list[dict], test: list[dict]):
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, recs in (("train", train), ("test", test)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+
+
+def test_jsonl_instructions_in_super_naturalinstructions_format(tmp_path):
+    rec = {"instruction": "Summarize the text", "input": "  The cat sat on the mat ", "output": ["A cat sat.", "Cat sits."]}
+    write_jsonl(tmp_path, "summ", [rec] * 3, [{"input": "Is it raining?", "output": "no"}])
+    write_jsonl(tmp_path, "math", [{"instruction": "Add.", "input": "2+2", "output": "4"}] * 2, [{"input": "1+1", "output": "2"}])
+    s = jsonl_instructions(data_dir=str(tmp_path), metrics={"math": "strict_match"})
+    assert [(t.name, t.metric) for t in s.tasks] == [("math", "strict_match"), ("summ", "rouge_l")]
+    assert pairs_of(s, 1)[0] == (
+        "Definition: Summarize the text.\n\nNow complete the following example -\nInput: The cat sat on the mat.\nOutput: ",
+        "A cat sat.",
+    )
+    assert pairs_of(s, 1, "test") == [("Now complete the following example -\nInput: Is it raining?\nOutput: ", "no")]
+    assert pairs_of(s, 0)[0][0] == "Definition: Add.\n\nNow complete the following example -\nInput: 2+2.\nOutput: "
+    plain = jsonl_instructions(data_dir=str(tmp_path), tasks=["math"], template="plain", metric="exact_match")
+    assert pairs_of(plain, 0)[0] == ("Add.\n2+2", "4") and pairs_of(plain, 0, "test") == [("1+1", "2")]
+
+
+def test_jsonl_bad_input(tmp_path, capsys):
+    write_jsonl(tmp_path / "j", "t", [{"input": "x", "output": "y"}], [{"input": "x", "output": "y"}, {"input": "x"}])
+    _fails(tmp_path, capsys, "jsonl-instructions", {"data_dir": str(tmp_path / "j")}, "test.jsonl: line 2 has no field 'output'")
+    write_jsonl(tmp_path / "j", "t", [{"instruction": "i", "output": "y"}], [{"input": "x", "output": "y"}])
+    _fails(tmp_path, capsys, "jsonl-instructions", {"data_dir": str(tmp_path / "j")}, "train.jsonl: line 1 has no field 'input'")
+    write_jsonl(tmp_path / "j", "t", [{"input": "x", "output": ""}], [{"input": "x", "output": "y"}])
+    _fails(tmp_path, capsys, "jsonl-instructions", {"data_dir": str(tmp_path / "j")}, "train.jsonl: line 1 has an empty answer")
+    write_jsonl(tmp_path / "j", "t", [{"input": "x", "output": "y"}], [{"input": "x", "output": "y"}])
+    _fails(tmp_path, capsys, "jsonl-instructions", {"data_dir": str(tmp_path / "j"), "metric": "bleu"}, "unknown metric 'bleu'")
+    (tmp_path / "j" / "t" / "test.jsonl").write_text('{"input": "x", "output": "y"}\n\n{"input": "x", output: "y"}\n')
+    _fails(tmp_path, capsys, "jsonl-instructions", {"data_dir": str(tmp_path / "j")}, "t/test.jsonl", "invalid JSON at line 3")
