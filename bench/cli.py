@@ -54,7 +54,7 @@ def _run(args, console: Console) -> int:
     from clbench.results import load
 
     host = get_host()
-    suite = load_suite(args.suite or DEFAULT_SUITE, host)
+    suite = load_suite(args.suite or DEFAULT_SUITE, host, args.set)
     out = Path(args.out) if args.out else Path("clbench-results") / suite.name
     err = Console(stderr=True)
     executor, options = _executor_args(args)
@@ -147,7 +147,7 @@ def cmd_check(args, console: Console) -> int:
     from .suiterun import preflight
 
     host = get_host()
-    suite = load_suite(args.suite, host)
+    suite = load_suite(args.suite, host, args.set)
     preflight(suite, host)
     table = Table(title=f"suite {suite.name}: {len(suite.cells)} cells (checked, not run)")
     for col in ("stream", "order", "strategy", "seed", "run_id (config hash)"):
@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="run cells again even if they have results")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--data-dir", help="data folder of text streams that set none (default: $CLBENCH_DATA)")
+    r.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="change the suite: model.init=hf:Qwen/Qwen2.5-0.5B, training.epochs=2, streams.max_len=128 (repeatable)")
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("show", help="print the summary of a results folder")
@@ -314,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser("check", help="check a suite and list its cells and config hashes, without running them")
     ck.add_argument("suite", help="a suite file (.toml) or the name of a built-in suite")
+    ck.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="change the suite, as for run")
     ck.set_defaults(fn=cmd_check)
 
     rp = sub.add_parser("report", help="write report.md and a self-contained report.html from results folders")

@@ -347,6 +347,37 @@ def _wrap(fn, where: str):
         raise UserError(f"{where}: {exc}") from None
 
 
-def load_suite(spec: str, host=None) -> Suite:
+def override(data: dict, pairs: list[str] | None) -> dict:
+    """``data`` (a parsed suite) with ``--set SECTION.FIELD=VALUE`` pairs applied: ``model.init``,
+    ``training.epochs``, or ``streams.FIELD`` for a parameter of every stream
+    (``streams.max_len=128``). Values are read as TOML (``128``, ``true``, ``"post"``); a bare
+    word is a string. The result is checked as any suite is."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name or section not in ("model", "training", "streams"):
+            raise UserError(f"--set {pair!r}: expected model.FIELD=VALUE, training.FIELD=VALUE or streams.PARAM=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        if section == "streams":
+            for stream in data.get("streams", []):
+                if isinstance(stream, dict):
+                    stream.setdefault("params", {})[name] = value
+        else:
+            table = data.setdefault(section, {})
+            _need(isinstance(table, dict), "--set", f"[{section}] must be a table")
+            table[name] = value
+    return data
+
+
+def load_suite(spec: str, host=None, overrides: list[str] | None = None) -> Suite:
+    """The suite ``spec`` names (a file or a built-in suite), with ``overrides`` (``--set``)."""
     data, where = read_suite(spec)
+    if overrides:
+        data, where = override(data, overrides), f"{where} (with --set {' '.join(overrides)})"
     return parse_suite(data, where, host)

@@ -77,3 +77,18 @@ def test_the_default_suite_runs_intransigences_reference(host):
     cells = load_suite("quick", host).cells
     assert {c.strategy.label for c in cells} >= {"naive", "cumulative"}
     assert len({c.seed for c in cells if c.strategy.label == "cumulative"}) == len({c.seed for c in cells})
+
+
+def test_set_changes_a_suite_and_its_hash(host, tmp_path):
+    from clbench.cli import main
+
+    plain = load_suite("quick", host)
+    changed = load_suite("quick", host, ["training.epochs=1", "model.d_model=32", "streams.patch_size=2"])
+    c = changed.cells[0]
+    assert (c.training.epochs, c.model.d_model, c.stream_params["patch_size"]) == (1, 32, 2)
+    assert c.config_hash != plain.cells[0].config_hash
+    with pytest.raises(UserError, match="expected model.FIELD=VALUE"):
+        load_suite("quick", host, ["epochs=1"])
+    with pytest.raises(UserError, match=r"with --set training.epochs=0\): field 'training.epochs' must be greater than 0"):
+        load_suite("quick", host, ["training.epochs=0"])
+    assert main(["check", "quick", "--set", "training.nope=1"]) == 2
