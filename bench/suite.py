@@ -351,10 +351,13 @@ def override(data: dict, pairs: list[str] | None) -> dict:
     """``data`` (a parsed suite) with ``--set SECTION.FIELD=VALUE`` pairs applied: ``model.init``,
     ``training.epochs``, or ``streams.FIELD`` for a parameter of every stream
     (``streams.max_len=128``). Values are read as TOML (``128``, ``true``, ``"post"``); a bare
-    word is a string. The result is checked as any suite is."""
+    word is a string. The result is checked as any suite is. ``model.init`` naming a pretrained
+    model replaces the suite's architecture fields with the model's (a suite sized for a small
+    decoder on a CPU runs a real checkpoint with one ``--set``), unless ``--set`` gives them too."""
     import copy
 
     data = copy.deepcopy(data)
+    given = {p.partition("=")[0].strip() for p in pairs or []}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         section, dot, name = key.strip().partition(".")
@@ -372,6 +375,10 @@ def override(data: dict, pairs: list[str] | None) -> dict:
             table = data.setdefault(section, {})
             _need(isinstance(table, dict), "--set", f"[{section}] must be a table")
             table[name] = value
+            if (section, name) == ("model", "init") and is_pretrained(str(value)):
+                for key in ModelConfig.ARCHITECTURE:
+                    if f"model.{key}" not in given:
+                        table.pop(key, None)
     return data
 
 
