@@ -20,6 +20,7 @@ ulp(dP), which dK sums over every query row (a few 1e-6 at N = 200).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -607,19 +608,35 @@ def test_model_training_steps_match_sdpa(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU, run the benchmark itself")
-def test_the_gpu_benchmark_runs_through_in_a_dry_run():
-    """benchmarks/attention.py's GPU tables, on the CPU with the kernels interpreted: every row of
-    ours gets numbers (a backend that cannot run a case is an 'n/a' row; ours never may be)."""
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "attention.py")
-    env = {k: v for k, v in os.environ.items() if k not in ("CLBENCH_ATTENTION", "CLBENCH_FLASH_DQ")}
-    run = subprocess.run([sys.executable, script, "--dry-run"], capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = run.stdout
-    for title in ("Dense attention", "Padded batches", "clbench Transformer training step"):
-        assert title in out
-    ours = [line for line in out.splitlines() if "ours (dQ" in line]
-    assert len(ours) == 2 * 2 + 2 + 2  # dense (full, causal), padded, model step; split and atomic each
-    assert not any("n/a" in line for line in ours), "\n".join(ours)
-    gaps = [float(line.split(" vs sdpa")[0].split()[-1]) for line in ours if " vs sdpa" in line]
-    assert len(gaps) == 6 and max(gaps) < 0.05, "\n".join(ours)  # checked against SDPA, bf16-close
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU, run the script itself")
+def test_the_device_script_runs_through_in_a_dry_run(tmp_path):
+    """benchmarks/gpu_checks.sh --dry-run: every step's code on the CPU, the kernels interpreted,
+    at tiny shapes, with python3 and a PYTHONPATH shim as on the device: every step ok, the gate's
+    six cases passed, each kernel's candidates compiled, a row of ours with numbers and answers
+    close to SDPA's for every case, and the model's step on each implementation."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLBENCH_")}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    run = subprocess.run(["bash", "benchmarks/gpu_checks.sh", str(tmp_path), "--dry-run"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+
+    def of(step):
+        return [r for r in rows if r["step"] == step]
+
+    steps = ("versions", "gate", "compile", "time", "model", "tests")
+    assert {r["name"]: r["result"] for r in of("script")} == dict.fromkeys(steps, "ok")
+    assert len(of("versions")) == 1 and of("versions")[0]["interpreted"]
+    assert len(of("gate")) == 6 and all(r["ok"] and r["max_gap"] < 0.05 for r in of("gate"))
+    compiled = [r for r in of("compile") if "kernel" in r]
+    assert {r["kernel"] for r in compiled} == {"fwd", "dkdv", "dkdv_atomic", "dq"}
+    assert not any("error" in r for r in of("compile"))
+    # dense: (bf16: 3 of ours, fp32: 2) x 2 causal modes; padded: 3 of ours x 2 dtypes
+    for kind, count in (("dense", 10), ("padded", 6)):
+        ours = [r for r in of(kind) if r.get("impl", "").startswith("ours")]
+        assert len(ours) == count and all(r["tflops"]["fwd+bwd"] > 0 and r["gap"] < 0.05 for r in ours), ours
+    model = {(r["precision"], r["impl"]): r for r in of("model")}
+    assert len(model) == 4 and all(r["ms"] > 0 for r in model.values())
+    assert model["bf16", "ours (dQ atomic)"]["attention"] == "triton"
+    assert model["fp32", "sdpa (the default)"]["attention"] == "sdpa"
