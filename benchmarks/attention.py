@@ -365,8 +365,12 @@ def _compile_share(job):
     def launch(name, n, bh, kargs, meta):
         kernel = kernels[name]
         for cfg in kernel.early_config_prune(kernel.configs, dict(zip(kernel.arg_names, kargs)), **meta):
-            key = (name, tuple(str(a.dtype) for a in kargs if isinstance(a, torch.Tensor)), *meta.items(),
-                   flash._shape(cfg))
+            # what Triton specialises a compiled kernel on: not N_BUCKET's value, but whether each
+            # integer (H, N_Q, N_K) is a multiple of 16 (the timed tensors' strides all are)
+            ints = dict(zip(kernel.arg_names, kargs))
+            key = (name, tuple(str(a.dtype) for a in kargs if isinstance(a, torch.Tensor)),
+                   *((k, v) for k, v in meta.items() if k != "N_BUCKET"),
+                   *(ints[k] % 16 == 0 for k in ("H", "N_Q", "N_K")), flash._shape(cfg))
             if key in seen:
                 continue
             seen[key] = len(seen)
