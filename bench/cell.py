@@ -57,7 +57,7 @@ class CellResult:
 class CellContext:
     """What cell hooks see of the running cell (their ``cell`` argument).
 
-    The loop (:mod:`clbench.loop`) sets ``task_index``, ``task``, ``optimizer`` and
+    The loop (:mod:`clbench.loop`) sets ``task_index``, ``task``, ``optimizer``, ``scaler`` and
     ``steps_in_task`` as it goes; strategies read them and may write ``info``.
     """
 
@@ -83,6 +83,8 @@ class CellContext:
     """The task being trained (None before the first)."""
     optimizer: torch.optim.Optimizer | None
     """The optimizer of the current task, rebuilt for every task after ``trainable_parameters``."""
+    scaler: torch.amp.GradScaler | None
+    """The loss scaler of the current task when ``training.precision`` is ``fp16``, else None."""
     steps_in_task: int
     """Optimizer steps the current task will take (0 when it trains no parameter)."""
     generator: torch.Generator
@@ -111,6 +113,7 @@ class CellContext:
         self.task_index = -1
         self.task = None
         self.optimizer = None
+        self.scaler = None
         self.steps_in_task = 0
         self.generator = torch.Generator().manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)

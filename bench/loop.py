@@ -10,6 +10,10 @@ benchmarks call on their own contexts:
 * :func:`train_step`: ``train_batch``, the kind's outputs and loss, ``loss_terms``, backward,
   ``after_backward``, clipping, the optimizer step, ``after_step``.
 
+``training.precision`` = ``bf16`` or ``fp16`` runs the outputs, losses and evaluations under
+autocast (:func:`autocast`); with ``fp16`` the loss is scaled by a ``GradScaler`` (one per task,
+``cell.scaler``) and the gradients are unscaled before ``after_backward`` and clipping.
+
 What a batch's outputs and loss are, and how a task is scored, belongs to the stream's kind
 (:mod:`clbench.kinds`), never to the loop. :func:`run_cell` never raises for a failing plugin or a
 diverging loss: those become ``status = "failed"`` / ``"diverged"`` in the cell's row.
@@ -17,6 +21,7 @@ diverging loss: those become ``status = "failed"`` / ``"diverged"`` in the cell'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -32,6 +37,7 @@ from . import __version__
 from .cell import CellContext, CellResult, Diverged, cell_manager, make_strategies, refuse
 from .errors import UserError
 from .kinds import kind_of
+from .models.attention import recording
 from .params import device_from
 from .suite import Cell
 
@@ -48,6 +54,16 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Opt
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device):
+    """What a cell's forward passes run in: autocast to ``precision`` (bf16, fp16), or nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def build_stream(config: Cell, host=None) -> Stream:
@@ -87,25 +103,35 @@ def evaluate_tasks(cell: CellContext) -> list[dict[str, float]]:
     out = []
     for j, task in enumerate(cell.tasks):
         cell.hook.before_eval(cell=cell, task_index=j, task=task)
-        out.append(cell.kind.evaluate(cell, j, task))
+        with autocast(cell.config.training.precision, cell.device):
+            out.append(cell.kind.evaluate(cell, j, task))
     return out
 
 
 def train_step(cell: CellContext, batch: Batch, params: list[torch.nn.Parameter], tally: Tally | None = None) -> torch.Tensor:
     """One optimizer step of ``cell.optimizer`` on ``batch`` (``params`` are the parameters it
     updates, for clipping); returns the detached total loss."""
-    hook, tcfg = cell.hook, cell.config.training
+    hook, tcfg, scaler = cell.hook, cell.config.training, cell.scaler
     batch = hook.train_batch(cell=cell, batch=batch) or batch
-    logits = cell.logits(batch)
-    loss = cell.kind.loss(cell, batch, logits)
-    extra = [t for t in hook.loss_terms(cell=cell, batch=batch, logits=logits, loss=loss) if t is not None]
-    total = loss + sum(extra) if extra else loss
+    with autocast(tcfg.precision, cell.device):
+        logits = cell.logits(batch)
+        loss = cell.kind.loss(cell, batch, logits)
+        extra = [t for t in hook.loss_terms(cell=cell, batch=batch, logits=logits, loss=loss) if t is not None]
+        total = loss + sum(extra) if extra else loss
     cell.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    if scaler is None:
+        total.backward()
+    else:  # fp16: a scaled loss, gradients unscaled before anything looks at them
+        scaler.scale(total).backward()
+        scaler.unscale_(cell.optimizer)
     hook.after_backward(cell=cell, batch=batch)
     if tcfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-    cell.optimizer.step()
+    if scaler is None:
+        cell.optimizer.step()
+    else:  # skips the step when a gradient is not finite, and adapts the scale
+        scaler.step(cell.optimizer)
+        scaler.update()
     detached = total.detach()
     if tally is not None:
         tally.steps += 1
@@ -137,6 +163,7 @@ def train_task(cell: CellContext, index: int, task: Task, tally: Tally | None = 
     cell.steps_in_task = tcfg.epochs * math.ceil(n / bs) if n and params else 0
     if n and params:
         cell.optimizer = make_optimizer(params, tcfg)
+        cell.scaler = torch.amp.GradScaler(cell.device.type) if tcfg.precision == "fp16" else None
         if not hook.fit_task(cell=cell, task=task, data=data):
             for epoch in range(tcfg.epochs):
                 running = torch.zeros((), device=cell.device)
@@ -235,12 +262,16 @@ def run_cell(
         for j, scores in enumerate(evaluate_tasks(ctx)):
             for metric, value in scores.items():
                 record(after, j, metric, value)
-        for metric, value in ctx.kind.evaluate_stream(ctx).items():  # not a task's: eval_task -1
+        with autocast(ctx.config.training.precision, ctx.device):
+            stream_scores = ctx.kind.evaluate_stream(ctx)
+        for metric, value in stream_scores.items():  # not a task's: eval_task -1
             record(after, -1, metric, value)
         return time.perf_counter() - t0
 
     train_s = eval_s = 0.0
     threads = torch.get_num_threads()
+    recorded = contextlib.ExitStack()
+    used = recorded.enter_context(recording())  # the attention implementations the cell runs
     try:
         device = device_from(cell.training.device)
         row["device"] = str(device)
@@ -290,6 +321,8 @@ def run_cell(
         row["traceback"] = traceback.format_exc()
     finally:
         torch.set_num_threads(threads)
+        recorded.close()
+    row["attention"] = ",".join(sorted(used))
     row["train_seconds"] = train_s
     row["eval_seconds"] = eval_s
     row["total_seconds"] = time.perf_counter() - started

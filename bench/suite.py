@@ -40,6 +40,7 @@ class TrainingConfig:
     eval_batch_size: int = 256  # examples per evaluation forward pass
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     threads: int = 1  # torch intra-op threads of a cell on a CPU (sums run in another order with another count)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # "bf16", "fp16": forward passes under autocast (fp16 with a grad scaler)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class Cell:
             "strategy": self.strategy.to_json(),
             "seed": self.seed,
             "model": model,
-            "training": {k: v for k, v in asdict(self.training).items() if k not in ("device", "eval_batch_size")},
+            "training": {k: v for k, v in asdict(self.training).items() if k not in ("device", "eval_batch_size")
+                         and not (k in _LATER_TRAINING_FIELDS and v == getattr(_DEFAULT_TRAINING, k))},
         }
 
     @property
@@ -107,9 +109,12 @@ class Suite:
     cells: list[Cell] = field(default_factory=list)
 
 
-#: Model fields added after results format 1: at their defaults they leave a hash unchanged.
+#: Model and training fields added after results format 1 (training: after format 2): at their
+#: defaults they leave a hash unchanged.
 _LATER_MODEL_FIELDS = ("norm", "norm_eps", "embed_norm", "init")
 _DEFAULT_MODEL = ModelConfig()
+_LATER_TRAINING_FIELDS = ("precision",)
+_DEFAULT_TRAINING = TrainingConfig()
 
 # ----------------------------------------------------------------------------------------------
 

@@ -1,70 +1,113 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one run, most important first, each under its own time
-# limit and logged as it goes (a run cut short keeps what it printed):
+# Every check that needs a CUDA GPU, in one run of at most eight minutes, on a machine with
+# python3, torch and Triton but no clbench install and no network. From the repository root:
 #
-#   attention   benchmarks/attention.py: TFLOP/s of our kernels against SDPA's backends, padded
-#               batches, the model's training step, and each timed case's answers checked
-#               against SDPA ("max rel. gap")
-#   tests       tests/test_kernels.py compiled on the GPU (the default selection)
-#   candidates  every autotuning candidate of each kernel against float64 (slow test)
-#   backbone    benchmarks/backbone_speed.py --device cuda: MiniLM in clbench vs BertModel
-#   matrix      the rest of tests/test_kernels.py's slow tests (the full correctness matrix)
+#   benchmarks/gpu_checks.sh OUT [--dry-run]
 #
-#   benchmarks/gpu_checks.sh [LOG_DIR] [STEP ...]      (LOG_DIR: gpu-checks; STEPs: all, in order)
+# OUT gets, as they are measured: results.jsonl (one JSON row per result, a "script" row per
+# step), <step>.log (each step's output), <step>.traceback.txt (the first full traceback of a
+# step that failed), summary.txt. The exit status is 0 when every step was ok (or skipped). Steps, in order, each under its own limit (seconds) within the whole
+# budget (GPU_CHECKS_S, 480):
 #
-# Run it from the repository root with clbench installed (pip install -e '.[dev]'). Limits in
-# seconds: ATTENTION_S (420), TESTS_S (180), CANDIDATES_S (180), BACKBONE_S (120), MATRIX_S
-# (600). The first run compiles and tunes the kernels (minutes); Triton keeps both in its cache
-# directory for the next.
+#   versions   30   Python, torch, CUDA, Triton, the GPU, a C compiler for Triton's launcher
+#   gate       60   the correctness gate (N = 1531, mixed lengths, causal, head dims 64/128, split
+#                   and atomic dQ, against float64); a relative gap over 5e-2 or a non-finite
+#                   value stops the run here
+#   compile   100   every autotuning candidate the timing will tune, compiled in parallel at the
+#                   timed layouts (registers, spills, shared memory, HGMMA per candidate)
+#   time      170   dense and padded attention, fp32 and bf16, ours against SDPA flash, cuDNN and
+#                   efficient (benchmarks/attention.py dense padded)
+#   model      45   a training step of the clbench Transformer, bf16 and fp32, ours and SDPA
+#   tests    rest   tests/test_kernels.py compiled on the GPU, -x (skipped without pytest)
+#
+# --dry-run runs every step's code on the CPU, the kernels in Triton's interpreter, at tiny
+# shapes (a test runs it), so that GPU time is not lost to a bug here.
 set -uo pipefail
-logs=${1:-gpu-checks}
-shift || true
-steps=${*:-attention tests candidates backbone matrix}
-for step in $steps; do
-    case $step in
-        attention|tests|candidates|backbone|matrix) ;;
-        *) echo "unknown step '$step' (attention, tests, candidates, backbone, matrix)" >&2; exit 2 ;;
-    esac
-done
-mkdir -p "$logs"
-export PYTHONUNBUFFERED=1
-unset TRITON_INTERPRET CLBENCH_ATTENTION CLBENCH_FLASH_DQ
-
-summary=()
-run_step() {  # name, limit, command...
-    local name=$1 limit=$2
-    shift 2
-    local start=$SECONDS
-    echo "== $name (at most ${limit} s): $*"
-    timeout "$limit" "$@" 2>&1 | tee "$logs/$name.txt"
-    local rc=${PIPESTATUS[0]}
-    local how="ok"
-    [ "$rc" -eq 124 ] && how="cut at ${limit} s"
-    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && how="failed (exit $rc)"
-    summary+=("$(printf '%-10s %-22s %5d s   %s' "$name" "$how" $((SECONDS - start)) "$logs/$name.txt")")
-}
-
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$logs/machine.txt"
-python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
-    2>&1 | tee -a "$logs/machine.txt"
-if ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-    echo "no CUDA GPU here: nothing to check (python benchmarks/attention.py alone gives the CPU table)" >&2
+out=${1:?usage: benchmarks/gpu_checks.sh OUT [--dry-run]}
+dry=${2:-}
+if [ -n "$dry" ] && [ "$dry" != "--dry-run" ]; then
+    echo "usage: benchmarks/gpu_checks.sh OUT [--dry-run]" >&2
     exit 2
 fi
+if [ ! -f bench/models/kernels/flash.py ]; then
+    echo "run benchmarks/gpu_checks.sh from the repository root" >&2
+    exit 2
+fi
+mkdir -p "$out"
+budget=${GPU_CHECKS_S:-480}
 
-for step in $steps; do
-    case $step in
-        attention) run_step attention "${ATTENTION_S:-420}" python benchmarks/attention.py ;;
-        tests) run_step tests "${TESTS_S:-180}" env CLBENCH_TEST_DEVICE=cuda \
-                   python -m pytest -q -x tests/test_kernels.py -m "not slow" ;;
-        candidates) run_step candidates "${CANDIDATES_S:-180}" env CLBENCH_TEST_DEVICE=cuda \
-                   python -m pytest -q -x tests/test_kernels.py -k test_every_autotuning_candidate_on_a_gpu ;;
-        matrix) run_step matrix "${MATRIX_S:-600}" env CLBENCH_TEST_DEVICE=cuda \
-                   python -m pytest -q tests/test_kernels.py -m slow -k "not test_every_autotuning_candidate" ;;
-        backbone) run_step backbone "${BACKBONE_S:-120}" python benchmarks/backbone_speed.py --device cuda ;;
-    esac
-done
+# import clbench from this tree: its package folders gathered under one name, as pyproject maps them
+shim=$(mktemp -d)
+trap 'rm -rf "$shim"' EXIT
+mkdir "$shim/clbench"
+for entry in bench/*; do ln -s "$PWD/$entry" "$shim/clbench/"; done
+for sub in plugins strategies tasks results; do ln -sfn "$PWD/$sub" "$shim/clbench/$sub"; done
+export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+unset CLBENCH_ATTENTION CLBENCH_FLASH_DQ CLBENCH_FLASH_TMA CLBENCH_SKIP_PADDED_QUERIES
+if [ -n "$dry" ]; then export TRITON_INTERPRET=1; else unset TRITON_INTERPRET; fi
 
-echo
-echo "step       result                  time    log"
-printf '%s\n' "${summary[@]}" | tee "$logs/summary.txt"
+summary=()
+failed=0
+run_step() {  # name, limit in seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    local left=$((budget - SECONDS - 5))
+    [ "$limit" -gt "$left" ] && limit=$left
+    if [ "$limit" -lt 10 ]; then
+        record "$name" "skipped: the budget is spent" 0
+        return 0
+    fi
+    echo "== $name (at most $limit s): $*"
+    local start=$SECONDS
+    timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    local rc=${PIPESTATUS[0]} how=ok
+    [ "$rc" -ne 0 ] && how="failed (exit $rc)"
+    [ "$rc" -eq 124 ] && how="cut at $limit s"
+    record "$name" "$how" $((SECONDS - start))
+    return "$rc"
+}
+record() {  # name, result, seconds
+    case $2 in ok|skipped*) ;; *) failed=1 ;; esac
+    printf '{"step": "script", "name": "%s", "result": "%s", "seconds": %d}\n' "$1" "$2" "$3" >> "$out/results.jsonl"
+    summary+=("$(printf '%-9s %-30s %4d s' "$1" "$2" "$3")")
+}
+finish() {
+    echo
+    echo "step      result                          time   (rows: $out/results.jsonl)"
+    printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+    for tb in "$out"/*.traceback.txt; do
+        if [ -f "$tb" ]; then
+            echo
+            echo "== first traceback of $(basename "$tb" .traceback.txt):"
+            cat "$tb"
+        fi
+    done
+}
+
+bench=(python3 benchmarks/attention.py --out "$out" ${dry:+--dry-run})
+if [ -z "$dry" ]; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/machine.txt"
+    if ! python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+        echo "no CUDA GPU here: nothing to check (benchmarks/gpu_checks.sh OUT --dry-run checks this script)" >&2
+        exit 2
+    fi
+fi
+run_step versions 30 "${bench[@]}" versions
+if ! run_step gate 60 "${bench[@]}" gate; then
+    echo "the correctness gate failed: stopping (the rest would time wrong answers)" >&2
+    finish
+    exit 1
+fi
+run_step compile 100 "${bench[@]}" compile
+run_step time 170 "${bench[@]}" dense padded
+run_step model 45 "${bench[@]}" model
+if ! python3 -c "import pytest" 2>/dev/null; then
+    record tests "skipped: pytest is not installed" 0
+elif [ -n "$dry" ]; then
+    run_step tests 120 python3 -m pytest -x -q -p no:cacheprovider tests/test_kernels.py -m "not slow" -k "N17-D32"
+else
+    run_step tests $((budget - SECONDS - 5)) env CLBENCH_TEST_DEVICE=cuda \
+        python3 -m pytest -x -q -p no:cacheprovider tests/test_kernels.py -m "not slow"
+fi
+finish
+exit "$failed"

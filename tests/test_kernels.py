@@ -20,6 +20,7 @@ ulp(dP), which dK sums over every query row (a few 1e-6 at N = 200).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,14 +93,13 @@ def make_inputs(B, H, N, D, dtype, seed=0, n_k=None, lengths="mixed"):
 
 @pytest.fixture(autouse=True)
 def _one_candidate_each_on_a_gpu(monkeypatch):
-    """On a GPU each kernel runs its first autotuning candidate only: tuning every new shape of
-    these tests would compile every candidate for every (dtype, head dim, mask) variant, minutes
-    of compiling. test_every_autotuning_candidate_on_a_gpu covers the others, and
+    """On a GPU each kernel runs one small candidate (64 x 64 tiles) only: tuning every new shape
+    of these tests would compile every candidate for every (dtype, head dim, mask) variant,
+    minutes of compiling. test_every_autotuning_candidate_on_a_gpu covers the others, and
     benchmarks/attention.py checks the tuned choices' answers at the large shapes."""
     if DEVICE == "cuda":
-        f = kernels.flash
-        monkeypatch.setattr(f, "_KERNELS", f.autotuned_kernels(fwd=f.FWD_CONFIGS[:1], dkdv=f.DKDV_CONFIGS[:1],
-                                                               dq=f.DQ_CONFIGS[:1]))
+        f, one = kernels.flash, [(64, 64, 4, 2)]
+        monkeypatch.setattr(f, "_KERNELS", f.autotuned_kernels(fwd=one, dkdv=one, dq=one))
 
 
 @pytest.mark.slow
@@ -109,7 +109,7 @@ def _one_candidate_each_on_a_gpu(monkeypatch):
 def test_every_autotuning_candidate_on_a_gpu(monkeypatch, d, mode):
     f = kernels.flash
     monkeypatch.setenv("CLBENCH_FLASH_DQ", mode)
-    lists = (f.FWD_CONFIGS, f.DKDV_CONFIGS, f.DQ_CONFIGS)
+    lists = (f.FWD_CONFIGS[d], f.DKDV_CONFIGS[d], f.DQ_CONFIGS[d])
     for i in range(max(map(len, lists))):
         fwd, dkdv, dq = ([c[i % len(c)]] for c in lists)
         monkeypatch.setattr(f, "_KERNELS", f.autotuned_kernels(fwd=fwd, dkdv=dkdv, dq=dq))
@@ -179,6 +179,23 @@ def test_atomic_dq_full_matrix(monkeypatch, case):
     check_against_reference(q, k, v, lengths, causal, seed=2)
 
 
+# A long run of full key blocks, then a partial last block, with mixed lengths and causal: on a GPU
+# at N = 1531 (the device script's first gate runs the same case), in the interpreter at a shorter
+# N that still gives 5 full 64-row blocks and a partial one. Lengths: 1, one that ends a row into a
+# block, and the full N. Each case alternates the tensor-descriptor (TMA) loads off and on.
+LONG_N = 1531 if DEVICE == "cuda" else 331
+
+
+@pytest.mark.parametrize("d, mode, tma", [(64, "split", "0"), (64, "atomic", "1"), (128, "split", "1"),
+                                          (128, "atomic", "0")], ids=lambda x: str(x))
+def test_a_long_run_of_full_blocks_then_a_partial_one(monkeypatch, d, mode, tma):
+    monkeypatch.setenv("CLBENCH_FLASH_DQ", mode)
+    monkeypatch.setenv("CLBENCH_FLASH_TMA", tma)
+    q, k, v, _ = make_inputs(3, 1, LONG_N, d, "bf16", seed=d)
+    lengths = torch.tensor([1, LONG_N - 74, LONG_N], device=DEVICE)
+    check_against_reference(q, k, v, lengths, causal=True)
+
+
 # Other tilings (on a GPU the autotuner picks among several); interpreted runs default to 64 x 64.
 TILINGS = [
     {"fwd": (16, 32), "dkdv": (32, 16), "dq": (16, 32)},
@@ -241,6 +258,8 @@ def test_the_autotuned_launch_path(monkeypatch, mode):
     q, k, v, lengths = make_inputs(2, 2, 40, 32, "fp16", seed=7)
     check_against_reference(q, k, v, lengths, causal=True)
     assert len(timed) == 3 * len(used)
+    for name in used:  # launched directly, without the autotuner
+        assert [c.kwargs for c in tuned[name].chosen.values()] == [tuned[name].configs[-1].kwargs]
 
     # a short sequence prunes the tiles longer than it (N = 17 buckets to 32)
     q, k, v, lengths = make_inputs(2, 2, 17, 32, "fp16", seed=6)
@@ -249,6 +268,40 @@ def test_the_autotuned_launch_path(monkeypatch, mode):
     assert len(timed) == 2 * len(used)
     for name in used:
         assert all(c.kwargs["BLOCK_M"] <= 32 and c.kwargs["BLOCK_N"] <= 32 for c in tuned[name].configs_timings)
+
+
+def test_autotuning_candidates_are_pruned_by_head_dim_dtype_and_length():
+    f = kernels.flash
+    prune = f._pruner(f.FWD_CONFIGS)
+    every = f._configs(dict.fromkeys(s for by_d in f.FWD_CONFIGS.values() for s in by_d))
+    bf16, fp32 = (torch.empty(1, dtype=t) for t in (torch.bfloat16, torch.float32))
+    kept = {d: [f._shape(c) for c in prune(every, {"Q": bf16}, N_BUCKET=4096, BLOCK_D=d)] for d in (32, 64, 128)}
+    assert set(kept[32]) == set(kept[64]) == set(f.FWD_CONFIGS[64]) and set(kept[128]) == set(f.FWD_CONFIGS[128])
+    assert set(map(f._shape, prune(every, {"Q": fp32}, N_BUCKET=4096, BLOCK_D=128))) == set(f.FWD_CONFIGS["fp32"])
+    short = set(map(f._shape, prune(every, {"Q": bf16}, N_BUCKET=64, BLOCK_D=64)))
+    assert short and short == {c for c in f.FWD_CONFIGS[64] if max(c[:2]) <= 64} != set(f.FWD_CONFIGS[64])
+    assert {w for *_, w, _ in f.FWD_CONFIGS[64]} >= {4, 8} and {s for *_, s in f.FWD_CONFIGS[64]} >= {2, 4}
+
+
+def test_dq_mode_and_descriptors_by_device(monkeypatch):
+    """atomic dQ and tensor descriptors by default on Hopper (compute capability 9) and newer."""
+    f = kernels.flash
+    monkeypatch.delenv("CLBENCH_FLASH_DQ", raising=False)
+    monkeypatch.delenv("CLBENCH_FLASH_TMA", raising=False)
+    cuda = torch.device("cuda", 0)
+    for capability, mode in (((9, 0), "atomic"), ((8, 0), "split")):
+        monkeypatch.setattr(f, "_capability", lambda index, c=capability: c)
+        assert f.dq_mode(cuda) == mode
+    assert f.dq_mode(torch.device("cpu")) == f.dq_mode() == "split"
+    t = torch.randn(2, 3, 8, 16, dtype=torch.float16)
+    assert not f.descriptors(t)  # not a Hopper GPU
+    monkeypatch.setenv("CLBENCH_FLASH_TMA", "1")
+    assert f.descriptors(t, t.transpose(1, 2)) == f.HAS_DESCRIPTORS
+    assert f.descriptors(torch.ones(1, 1, 8, 16).expand(2, 3, 8, 16)) == f.HAS_DESCRIPTORS  # one head for all
+    assert not f.descriptors(torch.ones(2, 3, 1, 16).expand(2, 3, 8, 16))  # one row for all
+    assert not f.descriptors(torch.randn(2, 3, 8, 6, dtype=torch.float16))  # rows 12 bytes apart
+    monkeypatch.setenv("CLBENCH_FLASH_TMA", "0")
+    assert not f.descriptors(t)
 
 
 @pytest.mark.parametrize("d", [16, 48, 128])
@@ -296,6 +349,63 @@ def test_padding_content_does_not_matter():
         assert torch.isfinite(k2.grad).all()
 
 
+@pytest.mark.parametrize("mode", ["split", "atomic"])
+def test_skipping_padded_query_rows(monkeypatch, mode):
+    """skip_padded_queries: rows at or past a sequence's length give zeros, the other rows and,
+    when the discarded rows get no gradient, dq, dk and dv are those of the full computation; SDPA
+    and the reference zero the same rows."""
+    monkeypatch.setenv("CLBENCH_FLASH_DQ", mode)
+    q, k, v, lengths = make_inputs(3, 2, 150, 32, "fp32", seed=12)
+    padded = torch.arange(150, device=DEVICE)[None, None, :, None] >= lengths[:, None, None, None]
+    do = torch.randn(q.shape, device=DEVICE).masked_fill(padded, 0.0)
+    for causal in (False, True):
+        full = _grads(flash_attention, q, k, v, do, lengths=lengths, causal=causal)
+        skip = _grads(flash_attention, q, k, v, do, lengths=lengths, causal=causal, skip_padded_queries=True)
+        assert not skip["out"].masked_select(padded).any() and full["out"].masked_select(padded).any()
+        torch.testing.assert_close(skip["out"], full["out"].masked_fill(padded, 0.0), rtol=0, atol=0)
+        for name in ("dq", "dk", "dv"):
+            torch.testing.assert_close(skip[name], full[name], rtol=1e-6, atol=1e-6)
+        for fn in (dispatch.sdpa_attention, reference_attention):
+            torch.testing.assert_close(fn(q, k, v, lengths, causal, None, True), skip["out"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_model_discards_the_skipped_rows(monkeypatch):
+    """CLBENCH_SKIP_PADDED_QUERIES=1 changes the padded positions only: the model's features are
+    the same, bit for bit (on the CPU's SDPA path; the kernels compute the same rows the same way)."""
+    from clbench.models import ModelConfig, Transformer
+
+    monkeypatch.delenv("CLBENCH_ATTENTION", raising=False)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=32, n_heads=2, n_layers=3), input_kind="tokens", input_dim=20,
+                        n_classes=4)
+    x, lengths = torch.randint(0, 20, (3, 12)), torch.tensor([12, 5, 1])
+    monkeypatch.setenv("CLBENCH_SKIP_PADDED_QUERIES", "0")
+    h_full, f_full = model.hidden_states(x, lengths), model.features(x, lengths)
+    monkeypatch.setenv("CLBENCH_SKIP_PADDED_QUERIES", "1")
+    h_skip, f_skip = model.hidden_states(x, lengths), model.features(x, lengths)
+    assert torch.equal(f_skip, f_full)
+    valid = torch.arange(12)[None, :] < lengths[:, None]
+    assert torch.equal(h_skip[valid], h_full[valid]) and not torch.equal(h_skip[~valid], h_full[~valid])
+
+
+def test_lengths_of_any_integer_dtype():
+    q, k, v, lengths = make_inputs(3, 2, 70, 32, "fp16", seed=13)
+    out = {dt: flash_attention(q, k, v, lengths=lengths.to(dt), causal=True) for dt in (torch.int64, torch.int32)}
+    assert torch.equal(out[torch.int64], out[torch.int32])
+
+
+def test_autocast_casts_fp32_inputs(monkeypatch):
+    """Under autocast the kernels (and the dispatch, whatever it picks) run in autocast's dtype."""
+    q, k, v, lengths = make_inputs(2, 2, 40, 32, "fp32", seed=14)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        ours = flash_attention(q, k, v, lengths=lengths, causal=True)
+        monkeypatch.setenv("CLBENCH_ATTENTION", "reference")
+        ref = attention(q, k, v, lengths=lengths, causal=True)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(ours, flash_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), lengths=lengths, causal=True))
+    assert torch.equal(ref, reference_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), lengths, True))
+
+
 @pytest.mark.skipif(DEVICE != "cpu", reason="counts the interpreter's matrix products")
 def test_key_blocks_past_the_length_and_the_diagonal_are_skipped(monkeypatch):
     """Count the tile products the interpreter executes: blocks that no query can see (past the
@@ -312,11 +422,11 @@ def test_key_blocks_past_the_length_and_the_diagonal_are_skipped(monkeypatch):
 
     monkeypatch.setattr(interpreter.interpreter_builder, "create_dot", counting_dot)
 
-    def products(lengths, causal):
+    def products(lengths, causal, skip=False):
         q, k, v, _ = make_inputs(1, 1, 256, 32, "fp16", seed=8)
         q.requires_grad_()
         count[0] = 0
-        out = flash_attention(q, k, v, lengths=lengths, causal=causal)
+        out = flash_attention(q, k, v, lengths=lengths, causal=causal, skip_padded_queries=skip)
         fwd = count[0]
         out.sum().backward()
         return fwd, count[0] - fwd
@@ -335,6 +445,8 @@ def test_key_blocks_past_the_length_and_the_diagonal_are_skipped(monkeypatch):
     # atomic dQ: 5 products per block pair in the backward (S, dV, dP, dK, dQ)
     monkeypatch.setenv("CLBENCH_FLASH_DQ", "atomic")
     assert products(torch.tensor([70]), True) == (7 * 2, 7 * 5)
+    # skipping padded query rows: query blocks 2 and 3 (past 70) do no work either
+    assert products(torch.tensor([70]), False, skip=True) == (2 * 2 * 2, 2 * 2 * 5)
 
 
 def test_bad_inputs_are_refused_with_a_reason():
@@ -388,20 +500,58 @@ def test_dispatch_defaults_and_forcing(monkeypatch):
         attention(q64, q64, q64)
 
 
-def test_cuda_tensors_default_to_triton(monkeypatch):
-    """choose() sends CUDA tensors to the kernels when they take them, else to SDPA."""
+class FakeCuda:
+    """What choose() and unsupported() look at, without a GPU."""
+
+    is_cuda = True
+    device = torch.device("cuda", 0)
+    shape = torch.Size([1, 1, 4, 8])
+
+    def __init__(self, dtype=torch.bfloat16):
+        self.dtype = dtype
+
+    def dim(self):
+        return 4
+
+
+def test_cuda_tensors_default_to_triton_in_16_bits(monkeypatch, recwarn):
+    """choose() sends fp16/bf16 CUDA tensors to the kernels when they take them, fp32 ones and
+    the rest to SDPA, with one warning per reason."""
     monkeypatch.delenv("CLBENCH_ATTENTION", raising=False)
-
-    class FakeCuda:  # what choose() looks at, without a GPU
-        is_cuda = True
-
+    monkeypatch.setattr(dispatch, "_warned", set())
     seen = []
     monkeypatch.setattr(kernels, "unsupported", lambda *a: seen.append(a) or None)
-    assert dispatch.choose(FakeCuda()) == "triton" and seen
+    assert dispatch.choose(FakeCuda()) == "triton" and seen and not recwarn.list
+    for _ in range(2):
+        assert dispatch.choose(FakeCuda(torch.float32)) == "sdpa"
     monkeypatch.setattr(kernels, "unsupported", lambda *a: "head_dim 256 is outside 1..128")
     assert dispatch.choose(FakeCuda()) == "sdpa"
     monkeypatch.setattr(dispatch, "_kernels", False)  # triton missing
     assert dispatch.choose(FakeCuda()) == "sdpa"
+    said = [str(w.message) for w in recwarn.list]
+    assert len(said) == 3 and "fp32 goes to SDPA" in said[0] and "head_dim 256" in said[1], said
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is on only in the CPU run")
+def test_the_interpreter_refuses_cuda_tensors(monkeypatch):
+    fake = FakeCuda()
+    assert "TRITON_INTERPRET=1 would run them in Triton's CPU interpreter" in kernels.unsupported(fake, fake, fake)
+    monkeypatch.setenv("CLBENCH_ATTENTION", "triton")
+    with pytest.raises(UserError, match="cannot run here: TRITON_INTERPRET=1"):
+        dispatch.choose(fake, fake, fake)
+
+
+def test_recording_the_implementations_that_ran(monkeypatch):
+    q, k, v, lengths = make_inputs(2, 1, 9, 16, "fp32", seed=9)
+    with dispatch.recording() as outer:
+        monkeypatch.setenv("CLBENCH_ATTENTION", "reference")
+        attention(q, k, v)
+        with dispatch.recording() as inner:
+            monkeypatch.setenv("CLBENCH_ATTENTION", "triton")
+            attention(q, k, v, lengths=lengths)
+        monkeypatch.delenv("CLBENCH_ATTENTION")
+        attention(q, k, v)
+    assert inner == {"triton"} and outer == {"reference", "sdpa"}
 
 
 def test_kernels_refuse_to_import_when_triton_was_imported_in_the_other_mode():
@@ -458,19 +608,35 @@ def test_model_training_steps_match_sdpa(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU, run the benchmark itself")
-def test_the_gpu_benchmark_runs_through_in_a_dry_run():
-    """benchmarks/attention.py's GPU tables, on the CPU with the kernels interpreted: every row of
-    ours gets numbers (a backend that cannot run a case is an 'n/a' row; ours never may be)."""
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "attention.py")
-    env = {k: v for k, v in os.environ.items() if k not in ("CLBENCH_ATTENTION", "CLBENCH_FLASH_DQ")}
-    run = subprocess.run([sys.executable, script, "--dry-run"], capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = run.stdout
-    for title in ("Dense attention", "Padded batches", "clbench Transformer training step"):
-        assert title in out
-    ours = [line for line in out.splitlines() if "ours (dQ" in line]
-    assert len(ours) == 2 * 2 + 2 + 2  # dense (full, causal), padded, model step; split and atomic each
-    assert not any("n/a" in line for line in ours), "\n".join(ours)
-    gaps = [float(line.split(" vs sdpa")[0].split()[-1]) for line in ours if " vs sdpa" in line]
-    assert len(gaps) == 6 and max(gaps) < 0.05, "\n".join(ours)  # checked against SDPA, bf16-close
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU, run the script itself")
+def test_the_device_script_runs_through_in_a_dry_run(tmp_path):
+    """benchmarks/gpu_checks.sh --dry-run: every step's code on the CPU, the kernels interpreted,
+    at tiny shapes, with python3 and a PYTHONPATH shim as on the device: every step ok, the gate's
+    six cases passed, each kernel's candidates compiled, a row of ours with numbers and answers
+    close to SDPA's for every case, and the model's step on each implementation."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLBENCH_")}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    run = subprocess.run(["bash", "benchmarks/gpu_checks.sh", str(tmp_path), "--dry-run"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+
+    def of(step):
+        return [r for r in rows if r["step"] == step]
+
+    steps = ("versions", "gate", "compile", "time", "model", "tests")
+    assert {r["name"]: r["result"] for r in of("script")} == dict.fromkeys(steps, "ok")
+    assert len(of("versions")) == 1 and of("versions")[0]["interpreted"]
+    assert len(of("gate")) == 6 and all(r["ok"] and r["max_gap"] < 0.05 for r in of("gate"))
+    compiled = [r for r in of("compile") if "kernel" in r]
+    assert {r["kernel"] for r in compiled} == {"fwd", "dkdv", "dkdv_atomic", "dq"}
+    assert not any("error" in r for r in of("compile"))
+    # dense: (bf16: 3 of ours, fp32: 2) x 2 causal modes; padded: 3 of ours x 2 dtypes
+    for kind, count in (("dense", 10), ("padded", 6)):
+        ours = [r for r in of(kind) if r.get("impl", "").startswith("ours")]
+        assert len(ours) == count and all(r["tflops"]["fwd+bwd"] > 0 and r["gap"] < 0.05 for r in ours), ours
+    model = {(r["precision"], r["impl"]): r for r in of("model")}
+    assert len(model) == 4 and all(r["ms"] > 0 for r in model.values())
+    assert model["bf16", "ours (dQ atomic)"]["attention"] == "triton"
+    assert model["fp32", "sdpa (the default)"]["attention"] == "sdpa"

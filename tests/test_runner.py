@@ -44,6 +44,33 @@ def test_two_runs_of_a_cell_give_the_same_matrix_bit_for_bit(run_suite_dict, tmp
     assert not np.array_equal(va, vc)
 
 
+def test_training_precision_runs_the_model_under_autocast(run_suite_dict, tmp_path, monkeypatch):
+    """bf16 and fp16 train and evaluate under autocast (other losses than fp32's, close to them);
+    fp16 scales the loss and unscales the gradients before clipping: its gradient norms are
+    fp32's (the first steps overflow at the scaler's initial 65536 and are skipped, as a
+    GradScaler does), not thousands of times them. Each cell's row records the attention that ran."""
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, m: norms.append(float(clip(p, m))) or norms[-1])
+    losses, first_norm, overflowed = {}, {}, {}
+    for precision in ("fp32", "bf16", "fp16"):
+        norms.clear()
+        suite = make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 2}, training={"precision": precision})
+        run, t = run_suite_dict(suite, out=tmp_path / precision)
+        cell = t.cells.iloc[0]
+        assert cell["status"] == "ok" and cell["attention"] == "sdpa"
+        m = t.measurements
+        losses[precision] = m[m["metric"] == "loss"].sort_values(["train_task", "eval_task"])["value"].to_numpy()
+        first_norm[precision] = next(n for n in norms if np.isfinite(n))
+        overflowed[precision] = not all(np.isfinite(norms))
+    for low in ("bf16", "fp16"):
+        assert not np.array_equal(losses[low], losses["fp32"])
+        np.testing.assert_allclose(losses[low], losses["fp32"], rtol=0.05)
+    assert first_norm["bf16"] == pytest.approx(first_norm["fp32"], rel=0.05)
+    assert 0.5 < first_norm["fp16"] / first_norm["fp32"] < 2
+    assert overflowed == {"fp32": False, "bf16": False, "fp16": True}  # only fp16's loss was scaled
+
+
 def test_joint_and_cumulative_train_on_the_unions(run_suite_dict):
     run, t = run_suite_dict(make_suite(["naive", {"name": "joint", "params": {"repeat": 1}}, "cumulative"]))
     seen = t.cells.set_index("strategy")["examples_seen"]

@@ -35,6 +35,7 @@ def test_every_column_on_disk_is_in_the_schema_and_described(run_suite_dict):
     assert sorted(meas_doc) == sorted(schema.MEASUREMENTS)
 
     assert list(tables.cells.columns) == list(schema.CELLS)
+    assert set(tables.cells["attention"]) == {"sdpa"}  # the CPU's attention
     assert sorted(cells_doc) == sorted(schema.CELLS), (set(cells_doc) ^ set(schema.CELLS))
 
     metrics = schema.metric_columns(tables.summary.columns)

@@ -24,6 +24,16 @@ def test_config_hash_ignores_the_suite_name_and_device(host):
     assert a.run_id != c.run_id
 
 
+def test_precision_is_hashed_except_at_its_default(host):
+    """training.precision came after results format 2: at fp32 the hash is what it was."""
+    fp32 = parse_suite(make_suite(["naive"]), "a.toml", host).cells[0]
+    bf16 = parse_suite(make_suite(["naive"], training={"precision": "bf16"}), "b.toml", host).cells[0]
+    assert "precision" not in fp32.config()["training"] and bf16.config()["training"]["precision"] == "bf16"
+    assert fp32.run_id != bf16.run_id
+    with pytest.raises(UserError, match=r"field 'training\.precision' must be 'fp32' \| 'bf16' \| 'fp16'"):
+        parse_suite(make_suite(["naive"], training={"precision": "fp8"}), "c.toml", host)
+
+
 def test_defaults_are_filled_into_strategy_params(host):
     cell = parse_suite(make_suite(["joint"]), "s.toml", host).cells[0]
     assert cell.strategy.parts == (("joint", {"repeat": 0}),)

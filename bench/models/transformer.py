@@ -188,8 +188,8 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {N} positions exceeds max_len={self.cfg.max_len}")
         pos = torch.arange(N, device=x.device) if cache is None or cache.pos is None else cache.pos[:, None]
         h = self.drop(self.ln_e(self.embed(x) + self.pos(pos)))  # (B, N, C)
-        if lengths is not None and bool((lengths >= N).all()):
-            lengths = None  # nothing is padded: let attention (and pooling) take the fast path
+        if lengths is not None and not lengths.is_cuda and bool((lengths >= N).all()):
+            lengths = None  # nothing is padded: the fast path (asked on the CPU only: a GPU would wait for the answer)
         for block in self.blocks:
             h = block(h, lengths, cache)
         return self.ln_f(h), lengths
