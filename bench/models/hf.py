@@ -25,6 +25,14 @@ import torch.nn as nn
 from ..errors import UserError
 
 EXTRA = "pip install 'clbench[llm]'"
+#: clbench's names of a Transformer's projections (LoRA's ``target_modules``) and the layers of
+#: Hugging Face models they stand for; any other target is a module name of the model itself.
+HF_TARGETS = {
+    "q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",),
+    "attn.proj": ("o_proj", "attn.c_proj"), "mlp.proj": ("down_proj", "mlp.c_proj"),
+    "fc": ("gate_proj", "up_proj", "mlp.c_fc"),
+}
+FUSED_QKV = "c_attn"  # GPT-2's query, key and value: one transformers Conv1D, a third of its outputs each
 
 
 def transformers():
@@ -193,6 +201,45 @@ class HFCausalLM(nn.Module):
 
     def n_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def lora_targets(self, targets) -> list[tuple[str, nn.Module, dict[str, tuple[int, int]]]]:
+        """The layers LoRA's ``targets`` name, as ``(name, layer, parts)`` (see
+        :func:`clbench.strategies.lora.inject`): clbench's generic names through
+        :data:`HF_TARGETS` (``q``, ``k``, ``v`` are thirds of GPT-2's fused ``c_attn``; ``qkv``
+        is all of it), any other name a module name of this model (its last parts)."""
+        from transformers.pytorch_utils import Conv1D
+
+        wanted = []
+        for t in targets:
+            if t in ("qkv", "proj"):
+                wanted += [(s, t) for s in (("q", "k", "v") if t == "qkv" else ("attn.proj", "mlp.proj"))]
+            else:
+                wanted.append((t, t))
+        layers = [(n, m) for n, m in self.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+        found: dict[str, tuple[nn.Module, dict]] = {}
+        hits = {t: 0 for t in targets}
+        for name, module in layers:
+            leaf = name.rsplit(".", 1)[-1]
+            for t, given in wanted:
+                parts = None
+                if t in ("q", "k", "v") and leaf == FUSED_QKV and isinstance(module, Conv1D):
+                    c = module.weight.shape[1] // 3
+                    i = "qkv".index(t)
+                    parts = {"" if given == "qkv" else t: (0, 3 * c) if given == "qkv" else (i * c, (i + 1) * c)}
+                elif any(name == s or name.endswith("." + s) for s in HF_TARGETS.get(t, (t,))):
+                    parts = {"": (0, module.weight.shape[1] if isinstance(module, Conv1D) else module.out_features)}
+                if parts:
+                    have = found.setdefault(name, (module, {}))[1]
+                    if have and ("" in have or "" in parts) and have != parts:
+                        raise UserError(f"target_modules name {name} and a part of it: give one")
+                    have.update(parts)
+                    hits[given] += 1
+        missing = [t for t, n in hits.items() if not n]
+        if missing:
+            names = sorted({n.rsplit(".", 1)[-1] for n, _ in layers})
+            raise UserError(f"target_modules {missing} match no layer of this {self.hf.config.model_type} model "
+                            f"(its linear layers: {', '.join(names)})")
+        return [(name, module, parts) for name, (module, parts) in found.items()]
 
 
 def load_causal_lm(backbone, attn_implementation: str = "clbench", dtype: torch.dtype = torch.float32) -> HFCausalLM:
