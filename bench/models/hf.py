@@ -89,9 +89,9 @@ def hf_backbone(folder: Path, spec: str, at: str, cfg: dict):
         tok = tokenizer_of(folder)
     except Exception as exc:  # noqa: BLE001 - no or broken tokenizer files
         raise UserError(f"{at}: cannot load the tokenizer saved in {folder} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
-    for what, value in (("pad", tok.pad_token_id), ("end (eos)", tok.eos_token_id)):
+    for what, key, value in (("pad", "pad_token", tok.pad_token_id), ("end", "eos_token", tok.eos_token_id)):
         if value is None:
-            raise UserError(f"{at}: its tokenizer has no {what} token (set {what.split()[0]}_token in the folder's "
+            raise UserError(f"{at}: its tokenizer has no {what} token (set {key} in the folder's "
                             "tokenizer_config.json, e.g. to an existing special token, and give that folder)")
     conf = tf.AutoConfig.from_pretrained(str(folder))
     text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
