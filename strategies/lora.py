@@ -19,6 +19,10 @@ by all tasks, as in ``naive``. ``train_base_first`` trains the whole model on th
 adapters only from the second task on. ``target_modules`` names projections: ``qkv`` (the fused
 query/key/value layer), ``q``, ``k``, ``v`` (one third of it each: Hu et al. adapt ``q`` and
 ``v``), ``proj`` (attention output and MLP output), ``attn.proj``, ``mlp.proj``, ``fc`` (MLP in).
+On a Hugging Face model (:class:`clbench.models.hf.HFCausalLM`) these names stand for its layers
+(``q`` is ``q_proj``, or a third of GPT-2's fused ``c_attn``; ...) and any other name is one of
+its module names; there is no classification head there, so only the adapters train (the LM
+head and the embeddings stay frozen, as in O-LoRA).
 
 ``seq-lora``, ``inc-lora`` and ``o-lora`` are the same strategy with the mode fixed. See
 docs/lora.md.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 from typing import Literal
 
 import torch
@@ -44,14 +49,16 @@ DEFAULT_TARGETS = ("qkv", "proj", "fc")  # every attention and MLP projection
 
 
 class LoRALinear(nn.Module):
-    """An ``nn.Linear`` (``base``) plus named low-rank adapters, of which ``active`` ones are
-    added to its output. ``parts`` maps a part name to the ``(start, stop)`` output rows it
-    adapts: ``{"": (0, out)}`` for the whole layer, ``{"q": (0, C), "v": (2C, 3C)}`` for slices
-    of a fused qkv layer; each part of an adapter has its own ``A`` and ``B``."""
+    """An ``nn.Linear`` (``base``; or transformers' ``Conv1D``, whose weight is ``(in, out)``)
+    plus named low-rank adapters, of which ``active`` ones are added to its output. ``parts``
+    maps a part name to the ``(start, stop)`` output rows it adapts: ``{"": (0, out)}`` for the
+    whole layer, ``{"q": (0, C), "v": (2C, 3C)}`` for slices of a fused qkv layer; each part of
+    an adapter has its own ``A`` and ``B``."""
 
     def __init__(self, base: nn.Linear, parts: dict[str, tuple[int, int]], rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         self.base = base
+        self.in_features = getattr(base, "in_features", None) or base.weight.shape[0]
         self.parts = dict(sorted(parts.items(), key=lambda kv: kv[1]))
         self.rank = rank
         self.scaling = alpha / rank
@@ -68,7 +75,7 @@ class LoRALinear(nn.Module):
     def add(self, adapter: str) -> None:
         w = self.base.weight
         for part, (start, stop) in self.parts.items():
-            a = torch.empty(self.rank, w.shape[1], device=w.device, dtype=w.dtype)
+            a = torch.empty(self.rank, self.in_features, device=w.device, dtype=w.dtype)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # as nn.Linear (and Hu et al.'s code)
             self.lora_A[self.key(adapter, part)] = nn.Parameter(a)
             self.lora_B[self.key(adapter, part)] = nn.Parameter(w.new_zeros(stop - start, self.rank))
@@ -139,10 +146,27 @@ def orthogonality(model: nn.Module) -> torch.Tensor:
 
 
 def inject(model: nn.Module, targets, rank: int, alpha: float, dropout: float = 0.0) -> list[LoRALinear]:
-    """Wrap the ``nn.Linear`` modules of ``model`` that ``targets`` name in :class:`LoRALinear`
-    (in place; the wrapped layers keep their parameter objects). A target matches a module whose
-    qualified name is it or ends with ``"." + target``; ``q``, ``k``, ``v`` match a layer named
-    ``qkv`` and adapt a third of its outputs each."""
+    """Wrap the layers of ``model`` that ``targets`` name in :class:`LoRALinear` (in place; the
+    wrapped layers keep their parameter objects). A model with a ``lora_targets(targets)``
+    method (a Hugging Face model) says itself which layers and parts those are; otherwise a
+    target matches an ``nn.Linear`` whose qualified name is it or ends with ``"." + target``,
+    and ``q``, ``k``, ``v`` match a layer named ``qkv`` and adapt a third of its outputs each."""
+    find = getattr(model, "lora_targets", None)
+    found = find(targets) if callable(find) else _named_linears(model, targets)
+    if not found:
+        raise UserError(f"strategy 'lora': no layer of the model matches target_modules {list(targets)}")
+    layers = []
+    for name, module, parts in found:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = LoRALinear(module, parts, rank, alpha, dropout)
+        setattr(parent, attr, layer)
+        layers.append(layer)
+    return layers
+
+
+def _named_linears(model: nn.Module, targets) -> list[tuple[str, nn.Module, dict[str, tuple[int, int]]]]:
+    """The layers of clbench's Transformer that ``targets`` name, and their parts."""
     slices = [t for t in ("q", "k", "v") if t in targets]
     whole = [t for t in targets if t not in slices]
     found = []
@@ -157,16 +181,13 @@ def inject(model: nn.Module, targets, rank: int, alpha: float, dropout: float = 
             parts = {s: (i * c, (i + 1) * c) for i, s in enumerate(("q", "k", "v")) if s in slices}
         if parts:
             found.append((name, module, parts))
-    if not found:
-        raise UserError(f"strategy 'lora': no layer of the model matches target_modules {list(targets)}")
-    layers = []
-    for name, module, parts in found:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = LoRALinear(module, parts, rank, alpha, dropout)
-        setattr(parent, attr, layer)
-        layers.append(layer)
-    return layers
+    return found
+
+
+def _on_hf_model(config) -> bool:
+    from clbench.models.backbones import is_pretrained, resolve
+
+    return is_pretrained(config.model.init) and resolve(config.model.init).kind == "hf-causal"
 
 
 def _check_targets(targets) -> None:
@@ -203,7 +224,7 @@ class LoRA:
         mode: Mode = "per-task",
         rank: int = 8,
         alpha: float = 16.0,
-        target_modules: list[Target] = DEFAULT_TARGETS,
+        target_modules: list[str] = DEFAULT_TARGETS,
         dropout: float = 0.0,
         train_base_first: bool = False,
         lambda_orth: float | None = None,
@@ -231,6 +252,10 @@ class LoRA:
     # -- the model ---------------------------------------------------------------------------
     @hookimpl
     def check_cell(self, config, stream):
+        names = typing.get_args(Target)
+        if not all(t in names for t in self.targets) and not _on_hf_model(config):
+            require(False, "target_modules", f"a list of {' | '.join(map(repr, names))} (or, on a Hugging Face "
+                    "model, of its module names)", list(self.targets))
         if self.mode == "per-task" and stream.scenario != "task-incremental":
             raise UserError(
                 f"strategy 'lora': mode 'per-task' picks each task's adapter by its task id, which "
@@ -241,13 +266,16 @@ class LoRA:
     def _install(self, cell) -> None:
         model = cell.model
         self.layers = inject(model, self.targets, self.rank, self.alpha, self.dropout)
-        if self.mode == "per-task":
+        if self.mode == "per-task" and getattr(model, "head", None) is not None:
             self.heads = model.head = TaskHeads(model.head)
 
     def _head_params(self, model) -> list[nn.Parameter]:
+        """The head parameters the coming task trains: none where the model has no
+        classification head (a language model: its LM head stays frozen)."""
         if self.heads is not None:
             return list(self.heads.copies[self.new].parameters()) if self.new else []
-        return list(model.head.parameters())
+        head = getattr(model, "head", None)
+        return list(head.parameters()) if head is not None else []
 
     def _route(self, adapters: list[str], head: str | None) -> None:
         for layer in self.layers:
@@ -338,7 +366,7 @@ class SeqLoRA(LoRA):
         self,
         rank: int = 8,
         alpha: float = 16.0,
-        target_modules: list[Target] = DEFAULT_TARGETS,
+        target_modules: list[str] = DEFAULT_TARGETS,
         dropout: float = 0.0,
         train_base_first: bool = False,
     ):
@@ -352,7 +380,7 @@ class IncLoRA(LoRA):
         self,
         rank: int = 8,
         alpha: float = 16.0,
-        target_modules: list[Target] = DEFAULT_TARGETS,
+        target_modules: list[str] = DEFAULT_TARGETS,
         dropout: float = 0.0,
         train_base_first: bool = False,
     ):
@@ -373,7 +401,7 @@ class OLoRA(LoRA):
         self,
         rank: int = 8,
         alpha: float = 32.0,
-        target_modules: list[Target] = OLORA_TARGETS,
+        target_modules: list[str] = OLORA_TARGETS,
         dropout: float = 0.1,
         train_base_first: bool = False,
         lambda_orth: float = 0.5,

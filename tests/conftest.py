@@ -71,3 +71,65 @@ def run_suite_dict(tmp_path, host):
         return r, load(out)
 
     return run
+
+
+# -- tiny Hugging Face causal LMs (nothing downloaded) ------------------------------------------
+
+TINY_LM_TEXT = [
+    "rev cabd=dbac", "sort cabd=abcd", "next cabd=dbce", "count a cabad=2", "add 23+45=68", "copy cabd=cabd",
+    "The quick brown fox jumps over the lazy dog.", "Continual learning keeps old tasks while learning new ones.",
+    "sentence: a fine film\nAnswer: positive", "sentence: dull and long\nAnswer: negative",
+]
+
+
+def build_tiny_causal_lm(folder: Path, arch: str = "llama", *, pad: bool = True, seed: int = 0) -> Path:
+    """Save a tiny Hugging Face causal LM (``arch``: ``llama``, ``qwen2`` or ``gpt2``; 2 layers,
+    width 64, random weights from ``seed``) and a small byte-level BPE tokenizer trained on
+    :data:`TINY_LM_TEXT` (pad and end tokens, and a BOS that Llama's prompts start with; no pad
+    token with ``pad=False``) into ``folder``, as ``save_pretrained`` writes a user's checkpoint."""
+    import torch
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials = ["<pad>", "</s>", "<s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TINY_LM_TEXT, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    if arch == "llama":  # Llama's tokenizers put BOS before every text
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="<s>",
+                                      **({"pad_token": "<pad>"} if pad else {}))
+    # the embedding has spare rows, as real checkpoints' often do (and transformers 5 gives a qwen2
+    # folder's tokenizer its own class, which adds an unknown token)
+    ids = {"vocab_size": len(fast) + 16, "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0 if pad else None}
+    small = {"initializer_range": 0.2}  # wider than the default 0.02: peaked logits, no near-ties in greedy decoding
+    if arch == "gpt2":
+        cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, attn_pdrop=0.0, resid_pdrop=0.0,
+                            embd_pdrop=0.0, **ids, **small)
+    else:
+        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config}[arch]
+        cfg = cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=arch == "qwen2", **ids, **small)
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory):
+    """``tiny_causal_lm(arch="llama")``: the folder of a saved tiny Hugging Face causal LM with its
+    tokenizer (:func:`build_tiny_causal_lm`), built once per test session; load it as a user's
+    checkpoint (``model.init = str(folder)``)."""
+    pytest.importorskip("transformers")
+    made: dict[str, Path] = {}
+
+    def get(arch: str = "llama") -> Path:
+        if arch not in made:
+            made[arch] = build_tiny_causal_lm(tmp_path_factory.mktemp(f"tiny-{arch}"), arch)
+        return made[arch]
+
+    return get

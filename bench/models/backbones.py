@@ -11,6 +11,9 @@ A suite's ``model.init`` (and ``clbench pretrain --init``) names one:
   save one (``config.json`` with ``model_type = "bert"``, ``model.safetensors``, ``tokenizer.json``).
 * ``"hf:<name>"``: a BERT-family checkpoint downloaded from the Hugging Face Hub by name; where the
   hub cannot be reached this is one clear error.
+* a folder (or ``"hf:<name>"``) holding a Hugging Face causal language model (Llama, Qwen2,
+  GPT-2, ...): kind ``"hf-causal"``, loaded by transformers' own modeling code for generative
+  streams (:mod:`clbench.models.hf`).
 
 A backbone fixes the model's architecture (:attr:`ModelConfig.ARCHITECTURE`) and its tokenizer: a
 text stream must tokenize with the backbone's tokenizer (give the same name as the stream's
@@ -41,6 +44,9 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
+#: what ``hf:<name>`` downloads: the config, safetensors weights (sharded or not), the tokenizer
+HUB_FILES = [CONFIG, "generation_config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer*",
+             "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "*.model"]
 
 
 @dataclass(frozen=True)
@@ -48,21 +54,27 @@ class Backbone:
     """A resolved backbone: where its files are and what model and tokenizer they need."""
 
     spec: str  # as the user wrote it
-    kind: str  # "clbench" or "bert"
+    kind: str  # "clbench", "bert" or "hf-causal"
     folder: Path
     arch: dict  # ModelConfig architecture fields
     input_kind: str  # "tokens" or "patches"
     input_dim: int  # vocabulary size (tokens) or patch width
-    tokenizer: dict  # {"kind": "bytes", ...} or {"kind": "file", "path": <tokenizer.json>}
+    tokenizer: dict  # {"kind": "bytes", ...}, {"kind": "file", "path": <tokenizer.json>} or {"kind": "hf", "path": <folder>}
 
     @property
     def weights(self) -> Path:
         return self.folder / WEIGHTS
 
     def digest(self) -> str:
-        """A sha256 of the weights file (part of every cell's config hash)."""
-        st = self.weights.stat()
-        return _file_digest(str(self.weights), st.st_size, st.st_mtime_ns)
+        """A sha256 of the weights file, or of every weight file (the shards of a Hugging Face
+        checkpoint): part of every cell's config hash."""
+        if self.kind != "hf-causal":
+            st = self.weights.stat()
+            return _file_digest(str(self.weights), st.st_size, st.st_mtime_ns)
+        from .hf import weight_files
+
+        digests = [_file_digest(str(p), st.st_size, st.st_mtime_ns) for p in weight_files(self.folder) if (st := p.stat())]
+        return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=32)
@@ -116,7 +128,7 @@ def _hub_folder(name: str, at: str) -> Path:
     except ImportError:
         raise UserError(f"{at} needs the huggingface_hub package") from None
     try:
-        return Path(snapshot_download(name, allow_patterns=[CONFIG, WEIGHTS, TOKENIZER]))
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
     except Exception as exc:  # offline, unknown name, gated repository, ...
         why = " ".join(str(exc).split())
         why = why if len(why) <= 120 else why[:119] + "…"
@@ -138,6 +150,10 @@ def _read_config(folder: Path, at: str) -> dict:
 
 def _from_folder(folder: Path, spec: str, at: str) -> Backbone:
     cfg = _read_config(folder, at)
+    if cfg.get("format") != CHECKPOINT_FORMAT and cfg.get("model_type") != "bert":
+        from .hf import hf_backbone
+
+        return hf_backbone(folder, spec, at, cfg)
     if not (folder / WEIGHTS).is_file():
         raise UserError(f"{at}: {folder} holds no {WEIGHTS}")
     if cfg.get("format") == CHECKPOINT_FORMAT:
@@ -145,15 +161,10 @@ def _from_folder(folder: Path, spec: str, at: str) -> Backbone:
         if tok.get("kind") != "bytes":
             tok = {"kind": "file", "path": str(folder / TOKENIZER)}
         return Backbone(spec, "clbench", folder, cfg["model"], cfg["input_kind"], cfg["input_dim"], tok)
-    if cfg.get("model_type") == "bert":
-        if not (folder / TOKENIZER).is_file():
-            raise UserError(f"{at}: {folder} holds no {TOKENIZER}")
-        return Backbone(spec, "bert", folder, bert_architecture(cfg, at), "tokens", cfg["vocab_size"],
-                        {"kind": "file", "path": str(folder / TOKENIZER)})
-    raise UserError(
-        f"{at}: {folder / CONFIG} is neither a clbench checkpoint nor a BERT config "
-        f"(model_type {cfg.get('model_type')!r}; only BERT-family checkpoints can be mapped)"
-    )
+    if not (folder / TOKENIZER).is_file():
+        raise UserError(f"{at}: {folder} holds no {TOKENIZER}")
+    return Backbone(spec, "bert", folder, bert_architecture(cfg, at), "tokens", cfg["vocab_size"],
+                    {"kind": "file", "path": str(folder / TOKENIZER)})
 
 
 # -- BERT ------------------------------------------------------------------------------------------
@@ -251,8 +262,16 @@ def load_into(model: torch.nn.Module, backbone: Backbone) -> None:
 
 
 def check_stream(backbone: Backbone, stream) -> None:
-    """A one-line error unless ``stream`` feeds the backbone what it was trained on."""
+    """A one-line error unless ``stream`` feeds the backbone what it was trained on, and the
+    backbone is a model for the stream's kind of task (a causal LM for generative streams)."""
     spec = backbone.spec
+    generative = getattr(stream, "kind", "classification") == "generation"
+    if backbone.kind == "hf-causal" and not generative:
+        raise UserError(f"model.init {spec!r} is a Hugging Face causal LM: it runs generative streams, and "
+                        f"stream '{stream.name}' is a {getattr(stream, 'kind', 'classification')} stream")
+    if generative and not backbone.arch.get("causal"):
+        raise UserError(f"model.init {spec!r} is not a causal language model (a {backbone.kind} encoder): "
+                        f"stream '{stream.name}' has generative tasks")
     if stream.input_kind != backbone.input_kind:
         raise UserError(f"model.init {spec!r} takes {backbone.input_kind}, stream '{stream.name}' gives {stream.input_kind}")
     tok = getattr(stream, "tokenizer", None)
