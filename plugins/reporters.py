@@ -11,10 +11,12 @@ from rich.table import Table
 from clbench import hookimpl
 from clbench.results.summary import aggregate, stream_title
 
-SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity")
+SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity", "general_ppl_change")
 #: Column headings, short so that the table fits 100 columns (the caption spells them out).
 HEAD = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forget", "intransigence": "intrans",
-        "plasticity": "plast"}
+        "plasticity": "plast", "general_ppl_change": "gen ppl Δ"}
+#: Shown only where some cell has a value (generative streams with a general text).
+WHERE_MEASURED = ("general_ppl_change",)
 
 
 def _fmt(mean: float, std: float, pct: bool = True, stacked: bool = False) -> str:
@@ -35,15 +37,16 @@ def console_report(tables, out, console) -> None:
     # narrow terminals (under 140 columns): the sd goes under the mean, so that rows fit
     stacked = console.width < 140
     for (stream, _params, variant, order), g in agg.groupby(["stream", "stream_params", "variant", "order"], sort=False):
+        shown = [m for m in SHOWN if f"{m}_mean" in g and (m not in WHERE_MEASURED or g[f"{m}_mean"].notna().any())]
         table = Table(title=f"{escape(stream_title(stream, variant))} · order {order}",
-                      caption="% as mean ± sd over seeds; forget = forgetting, intrans = intransigence, plast = plasticity",
+                      caption="% as mean ± sd over seeds; forget = forgetting, intrans = intransigence, plast = plasticity"
+                      + ("; gen ppl Δ = relative change of the general text's perplexity" if "general_ppl_change" in shown else ""),
                       padding=(0, 1), show_lines=stacked)
         table.add_column("rank", justify="right")
         table.add_column("strategy")
         table.add_column("seeds", justify="right")
-        for m in SHOWN:
-            if f"{m}_mean" in g:
-                table.add_column(HEAD[m], justify="right", no_wrap=True)
+        for m in shown:
+            table.add_column(HEAD[m], justify="right", no_wrap=True)
         table.add_column("train s", justify="right", no_wrap=True)
         for _, r in g.sort_values("rank", na_position="last").iterrows():
             cells = [
@@ -51,7 +54,7 @@ def console_report(tables, out, console) -> None:
                 escape(str(r["strategy"])),
                 f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
             ]
-            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) for m in SHOWN if f"{m}_mean" in g]
+            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) for m in shown]
             cells.append(_fmt(r["train_seconds_mean"], r["train_seconds_std"], pct=False, stacked=stacked))
             table.add_row(*cells)
         console.print(table)

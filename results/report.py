@@ -39,8 +39,11 @@ METRICS = ("acc", "bwt", "fwt", "forgetting")
 #: Cost columns in the leaderboard: those of :data:`clbench.results.schema.COST` marked ``board``.
 BOARD_COST = tuple(c for c in COST if c.board)
 #: Metrics shown in the report's leaderboard (the console's too: also AIA and plasticity).
-BOARD = ("acc", "aia", "bwt", "fwt", "forgetting", "plasticity")
-HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity"}
+BOARD = ("acc", "aia", "bwt", "fwt", "forgetting", "plasticity", "general_ppl_change")
+HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity",
+            "general_ppl_change": "general ppl Δ"}
+#: Shown only where some cell has a value (generative streams with a general text).
+WHERE_MEASURED = ("general_ppl_change",)
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -368,7 +371,7 @@ def _num(fmt: str, mean, std) -> str:
 
 def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The leaderboard of one (stream, stream params, order) as a header and rows of strings."""
-    metrics = [m for m in BOARD if f"{m}_mean" in board]
+    metrics = [m for m in BOARD if f"{m}_mean" in board and (m not in WHERE_MEASURED or board[f"{m}_mean"].notna().any())]
     cost = [(c.column, c.heading, c.format) for c in BOARD_COST if f"{c.column}_mean" in board]
     header = ["rank", "strategy", "seeds", *(HEADINGS[m] for m in metrics), *(h for _c, h, _f in cost)]
     rows = []
