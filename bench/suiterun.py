@@ -69,7 +69,8 @@ def preflight(suite: Suite, host=None) -> dict[str, object]:
             try:
                 streams[key] = build_stream(cell, host)
             except UserError as exc:
-                raise UserError(f"{suite.path}: stream '{cell.stream}': {exc}") from None
+                said = str(exc) if str(exc).startswith(f"stream '{cell.stream}'") else f"stream '{cell.stream}': {exc}"
+                raise UserError(f"{suite.path}: {said}") from None
     checked = set()
     for cell in suite.cells:
         key = _stream_key(cell)

@@ -102,3 +102,17 @@ def test_set_changes_a_suite_and_its_hash(host, tmp_path):
     with pytest.raises(UserError, match=r"with --set training.epochs=0\): field 'training.epochs' must be greater than 0"):
         load_suite("quick", host, ["training.epochs=0"])
     assert main(["check", "quick", "--set", "training.nope=1"]) == 2
+
+
+def test_set_model_init_runs_a_suite_on_a_pretrained_model(host, tiny_causal_lm):
+    """A suite sized for a small decoder takes a real checkpoint with one --set: the model's
+    architecture replaces the suite's (which would otherwise conflict with it)."""
+    folder = str(tiny_causal_lm("llama"))
+    from clbench.models.backbones import resolve
+
+    with pytest.raises(UserError, match="conflicts with model.init"):
+        load_suite("llm-quick", host, [f"model.init={folder}", "model.max_len=32"])
+    (cell, *_) = load_suite("llm-quick", host, [f"model.init={folder}"]).cells  # llm-quick says max_len = 32
+    assert cell.model.init == folder and cell.init_digest
+    assert cell.model.max_len == resolve(folder).arch["max_len"] != 32
+    assert cell.stream_params["tokenizer"] == folder  # the stream speaks the model's tokens
