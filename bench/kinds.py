@@ -224,18 +224,20 @@ class Generation:
 
     def _rank(self, cell: CellContext, task: Task) -> float:
         """Accuracy of choosing, for each prompt, the label text the model finds likeliest
-        (summed log-probability of the label's tokens and the end token)."""
+        (summed log-probability of the label's tokens and the end token). A prompt that would not
+        fit the model with the longest label loses tokens from its left, the same for every label."""
         from clbench.tasks.generative import _examples
 
         data, tok = task.test, cell.stream.tokenizer
         bs = cell.config.training.eval_batch_size
         labels = tok.encode_answers(list(task.labels))
         L = len(labels)
+        room = cell.config.model.max_len - max(len(lab) for lab in labels) - 1  # every candidate fits the model
         correct = 0
         for idx in _by_length(_prompts(data), max(1, bs // L)):
             seqs, starts = [], []
             for i in idx.tolist():
-                prompt = data.x[i, : int(data.start[i])].tolist()
+                prompt = data.x[i, max(0, int(data.start[i]) - room) : int(data.start[i])].tolist()  # shortened from the left
                 for lab in labels:
                     seqs.append(prompt + list(lab) + [tok.eos_id])
                     starts.append(len(prompt))

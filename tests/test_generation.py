@@ -197,3 +197,19 @@ def test_a_causal_checkpoint_generates_with_its_pretrained_head(tmp_path, run_su
     assert cell["status"] == "ok", cell["traceback"]
     assert json.loads(cell["model"])["causal"] is True
     assert isinstance(text_tokenizer(str(tmp_path / "ckpt")), ClbenchTextTokenizer)
+
+
+def test_rank_classification_fits_the_longest_label_into_the_model(host):
+    """A prompt that fits the model with its own (short) answer but not with a longer label is
+    shortened from the left for every label alike, never run past the model's max_len."""
+    from clbench.cell import CellContext
+    from clbench.suite import parse_suite
+
+    tok = text_tokenizer("bytes")
+    pairs = [("x" * 25, "no"), ("y" * 20, "yes")]
+    stream = generative_stream("s", [TextTask("yn", pairs, pairs, metric="accuracy", labels=("no", "a much longer label"))],
+                               tok, max_len=28)
+    (cell,) = parse_suite(make_suite(["naive"], model={**DECODER, "max_len": 28}), "t.toml", host).cells
+    model = Transformer(cell.model, input_kind="tokens", input_dim=257, n_classes=0, lm_head=True).eval()
+    ctx = CellContext(cell, stream, model, torch.device("cpu"))
+    assert 0.0 <= Generation().evaluate(ctx, 0, ctx.tasks[0])["accuracy"] <= 1.0
