@@ -62,6 +62,10 @@ def build_stream(config: Cell, host=None) -> Stream:
         raise TypeError(f"stream factory {config.stream!r} returned {type(stream).__name__}, not a Stream")
     if not stream.tasks:
         raise UserError(f"stream {config.stream!r} has no tasks")
+    if config.tasks is not None:  # the suite's `tasks`: some of the ordered stream's tasks
+        if max(config.tasks) >= stream.n_tasks:
+            raise UserError(f"tasks {list(config.tasks)}: the stream has {stream.n_tasks} tasks (positions 0..{stream.n_tasks - 1})")
+        stream = stream.reorder(config.tasks)
     return stream
 
 

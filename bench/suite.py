@@ -67,6 +67,7 @@ class Cell:
     model: ModelConfig
     training: TrainingConfig
     init_digest: str = ""  # a hash of the initial weights when model.init is a backbone
+    tasks: tuple[int, ...] | None = None  # the positions of the (ordered) stream's tasks the cell runs on; None: all
 
     def config(self) -> dict[str, Any]:
         model = asdict(self.model)
@@ -75,7 +76,7 @@ class Cell:
                 del model[key]
         if self.init_digest:
             model["init_digest"] = self.init_digest
-        return {
+        out = {
             "format": RESULTS_FORMAT,
             "stream": self.stream,
             "stream_params": self.stream_params,
@@ -85,6 +86,9 @@ class Cell:
             "model": model,
             "training": {k: v for k, v in asdict(self.training).items() if k not in ("device", "eval_batch_size")},
         }
+        if self.tasks is not None:  # only when set: other cells keep their hashes
+            out["tasks"] = list(self.tasks)
+        return out
 
     @property
     def config_hash(self) -> str:
@@ -202,12 +206,14 @@ def _training(table: Any, where: str, section: str) -> TrainingConfig:
     return _dataclass_from(TrainingConfig, table, where, section)  # the device: in the suite's preflight
 
 
-def _order_label(value: Any) -> str:
+def _order_label(value: Any, tasks: list[int] | None = None) -> str:
     if value is None:
-        return "default"
-    if isinstance(value, str):
-        return value
-    return "-".join(str(v) for v in value)
+        label = "default"
+    elif isinstance(value, str):
+        label = value
+    else:
+        label = "-".join(str(v) for v in value)
+    return label if tasks is None else f"{label}, tasks {'-'.join(str(t) for t in tasks)}"
 
 
 def parse_suite(data: dict, where: str, host=None) -> Suite:
@@ -267,7 +273,8 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         at = f"streams[{i}]"
         _need(isinstance(s, dict), where, f"{at} must be a table")
         for key in s:
-            _need(key in {"name", "params", "orders"}, where, f"unknown field '{at}.{key}' (fields: name, params, orders)")
+            _need(key in {"name", "params", "orders", "tasks"}, where,
+                  f"unknown field '{at}.{key}' (fields: name, params, orders, tasks)")
         _need(isinstance(s.get("name"), str), where, f"missing field '{at}.name'")
         params = s.get("params", {})
         _need(isinstance(params, dict), where, f"field '{at}.params' must be a table")
@@ -285,7 +292,14 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
                 f"'{at}.orders': each order is a name or a list of tasks, got {o!r}",
             )
         orders = [None if o == "default" else o for o in orders]
-        stream_specs.append((s["name"], full, orders))
+        tasks = s.get("tasks")
+        _need(
+            tasks is None or (isinstance(tasks, list) and tasks and len(set(tasks)) == len(tasks)
+                              and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tasks)),
+            where,
+            f"field '{at}.tasks' must be a non-empty list of distinct task positions (integers >= 0), got {tasks!r}",
+        )
+        stream_specs.append((s["name"], full, orders, tasks))
 
     strategy_specs = []
     for i, s in enumerate(strategies):
@@ -330,13 +344,12 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
     _need(not dup, where, f"strategy label(s) {', '.join(sorted(dup))} appear twice: give each a distinct 'label'")
 
     cells = []
-    for sname, sparams, orders in stream_specs:
+    for sname, sparams, orders, tasks in stream_specs:
         for order in orders:
             for strat, tcfg in strategy_specs:
                 for seed in seeds:
-                    cells.append(
-                        Cell(name, sname, sparams, _order_label(order), order, strat, seed, model, tcfg, init_digest)
-                    )
+                    cells.append(Cell(name, sname, sparams, _order_label(order, tasks), order, strat, seed, model,
+                                      tcfg, init_digest, None if tasks is None else tuple(tasks)))
     return Suite(name=name, path=where, description=description, cells=cells)
 
 

@@ -77,3 +77,24 @@ def test_the_default_suite_runs_intransigences_reference(host):
     cells = load_suite("quick", host).cells
     assert {c.strategy.label for c in cells} >= {"naive", "cumulative"}
     assert len({c.seed for c in cells if c.strategy.label == "cumulative"}) == len({c.seed for c in cells})
+
+
+def test_a_stream_runs_on_the_tasks_it_names(host):
+    from clbench.loop import build_stream
+    from clbench.suiterun import preflight
+
+    data = make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 3})
+    whole = parse_suite(data, "s.toml", host).cells[0]
+    data["streams"][0]["tasks"] = [2, 0]
+    cell = parse_suite(data, "s.toml", host).cells[0]
+    assert cell.tasks == (2, 0) and cell.order == "default, tasks 2-0"
+    assert cell.run_id != whole.run_id and "tasks" not in whole.config()  # cells without keep their hashes
+    full, part = build_stream(whole, host), build_stream(cell, host)
+    assert [t.name for t in part.tasks] == [full.tasks[2].name, full.tasks[0].name]
+    assert part.tasks[0].train.t.unique().tolist() == [0]  # positions in the cell's stream
+    data["streams"][0]["tasks"] = [3]
+    with pytest.raises(UserError, match=r"^s.toml: stream 'split-digits': tasks \[3\]: the stream has 3 tasks \(positions 0..2\)$"):
+        preflight(parse_suite(data, "s.toml", host), host)
+    data["streams"][0]["tasks"] = [1, 1]
+    with pytest.raises(UserError, match=r"'streams\[0\].tasks' must be a non-empty list of distinct task positions"):
+        parse_suite(data, "s.toml", host)
