@@ -234,9 +234,12 @@ def run_cell(
     observers: Iterable[Any] = (),
     stream: Stream | None = None,
     host=None,
+    on_evaluated: Callable[[int, list[dict[str, float]]], None] | None = None,
 ) -> CellResult:
     """Run one cell. ``observers`` are extra plugins for the cell's hooks (progress bars);
-    ``stream`` may be passed in when it was already built (the suite builds each once)."""
+    ``stream`` may be passed in when it was already built (the suite builds each once);
+    ``on_evaluated(train_task, scores)`` is told each evaluation of every task as it ends
+    (``clbench tune`` reports it to Ray Tune's scheduler)."""
     started = time.perf_counter()
     row = cell_row(cell)
     meas: list[dict[str, Any]] = []
@@ -247,10 +250,14 @@ def run_cell(
 
     def evaluate(after: int) -> float:
         t0 = time.perf_counter()
-        for j, scores in enumerate(evaluate_tasks(ctx)):
-            for metric, value in scores.items():
+        scores = evaluate_tasks(ctx)
+        for j, task_scores in enumerate(scores):
+            for metric, value in task_scores.items():
                 record(after, j, metric, value)
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if on_evaluated is not None:
+            on_evaluated(after, scores)
+        return seconds
 
     train_s = eval_s = 0.0
     threads = torch.get_num_threads()
