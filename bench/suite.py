@@ -21,6 +21,7 @@ from .models.backbones import is_pretrained, resolve
 from .errors import UserError
 from .models.transformer import ModelConfig
 from .params import _type_ok, _type_name, check_params
+from .search import SearchRequest, resolve_space
 
 #: Bumped when a change makes earlier results incomparable (it is part of every config hash).
 RESULTS_FORMAT = 2  # 2: training.threads fixes a cell's CPU thread count
@@ -109,6 +110,8 @@ class Suite:
     path: str
     description: str
     cells: list[Cell] = field(default_factory=list)
+    #: strategy label -> what the suite says about searching it (``clbench tune``; clbench.search)
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 #: Model fields added after results format 1: at their defaults they leave a hash unchanged.
@@ -117,7 +120,7 @@ _DEFAULT_MODEL = ModelConfig()
 
 # ----------------------------------------------------------------------------------------------
 
-TOP_KEYS = {"name", "description", "seeds", "model", "training", "streams", "strategies"}
+TOP_KEYS = {"name", "description", "seeds", "model", "training", "streams", "strategies", "search"}
 
 
 def builtin_suites() -> dict[str, str]:
@@ -301,15 +304,15 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         )
         stream_specs.append((s["name"], full, orders, tasks))
 
-    strategy_specs = []
+    strategy_specs, searches = [], {}
     for i, s in enumerate(strategies):
         at = f"strategies[{i}]"
         _need(isinstance(s, dict), where, f"{at} must be a table")
         for key in s:
             _need(
-                key in {"name", "params", "label", "training"},
+                key in {"name", "params", "label", "training", "search"},
                 where,
-                f"unknown field '{at}.{key}' (fields: name, params, label, training)",
+                f"unknown field '{at}.{key}' (fields: name, params, label, training, search)",
             )
         names = s.get("name")
         if isinstance(names, str):
@@ -338,10 +341,15 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         # this strategy's changes to the suite's [training]
         tcfg = _training({**training_table, **own}, where, f"{at}.training") if own else training
         strategy_specs.append((StrategySpec(label, tuple(parts)), tcfg))
+        searches[label] = SearchRequest.of(s, names, data.get("search", {}), at)
 
     labels = [sp.label for sp, _ in strategy_specs]
     dup = {x for x in labels if labels.count(x) > 1}
     _need(not dup, where, f"strategy label(s) {', '.join(sorted(dup))} appear twice: give each a distinct 'label'")
+
+    # the search tables (clbench tune), checked here so that every command refuses a bad one
+    for strat, tcfg in strategy_specs:
+        _wrap(lambda: resolve_space(strat, tcfg, searches[strat.label], host, defaults=False), where)
 
     cells = []
     for sname, sparams, orders, tasks in stream_specs:
@@ -350,7 +358,7 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
                 for seed in seeds:
                     cells.append(Cell(name, sname, sparams, _order_label(order, tasks), order, strat, seed, model,
                                       tcfg, init_digest, None if tasks is None else tuple(tasks)))
-    return Suite(name=name, path=where, description=description, cells=cells)
+    return Suite(name=name, path=where, description=description, cells=cells, search=searches)
 
 
 def _wrap(fn, where: str):
@@ -363,3 +371,40 @@ def _wrap(fn, where: str):
 def load_suite(spec: str, host=None) -> Suite:
     data, where = read_suite(spec)
     return parse_suite(data, where, host)
+
+
+def _toml_key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "-_" for c in k) else json.dumps(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if v != v else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }" if v else "{}"
+    raise TypeError(f"cannot write {v!r} in TOML")
+
+
+def to_toml(data: dict) -> str:
+    """A suite's data as TOML text (what :func:`tomllib.loads` reads back as ``data``): what
+    ``clbench tune`` writes its tuned suite with."""
+    def is_array_of_tables(v):
+        return isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and not is_array_of_tables(v)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{_toml_key(k)}]", *(f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in v.items())]
+    for k, v in data.items():
+        if is_array_of_tables(v):
+            for item in v:
+                lines += ["", f"[[{_toml_key(k)}]]", *(f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in item.items())]
+    return "\n".join(lines) + "\n"
