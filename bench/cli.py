@@ -442,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("clbench: interrupted; finished cells are saved, run again to resume", file=sys.stderr)
+        done = "trials" if args.command == "tune" else "cells"
+        print(f"clbench: interrupted; finished {done} are saved, run again to resume", file=sys.stderr)
         return 130
     finally:
         if main_thread:

@@ -379,3 +379,25 @@ def test_the_trials_columns_are_the_ones_docs_tuning_describes():
     block = rest[rest.index("\n|"):].split("\n\n", 1)[0].strip().splitlines()[2:]
     described = [n.strip() for line in block for n in line.split("|")[1].split(",")]
     assert sorted(described) == sorted(TRIALS)
+
+
+def test_sigterm_ends_a_tune_with_one_line_and_keeps_its_finished_trials(tmp_path):
+    import signal
+    import subprocess
+
+    pytest.importorskip("ray")
+    path = _write(tmp_path, make_suite(["ewc", "naive"], stream_params=DIGITS))
+    out = tmp_path / "out"
+    script = (  # after the first search, wait to be killed
+        "import sys, time, clbench.cli as c, clbench.tune as t\n"
+        "search = t._search\n"
+        "t._search = lambda job, **kw: (search(job, **kw), print('ready', flush=True), time.sleep(60))\n"
+        f"sys.exit(c.main(['tune', {path!r}, '--out', {str(out)!r}, '--trials', '2', '--workers', '1']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)  # the local Ray instance is running: ray.init set a handler of its own
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "clbench: interrupted; finished trials are saved, run again to resume" in err
+    assert "Traceback" not in err
+    assert len(pd.read_parquet(out / "trials")) == 2  # the first search's two trials
