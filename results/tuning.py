@@ -134,7 +134,9 @@ def effect_plot(g: pd.DataFrame, title: str) -> Figure | None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims), 3.0), squeeze=False)
     obj = wide["objective"].astype(float)
-    floor = np.nanmin(obj) if np.isfinite(obj).any() else 0.0
+    done = obj[wide["status"] == "ok"]
+    lo, hi = (np.nanmin(done), np.nanmax(done)) if np.isfinite(done).any() else (0.0, 0.0)
+    floor = lo - 0.1 * ((hi - lo) or 0.1)  # below every finished trial
     for ax, dim in zip(axes[0], dims):
         x = wide[dim]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x.dropna())
