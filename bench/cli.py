@@ -25,14 +25,18 @@ def _results_table(console: Console, tables, reporter: str = "console") -> None:
 
 
 def cmd_run(args, console: Console) -> int:
+    return _with_data_dir(args, console, _run)
+
+
+def _with_data_dir(args, console: Console, fn) -> int:
     # --data-dir is the default data folder of text streams, which read it from CLBENCH_DATA
-    # (docs/streams.md); set for this run only.
+    # (docs/streams.md); set for this command only.
     if not getattr(args, "data_dir", None):
-        return _run(args, console)
+        return fn(args, console)
     old = os.environ.get("CLBENCH_DATA")
     os.environ["CLBENCH_DATA"] = args.data_dir
     try:
-        return _run(args, console)
+        return fn(args, console)
     finally:
         if old is None:
             os.environ.pop("CLBENCH_DATA", None)
@@ -77,6 +81,45 @@ def _run(args, console: Console) -> int:
                   f"{escape(str(r.cell['stream']))}: {escape(str(r.cell['error']))}")
     console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)", soft_wrap=True)
     return 1 if run.not_ok else 0
+
+
+def cmd_tune(args, console: Console) -> int:
+    return _with_data_dir(args, console, _tune)
+
+
+def _tune(args, console: Console) -> int:
+    from .host import get_host
+    from .suite import parse_suite, read_suite
+    from .tune import Protocol, tune_suite
+    from clbench.results.tuning import tuned_vs_default
+
+    host = get_host()
+    data, where = read_suite(args.suite)
+    suite = parse_suite(data, where, host)
+    out = Path(args.out) if args.out else Path("clbench-tune") / suite.name
+    protocol = Protocol(args.protocol, args.validation_fraction, args.first_tasks, args.seed)
+    run = tune_suite(suite, data, out, trials=args.trials, protocol=protocol, metric=args.metric, mode=args.mode,
+                     searcher=args.searcher, scheduler=args.scheduler, seed=args.seed, address=args.address,
+                     workers=args.workers, console=Console(stderr=True), host=host)
+    board = tuned_vs_default(run.trials)
+    table = Table(title=f"{suite.name}: {args.metric} on the validation matrix (%), protocol {args.protocol}")
+    for col in ("stream", "strategy", "trials", "default", "tuned", "best configuration"):
+        table.add_column(col, justify="right" if col in ("trials", "default", "tuned") else "left")
+
+    def pct(v):
+        return "–" if v != v else f"{v * 100:.1f}"
+
+    for _, r in board.iterrows():
+        table.add_row(escape(r["stream"]), escape(r["strategy"]), str(r["trials"]), pct(r["default"]), pct(r["tuned"]),
+                      escape(r["best"] or "no trial finished"))
+    console.print(table)
+    console.print(f"{run.ran} trials run, {len(run.trials) - run.ran} from an earlier run; trials: {out / 'trials.parquet'}",
+                  soft_wrap=True)
+    for path in run.suites:
+        console.print(f"tuned suite: {path}  (clbench run {path})", soft_wrap=True)
+    if run.report:
+        console.print(f"report: {run.report}", soft_wrap=True)
+    return 1 if board.empty or board["tuned"].isna().any() else 0
 
 
 def _only(tables, column: str, names: list[str] | None):
@@ -306,6 +349,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change the suite: model.init=hf:Qwen/Qwen2.5-0.5B, training.epochs=2, streams.max_len=128 (repeatable)")
     r.set_defaults(fn=cmd_run)
 
+    t = sub.add_parser(
+        "tune", help="search every strategy's hyper-parameters with the same budget (Ray Tune); write the best as a suite",
+        description="Tune every (stream, strategy) of SUITE on Ray Tune; run again on OUT to resume. See docs/tuning.md.",
+    )
+    t.add_argument("suite", help="a suite file (.toml) or the name of a built-in suite")
+    t.add_argument("--out", help="output folder (default: clbench-tune/<suite name>)")
+    t.add_argument("--trials", type=int, default=8, help="trials per strategy: the budget, the same for each (default 8)")
+    t.add_argument("--protocol", default="validation", help="validation (default) or first-tasks")
+    t.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="share of each task's training data held out to score trials (default 0.2)")
+    t.add_argument("--first-tasks", type=int, default=3, help="first-tasks: tasks tuned on; the rest are reported (default 3)")
+    t.add_argument("--metric", default="acc", help="the summary metric to optimise (default acc)")
+    t.add_argument("--mode", help="max or min (default: min for forgetting, else max)")
+    t.add_argument("--searcher", default="random", help="random (default) or tpe (Optuna, if installed)")
+    t.add_argument("--scheduler", default="asha", help="asha (default: stops poor trials by task) or fifo")
+    t.add_argument("--seed", type=int, default=0, help="seeds the searchers and the validation split (default 0)")
+    t.add_argument("--workers", type=int, help="trials at a time (a local Ray instance with N CPUs)")
+    t.add_argument("--address", help="address of a Ray cluster (default: a local Ray instance)")
+    t.add_argument("--data-dir", help="data folder of text streams that set none (default: $CLBENCH_DATA)")
+    t.set_defaults(fn=cmd_tune)
+
     s = sub.add_parser("show", help="print the summary of a results folder")
     s.add_argument("dir")
     s.add_argument("--format", choices=("console", "markdown", "csv", "latex"), default="console",
@@ -381,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("clbench: interrupted; finished cells are saved, run again to resume", file=sys.stderr)
+        done = "trials" if args.command == "tune" else "cells"
+        print(f"clbench: interrupted; finished {done} are saved, run again to resume", file=sys.stderr)
         return 130
     finally:
         if main_thread:

@@ -77,6 +77,10 @@ def build_stream(config: Cell, host=None) -> Stream:
         raise TypeError(f"stream factory {config.stream!r} returned {type(stream).__name__}, not a Stream")
     if not stream.tasks:
         raise UserError(f"stream {config.stream!r} has no tasks")
+    if config.tasks is not None:  # the suite's `tasks`: some of the ordered stream's tasks
+        if max(config.tasks) >= stream.n_tasks:
+            raise UserError(f"tasks {list(config.tasks)}: the stream has {stream.n_tasks} tasks (positions 0..{stream.n_tasks - 1})")
+        stream = stream.reorder(config.tasks)
     return stream
 
 
@@ -246,9 +250,12 @@ def run_cell(
     observers: Iterable[Any] = (),
     stream: Stream | None = None,
     host=None,
+    on_evaluated: Callable[[int, list[dict[str, float]]], None] | None = None,
 ) -> CellResult:
     """Run one cell. ``observers`` are extra plugins for the cell's hooks (progress bars);
-    ``stream`` may be passed in when it was already built (the suite builds each once)."""
+    ``stream`` may be passed in when it was already built (the suite builds each once);
+    ``on_evaluated(train_task, scores)`` is told each evaluation of every task as it ends
+    (``clbench tune`` reports it to Ray Tune's scheduler)."""
     started = time.perf_counter()
     row = cell_row(cell)
     meas: list[dict[str, Any]] = []
@@ -259,14 +266,18 @@ def run_cell(
 
     def evaluate(after: int) -> float:
         t0 = time.perf_counter()
-        for j, scores in enumerate(evaluate_tasks(ctx)):
-            for metric, value in scores.items():
+        scores = evaluate_tasks(ctx)
+        for j, task_scores in enumerate(scores):
+            for metric, value in task_scores.items():
                 record(after, j, metric, value)
         with autocast(ctx.config.training.precision, ctx.device):
             stream_scores = ctx.kind.evaluate_stream(ctx)
         for metric, value in stream_scores.items():  # not a task's: eval_task -1
             record(after, -1, metric, value)
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if on_evaluated is not None:
+            on_evaluated(after, scores)
+        return seconds
 
     train_s = eval_s = 0.0
     threads = torch.get_num_threads()

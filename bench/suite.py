@@ -21,6 +21,7 @@ from .models.backbones import is_pretrained, resolve
 from .errors import UserError
 from .models.transformer import ModelConfig
 from .params import _type_ok, _type_name, check_params
+from .search import SearchRequest, resolve_space
 
 #: Bumped when a change makes earlier results incomparable (it is part of every config hash).
 RESULTS_FORMAT = 2  # 2: training.threads fixes a cell's CPU thread count
@@ -68,6 +69,7 @@ class Cell:
     model: ModelConfig
     training: TrainingConfig
     init_digest: str = ""  # a hash of the initial weights when model.init is a backbone
+    tasks: tuple[int, ...] | None = None  # the positions of the (ordered) stream's tasks the cell runs on; None: all
 
     def config(self) -> dict[str, Any]:
         model = asdict(self.model)
@@ -76,7 +78,7 @@ class Cell:
                 del model[key]
         if self.init_digest:
             model["init_digest"] = self.init_digest
-        return {
+        out = {
             "format": RESULTS_FORMAT,
             "stream": self.stream,
             "stream_params": self.stream_params,
@@ -87,6 +89,9 @@ class Cell:
             "training": {k: v for k, v in asdict(self.training).items() if k not in ("device", "eval_batch_size")
                          and not (k in _LATER_TRAINING_FIELDS and v == getattr(_DEFAULT_TRAINING, k))},
         }
+        if self.tasks is not None:  # only when set: other cells keep their hashes
+            out["tasks"] = list(self.tasks)
+        return out
 
     @property
     def config_hash(self) -> str:
@@ -107,6 +112,8 @@ class Suite:
     path: str
     description: str
     cells: list[Cell] = field(default_factory=list)
+    #: strategy label -> what the suite says about searching it (``clbench tune``; clbench.search)
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 #: Model and training fields added after results format 1 (training: after format 2): at their
@@ -118,7 +125,7 @@ _DEFAULT_TRAINING = TrainingConfig()
 
 # ----------------------------------------------------------------------------------------------
 
-TOP_KEYS = {"name", "description", "seeds", "model", "training", "streams", "strategies"}
+TOP_KEYS = {"name", "description", "seeds", "model", "training", "streams", "strategies", "search"}
 
 
 def builtin_suites() -> dict[str, str]:
@@ -207,12 +214,14 @@ def _training(table: Any, where: str, section: str) -> TrainingConfig:
     return _dataclass_from(TrainingConfig, table, where, section)  # the device: in the suite's preflight
 
 
-def _order_label(value: Any) -> str:
+def _order_label(value: Any, tasks: list[int] | None = None) -> str:
     if value is None:
-        return "default"
-    if isinstance(value, str):
-        return value
-    return "-".join(str(v) for v in value)
+        label = "default"
+    elif isinstance(value, str):
+        label = value
+    else:
+        label = "-".join(str(v) for v in value)
+    return label if tasks is None else f"{label}, tasks {'-'.join(str(t) for t in tasks)}"
 
 
 def parse_suite(data: dict, where: str, host=None) -> Suite:
@@ -272,7 +281,8 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         at = f"streams[{i}]"
         _need(isinstance(s, dict), where, f"{at} must be a table")
         for key in s:
-            _need(key in {"name", "params", "orders"}, where, f"unknown field '{at}.{key}' (fields: name, params, orders)")
+            _need(key in {"name", "params", "orders", "tasks"}, where,
+                  f"unknown field '{at}.{key}' (fields: name, params, orders, tasks)")
         _need(isinstance(s.get("name"), str), where, f"missing field '{at}.name'")
         params = s.get("params", {})
         _need(isinstance(params, dict), where, f"field '{at}.params' must be a table")
@@ -290,17 +300,24 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
                 f"'{at}.orders': each order is a name or a list of tasks, got {o!r}",
             )
         orders = [None if o == "default" else o for o in orders]
-        stream_specs.append((s["name"], full, orders))
+        tasks = s.get("tasks")
+        _need(
+            tasks is None or (isinstance(tasks, list) and tasks and len(set(tasks)) == len(tasks)
+                              and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tasks)),
+            where,
+            f"field '{at}.tasks' must be a non-empty list of distinct task positions (integers >= 0), got {tasks!r}",
+        )
+        stream_specs.append((s["name"], full, orders, tasks))
 
-    strategy_specs = []
+    strategy_specs, searches = [], {}
     for i, s in enumerate(strategies):
         at = f"strategies[{i}]"
         _need(isinstance(s, dict), where, f"{at} must be a table")
         for key in s:
             _need(
-                key in {"name", "params", "label", "training"},
+                key in {"name", "params", "label", "training", "search"},
                 where,
-                f"unknown field '{at}.{key}' (fields: name, params, label, training)",
+                f"unknown field '{at}.{key}' (fields: name, params, label, training, search)",
             )
         names = s.get("name")
         if isinstance(names, str):
@@ -329,20 +346,24 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
         # this strategy's changes to the suite's [training]
         tcfg = _training({**training_table, **own}, where, f"{at}.training") if own else training
         strategy_specs.append((StrategySpec(label, tuple(parts)), tcfg))
+        searches[label] = SearchRequest.of(s, names, data.get("search", {}), at)
 
     labels = [sp.label for sp, _ in strategy_specs]
     dup = {x for x in labels if labels.count(x) > 1}
     _need(not dup, where, f"strategy label(s) {', '.join(sorted(dup))} appear twice: give each a distinct 'label'")
 
+    # the search tables (clbench tune), checked here so that every command refuses a bad one
+    for strat, tcfg in strategy_specs:
+        _wrap(lambda: resolve_space(strat, tcfg, searches[strat.label], host, defaults=False), where)
+
     cells = []
-    for sname, sparams, orders in stream_specs:
+    for sname, sparams, orders, tasks in stream_specs:
         for order in orders:
             for strat, tcfg in strategy_specs:
                 for seed in seeds:
-                    cells.append(
-                        Cell(name, sname, sparams, _order_label(order), order, strat, seed, model, tcfg, init_digest)
-                    )
-    return Suite(name=name, path=where, description=description, cells=cells)
+                    cells.append(Cell(name, sname, sparams, _order_label(order, tasks), order, strat, seed, model,
+                                      tcfg, init_digest, None if tasks is None else tuple(tasks)))
+    return Suite(name=name, path=where, description=description, cells=cells, search=searches)
 
 
 def _wrap(fn, where: str):
@@ -393,3 +414,40 @@ def load_suite(spec: str, host=None, overrides: list[str] | None = None) -> Suit
     if overrides:
         data, where = override(data, overrides), f"{where} (with --set {' '.join(overrides)})"
     return parse_suite(data, where, host)
+
+
+def _toml_key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "-_" for c in k) else json.dumps(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if v != v else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }" if v else "{}"
+    raise TypeError(f"cannot write {v!r} in TOML")
+
+
+def to_toml(data: dict) -> str:
+    """A suite's data as TOML text (what :func:`tomllib.loads` reads back as ``data``): what
+    ``clbench tune`` writes its tuned suite with."""
+    def is_array_of_tables(v):
+        return isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and not is_array_of_tables(v)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{_toml_key(k)}]", *(f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in v.items())]
+    for k, v in data.items():
+        if is_array_of_tables(v):
+            for item in v:
+                lines += ["", f"[[{_toml_key(k)}]]", *(f"{_toml_key(kk)} = {_toml_value(vv)}" for kk, vv in item.items())]
+    return "\n".join(lines) + "\n"

@@ -49,7 +49,7 @@ class SuiteRun:
 def _stream_key(cell: Cell) -> str:
     import json
 
-    return json.dumps([cell.stream, cell.stream_params, cell.order_value], sort_keys=True, default=str)
+    return json.dumps([cell.stream, cell.stream_params, cell.order_value, cell.tasks], sort_keys=True, default=str)
 
 
 def preflight(suite: Suite, host=None) -> dict[str, object]:

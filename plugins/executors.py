@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -148,11 +150,16 @@ class RayExecutor:
             kw["address"] = self.address
         else:
             kw["num_cpus"] = self.workers or os.cpu_count() or 1
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
         try:
             ray.init(**kw)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
             raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+        finally:
+            if main and sigterm is not None:  # ray.init installs its own (sys.exit): a kill says what Ctrl-C says
+                signal.signal(signal.SIGTERM, sigterm)
         return True
 
     def map(self, fn: Callable, cells: Iterable) -> Iterator:

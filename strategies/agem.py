@@ -33,6 +33,9 @@ class AGEM:
     :param policy: which examples the memory keeps: ``"reservoir"`` or ``"class-balanced"``.
     """
 
+    #: What ``clbench tune`` searches by default (docs/tuning.md): the reference sample, not the memory.
+    search_space = {"sample_size": {"log-int": [32, 512]}}
+
     def __init__(self, memory_size: int = 200, sample_size: int = 256, policy: Policy = "reservoir"):
         require(sample_size > 0, "sample_size", "a positive integer", sample_size)
         self.memory = Buffer(memory_size, policy, name="agem")

@@ -35,6 +35,9 @@ class DER:
     :param policy: ``"reservoir"`` (the paper's) or ``"class-balanced"``.
     """
 
+    #: What ``clbench tune`` searches by default (docs/tuning.md): the term's weight, not the memory.
+    search_space = {"alpha": {"log-uniform": [0.01, 1.0]}}
+
     plus = False
 
     def __init__(self, memory_size: int = 200, alpha: float = 0.3, ratio: float = 1.0, policy: Policy = "reservoir"):
@@ -76,6 +79,8 @@ class DERpp(DER):
 
     :param beta: weight of the memory cross-entropy term.
     """
+
+    search_space = {"alpha": {"log-uniform": [0.01, 1.0]}, "beta": {"log-uniform": [0.05, 2.0]}}
 
     plus = True
 

@@ -109,6 +109,9 @@ class EWC:
     :param fisher_samples: most training examples of a task used to estimate its Fisher.
     """
 
+    #: What ``clbench tune`` searches by default (docs/tuning.md): λ over six decades.
+    search_space = {"lambda": {"log-uniform": [1.0, 1e6]}}
+
     def __init__(
         self,
         lambda_: float = 10000.0,

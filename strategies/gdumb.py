@@ -33,6 +33,9 @@ class GDumb:
     :param policy: ``"class-balanced"`` (the paper's) or ``"reservoir"``.
     """
 
+    #: What ``clbench tune`` searches by default (docs/tuning.md): passes over the memory, not its size.
+    search_space = {"repeat": {"int": [1, 8]}}
+
     def __init__(self, memory_size: int = 200, repeat: int = 4, policy: Policy = "class-balanced"):
         require(repeat > 0, "repeat", "a positive integer", repeat)
         self.memory = Buffer(memory_size, policy, name="gdumb")

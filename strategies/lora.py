@@ -218,6 +218,9 @@ class LoRA:
     #: LoRA replaces layers of the model (and, per task, its head): the loop lets its hooks run
     #: before those of the strategies it is combined with (EWC, SI see the adapters).
     changes_model = True
+    #: What ``clbench tune`` searches by default (docs/tuning.md): the rank, and the learning rate
+    #: (adapters train well at rates full fine-tuning does not).
+    search_space = {"rank": {"choice": [2, 4, 8, 16]}, "training": {"lr": {"log-uniform": [1e-4, 1e-2]}}}
 
     def __init__(
         self,
@@ -396,6 +399,8 @@ class OLoRA(LoRA):
 
     The defaults are the O-LoRA repository's adapter: rank 8, alpha 32, dropout 0.1, on the
     query and value projections (here slices of the fused ``qkv`` layer; docs/lora.md)."""
+
+    search_space = {**LoRA.search_space, "lambda_orth": {"log-uniform": [0.01, 10.0]}}
 
     def __init__(
         self,

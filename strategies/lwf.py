@@ -39,6 +39,9 @@ class LwF:
     :param temperature: softmax temperature of the distillation (T in the paper).
     """
 
+    #: What ``clbench tune`` searches by default (docs/tuning.md).
+    search_space = {"alpha": {"log-uniform": [0.1, 10.0]}, "temperature": {"choice": [1.0, 2.0, 4.0]}}
+
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0):
         require(alpha >= 0 and math.isfinite(alpha), "alpha", "a number >= 0", alpha)
         require(temperature > 0 and math.isfinite(temperature), "temperature", "a positive number", temperature)

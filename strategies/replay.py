@@ -30,6 +30,9 @@ class Replay:
     :param update: ``"online"`` (offer each batch) or ``"task-end"`` (offer each whole task).
     """
 
+    #: What ``clbench tune`` searches by default (docs/tuning.md): the mix, not the memory (a budget the suite fixes).
+    search_space = {"ratio": {"log-uniform": [0.25, 4.0]}}
+
     def __init__(
         self,
         memory_size: int = 200,

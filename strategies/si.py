@@ -27,6 +27,9 @@ class SI:
     :param xi: damping ξ of the importance (keeps it finite for parameters that did not move).
     """
 
+    #: What ``clbench tune`` searches by default (docs/tuning.md).
+    search_space = {"c": {"log-uniform": [0.01, 100.0]}}
+
     def __init__(self, c: float = 10.0, xi: float = 1e-3):
         require(c >= 0 and math.isfinite(c), "c", "a number >= 0", c)
         require(xi > 0 and math.isfinite(xi), "xi", "a positive number", xi)

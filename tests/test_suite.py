@@ -116,3 +116,24 @@ def test_set_model_init_runs_a_suite_on_a_pretrained_model(host, tiny_causal_lm)
     assert cell.model.init == folder and cell.init_digest
     assert cell.model.max_len == resolve(folder).arch["max_len"] != 32
     assert cell.stream_params["tokenizer"] == folder  # the stream speaks the model's tokens
+
+
+def test_a_stream_runs_on_the_tasks_it_names(host):
+    from clbench.loop import build_stream
+    from clbench.suiterun import preflight
+
+    data = make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 3})
+    whole = parse_suite(data, "s.toml", host).cells[0]
+    data["streams"][0]["tasks"] = [2, 0]
+    cell = parse_suite(data, "s.toml", host).cells[0]
+    assert cell.tasks == (2, 0) and cell.order == "default, tasks 2-0"
+    assert cell.run_id != whole.run_id and "tasks" not in whole.config()  # cells without keep their hashes
+    full, part = build_stream(whole, host), build_stream(cell, host)
+    assert [t.name for t in part.tasks] == [full.tasks[2].name, full.tasks[0].name]
+    assert part.tasks[0].train.t.unique().tolist() == [0]  # positions in the cell's stream
+    data["streams"][0]["tasks"] = [3]
+    with pytest.raises(UserError, match=r"^s.toml: stream 'split-digits': tasks \[3\]: the stream has 3 tasks \(positions 0..2\)$"):
+        preflight(parse_suite(data, "s.toml", host), host)
+    data["streams"][0]["tasks"] = [1, 1]
+    with pytest.raises(UserError, match=r"'streams\[0\].tasks' must be a non-empty list of distinct task positions"):
+        parse_suite(data, "s.toml", host)

@@ -1,0 +1,233 @@
+"""Search spaces of ``clbench tune`` (docs/tuning.md).
+
+A dimension is written the same way in a strategy's default space (its class attribute
+``search_space``) and in a suite (``[search]``, ``[strategies.search]``)::
+
+    lambda = { log-uniform = [1.0, 1e6] }     # uniform, log-uniform: floats in [low, high]
+    rank = { choice = [2, 4, 8, 16] }         # one of the values
+    repeat = { int = [1, 8] }                 # int, log-int: integers in [low, high]
+    memory_size = 500                         # a plain value fixes the parameter (not searched)
+    training.lr = { log-uniform = [1e-4, 1e-2] }   # a [training] field
+
+What a strategy searches, lowest precedence first: the default space of each strategy it
+combines, less the parameters the suite sets in the entry's ``params`` (and the training fields
+its ``training`` table sets); the suite's top-level ``[search]`` (training fields, for every
+strategy); the entry's own ``search`` table. Every dimension is checked before anything runs: an
+unknown parameter, a range that is empty or a log range through zero, a float range over an
+integer parameter, and an end of a range (or a choice) that the strategy itself refuses are each
+one line.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import UserError
+from .params import check_params
+
+#: The kinds of dimension, each a ray.tune sampling function.
+KINDS = ("uniform", "log-uniform", "int", "log-int", "choice")
+
+Key = tuple[str, str]  # (strategy name, parameter) or ("training", field); Python names
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched dimension: ``kind`` (one of :data:`KINDS`) over ``values`` (the range's two
+    ends, or the choices)."""
+
+    kind: str
+    values: tuple
+
+    @property
+    def log(self) -> bool:
+        return self.kind.startswith("log")
+
+    def domain(self):
+        """The dimension as a Ray Tune search space domain (ranges include both ends)."""
+        from ray import tune
+
+        lo, hi = self.values[0], self.values[-1]
+        return {
+            "uniform": lambda: tune.uniform(lo, hi),
+            "log-uniform": lambda: tune.loguniform(lo, hi),
+            "int": lambda: tune.randint(lo, hi + 1),  # randint's upper end is exclusive
+            "log-int": lambda: tune.lograndint(lo, hi + 1),
+            "choice": lambda: tune.choice(list(self.values)),
+        }[self.kind]()
+
+    def to_toml(self) -> dict:
+        return {self.kind: list(self.values)}
+
+    def __str__(self) -> str:
+        return f"{self.kind} {list(self.values)}"
+
+
+@dataclass(frozen=True)
+class Space:
+    """What a strategy's tuning searches (``dims``) and sets (``fixed``), by :data:`Key`."""
+
+    dims: dict[Key, Dim]
+    fixed: dict[Key, Any]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What a suite says about searching one ``[[strategies]]`` entry: the parameters its
+    ``params`` sets, by strategy name, and the training fields its ``training`` sets (under
+    ``"training"``), which defaults leave alone; its ``search`` table; the suite's ``[search]``."""
+
+    given: dict[str, frozenset[str]]
+    own: Any
+    suite: Any
+    at: str
+
+    @classmethod
+    def of(cls, entry: dict, names: list[str], suite_search: Any, at: str) -> "SearchRequest":
+        params = entry.get("params", {})
+        given = {}
+        for n in names:
+            p = params.get(n, {}) if len(names) > 1 else params
+            given[n] = frozenset(_py(k) for k in (p if isinstance(p, dict) else {}))
+        given["training"] = frozenset(entry.get("training", {}) or {})
+        return cls(given, entry.get("search", {}), suite_search, at)
+
+
+def _py(name: str) -> str:
+    """A suite's spelling of a parameter in Python (``lambda`` -> ``lambda_``)."""
+    return name + "_" if keyword.iskeyword(name) else name
+
+
+def _suite(name: str) -> str:
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
+
+
+def key_name(key: Key, single: bool = True) -> str:
+    """How a report and the trials table name a dimension: ``lambda``, ``ewc.lambda`` (in a
+    combination), ``training.lr``."""
+    part, name = key
+    return f"{part}.{_suite(name)}" if part == "training" or not single else _suite(name)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_dim(value: Any, what: str) -> Dim | Any:
+    """A dimension (a one-key table naming its kind), or a plain value to fix."""
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1 or next(iter(value)) not in KINDS:
+        raise UserError(f"{what}: a dimension is one of {', '.join(f'{{ {k} = [...] }}' for k in KINDS)}, "
+                        f"or a plain value to fix it; got {value!r}")
+    kind, args = next(iter(value.items()))
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise UserError(f"{what}: choice needs a non-empty list of values, got {args!r}")
+        return Dim(kind, tuple(args))
+    if not (isinstance(args, list) and len(args) == 2 and all(_number(a) for a in args)):
+        raise UserError(f"{what}: {kind} needs [low, high] (two finite numbers), got {args!r}")
+    lo, hi = args
+    if kind in ("int", "log-int") and not all(isinstance(a, int) for a in args):
+        raise UserError(f"{what}: {kind} needs integer ends, got {args!r}")
+    if not lo < hi:
+        raise UserError(f"{what}: empty range {args!r} (low must be below high; a plain value fixes it)")
+    if kind.startswith("log") and lo <= 0:
+        raise UserError(f"{what}: log range through zero {args!r} (a {kind} range must be above 0)")
+    return Dim(kind, (lo, hi))
+
+
+def _candidates(dim: Dim | Any) -> list:
+    """Values that stand for a dimension in checks: its ends (and a float inside a float range,
+    which an integer parameter refuses), or its choices, or the fixed value."""
+    if not isinstance(dim, Dim):
+        return [dim]
+    if dim.kind in ("uniform", "log-uniform"):
+        lo, hi = dim.values
+        return [lo, hi, float(math.sqrt(lo * hi) if dim.log else (lo + hi) / 2)]
+    return list(dim.values)
+
+
+def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[Key, Any, str]]:
+    """Every (key, raw dimension, where) that applies to the entry, lowest precedence first."""
+    out: list[tuple[Key, Any, str]] = []
+    names = [n for n, _ in spec.parts]
+
+    def table(t: Any, what: str) -> dict:
+        if not isinstance(t, dict):
+            raise UserError(f"field '{what}' must be a table")
+        return t
+
+    if defaults:
+        for n in names:
+            space = getattr(host.get("strategies", n).obj, "search_space", None) or {}
+            what = f"strategy '{n}': default search space"
+            for k, v in table(space, what).items():
+                if k == "training":
+                    out += [(("training", f), fv, f"{what}: training.{f}") for f, fv in table(v, what).items()
+                            if f not in request.given.get("training", ())]
+                elif _py(k) not in request.given.get(n, ()):
+                    out.append(((n, _py(k)), v, f"{what}: {k}"))
+    for f, v in table(request.suite, "search").items():
+        out.append((("training", f), v, f"'search.{f}'"))
+    at = f"{request.at}.search"
+    for k, v in table(request.own, at).items():
+        if k == "training":
+            out += [(("training", f), fv, f"'{at}.training.{f}'") for f, fv in table(v, f"{at}.training").items()]
+        elif len(names) == 1:
+            out.append(((names[0], _py(k)), v, f"'{at}.{k}'"))
+        elif k in names:
+            out += [((k, _py(p)), pv, f"'{at}.{k}.{p}'") for p, pv in table(v, f"{at}.{k}").items()]
+        else:
+            raise UserError(f"'{at}.{k}': with several strategies, search is keyed by strategy name ({', '.join(names)})")
+    return out
+
+
+def resolve_space(spec, training, request: SearchRequest, host, *, defaults: bool = True) -> Space:
+    """The space a strategy entry (``spec``: a :class:`clbench.suite.StrategySpec`, with
+    ``training``, its TrainingConfig) is tuned over, every dimension checked (see the module
+    docstring); ``defaults=False`` leaves out the strategies' default spaces (the suite's check)."""
+    from .suite import TrainingConfig, _dataclass_from
+
+    merged: dict[Key, tuple[Any, str]] = {}
+    for key, raw, what in _entries(spec, request, host, defaults):
+        merged[key] = (parse_dim(raw, what), what)
+    params = dict(spec.parts)
+    for (part, name), (dim, what) in merged.items():
+        for value in _candidates(dim):
+            if part == "training":
+                _dataclass_from(TrainingConfig, {name: value}, what, "training")
+                continue
+            factory = host.get("strategies", part).obj
+            try:
+                full = check_params(factory, {**params[part], name: value}, what=f"strategy '{part}'")
+                factory(**full)
+            except UserError as exc:
+                raise UserError(f"{what}: {exc}") from None
+    return Space(
+        dims={k: d for k, (d, _) in merged.items() if isinstance(d, Dim)},
+        fixed={k: d for k, (d, _) in merged.items() if not isinstance(d, Dim)},
+    )
+
+
+def apply(cell, values: dict[Key, Any]):
+    """``cell`` (a :class:`clbench.suite.Cell`) with ``values`` set: strategy parameters and
+    training fields, by :data:`Key`."""
+    values = {k: _plain(v) for k, v in values.items()}
+    parts = tuple((n, {**p, **{name: v for (part, name), v in values.items() if part == n}}) for n, p in cell.strategy.parts)
+    training = replace(cell.training, **{name: v for (part, name), v in values.items() if part == "training"})
+    return replace(cell, strategy=replace(cell.strategy, parts=parts), training=training)
+
+
+def current(cell, keys) -> dict[Key, Any]:
+    """The values ``cell`` has for ``keys`` (the default point of a search)."""
+    params = dict(cell.strategy.parts)
+    return {k: getattr(cell.training, k[1]) if k[0] == "training" else params[k[0]][k[1]] for k in keys}
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python number it is (config hashes are JSON)."""
+    return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
