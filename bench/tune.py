@@ -126,7 +126,7 @@ def check_options(*, trials: int, protocol: Protocol, metric: str, mode: str | N
         try:
             import optuna  # noqa: F401
         except ImportError:
-            raise UserError("--searcher tpe needs Optuna: pip install optuna") from None
+            raise UserError("--searcher tpe needs Optuna: pip install optuna") from None  # or clbench[tune]
     if scheduler not in SCHEDULERS:
         raise UserError(f"unknown scheduler {scheduler!r} (schedulers: {', '.join(SCHEDULERS)})")
     if mode not in (None, "max", "min"):
@@ -394,7 +394,11 @@ def _search(job: Job, *, trials: int, workers: int | None, storage: str, callbac
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        algorithm = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=job.seed), points_to_evaluate=default)
+        from ray.tune.utils.util import flatten_dict
+
+        # Optuna names the parameters of a nested space "part/name": the default must say them so
+        points = [flatten_dict(p, "/") for p in default] if default else None
+        algorithm = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=job.seed), points_to_evaluate=points)
     else:
         algorithm = BasicVariantGenerator(points_to_evaluate=default, random_state=job.seed)
     scheduler = (_asha()(job.searcher, time_attr="training_iteration", max_t=job.n_tasks, grace_period=1, reduction_factor=2)

@@ -323,6 +323,23 @@ def test_the_tuned_suite_runs_with_the_best_trial(tuned, ray_and_probe, tmp_path
     assert (out / "report.html").exists() and len(list((out / "figures").glob("*.png"))) == 1  # probe has a plot
 
 
+def test_tpe_searches_with_optunas_seeded_sampler(ray_and_probe, tmp_path):
+    """``--searcher tpe``: Optuna's TPE proposes the trials after the default one, and a seeded
+    search proposes the same values again (one trial at a time)."""
+    pytest.importorskip("optuna")
+    searched = []
+    for run in ("a", "b"):
+        data = make_suite([{"name": "probe", "params": {"log": str(tmp_path / f"{run}.log")}}], stream_params=DIGITS)
+        out = tmp_path / f"out-{run}"
+        assert main(["tune", _write(tmp_path, data), "--out", str(out), "--trials", "5", "--workers", "1",
+                     "--seed", "3", "--searcher", "tpe", "--scheduler", "fifo"]) == 0
+        trials = pd.read_parquet(out / "trials.parquet").sort_values("trial")
+        assert trials["trial"].tolist() == list(range(5)) and set(trials["status"]) == {"ok"}
+        searched.append(_x(trials).tolist())
+    assert searched[0][0] == 0.5 and len(set(searched[0])) == 5  # the default, then four proposals
+    assert searched[0] == searched[1]
+
+
 def test_a_killed_tune_resumes_without_running_finished_trials(tuned, tmp_path, monkeypatch):
     rc, path, out, trials = tuned
     again = tmp_path / "out"
