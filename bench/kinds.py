@@ -186,8 +186,7 @@ class Generation:
         """Each sequence's summed negative log-likelihood of its answer tokens, ``(B,)``."""
         logits = cell.logits(batch).float()
         nll = F.cross_entropy(logits, self.targets(batch), reduction="none")
-        x, n = _trim(batch)
-        rows = torch.nonzero(answer_mask(batch, n))[:, 0]
+        rows = torch.nonzero(answer_mask(batch, int(batch.lengths.max())))[:, 0]
         return torch.zeros(len(batch), device=nll.device, dtype=torch.float64).index_add_(0, rows, nll.double())
 
     @torch.inference_mode()

@@ -213,3 +213,19 @@ def test_rank_classification_fits_the_longest_label_into_the_model(host):
     model = Transformer(cell.model, input_kind="tokens", input_dim=257, n_classes=0, lm_head=True).eval()
     ctx = CellContext(cell, stream, model, torch.device("cpu"))
     assert 0.0 <= Generation().evaluate(ctx, 0, ctx.tasks[0])["accuracy"] <= 1.0
+
+
+def test_a_checkpoint_pretrained_on_shorter_sequences_is_warned_about(tmp_path, host, capsys):
+    """Positions past the pre-training's --seq-len have untrained position embeddings: one line."""
+    from clbench.models.pretrain import PretrainConfig, pretrain
+    from clbench.suite import parse_suite
+    from clbench.suiterun import preflight
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(["rev abcd=dcba"] * 20))
+    pretrain(tmp_path / "ckpt", text, model=ModelConfig(**DECODER), config=PretrainConfig(steps=2, batch_size=2, seq_len=8))
+    suite = make_suite(["naive"], stream="algorithmic", stream_params={**TWO, "n_train": 10, "n_test": 4},
+                       model={"init": str(tmp_path / "ckpt")})
+    preflight(parse_suite(suite, "t.toml", host), host)
+    err = capsys.readouterr().err
+    assert err.count("pre-trained on sequences of at most 8 tokens") == 1, err

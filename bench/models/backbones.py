@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -64,6 +65,15 @@ class Backbone:
     @property
     def weights(self) -> Path:
         return self.folder / WEIGHTS
+
+    @property
+    def trained_len(self) -> int | None:
+        """The longest sequence a ``clbench pretrain`` checkpoint was trained on (its
+        ``--seq-len``); None for other backbones."""
+        if self.kind != "clbench":
+            return None
+        run = json.loads((self.folder / CONFIG).read_text(encoding="utf-8")).get("run", {})
+        return run.get("seq_len")
 
     def digest(self) -> str:
         """A sha256 of the weights file, or of every weight file (the shards of a Hugging Face
@@ -283,3 +293,12 @@ def check_stream(backbone: Backbone, stream) -> None:
         )
     if stream.max_len > backbone.arch["max_len"]:
         raise UserError(f"stream '{stream.name}' has sequences of {stream.max_len} tokens; model.init {spec!r} takes at most {backbone.arch['max_len']}")
+    trained = backbone.trained_len
+    if trained and stream.max_len > trained and (spec, stream.max_len) not in _warned:
+        _warned.add((spec, stream.max_len))
+        print(f"clbench: warning: model.init {spec!r} was pre-trained on sequences of at most {trained} tokens; "
+              f"stream '{stream.name}' has {stream.max_len}: positions past {trained} have untrained position "
+              "embeddings (pre-train with a larger --seq-len, or lower the stream's max_len)", file=sys.stderr)
+
+
+_warned: set = set()
