@@ -13,6 +13,16 @@ if os.environ.get("CLBENCH_TEST_DEVICE", "cpu") == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CL_BENCHMARK = SHARED_DATA / "CL_Benchmark"
+#: Marks a test that reads the real CL_Benchmark tasks: skipped where the shared data is absent.
+shared_data = pytest.mark.skipif(not CL_BENCHMARK.is_dir(), reason=f"shared CL_Benchmark data not found at {CL_BENCHMARK}")
+
+
+@pytest.fixture
+def isolated_data(tmp_path, monkeypatch):
+    """A private tokenizer cache, and no data folder from the environment."""
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CLBENCH_DATA", raising=False)
 
 
 @pytest.fixture

@@ -19,18 +19,9 @@ from clbench.tasks.instructions import instructions
 from clbench.tasks.jsonl_instructions import jsonl_instructions
 from clbench.tasks.text import ORDERS, find_tasks, text_stream
 from clbench.tasks.trace import trace
-from conftest import SHARED_DATA, make_suite
+from conftest import CL_BENCHMARK, make_suite, shared_data
 
-CL_BENCHMARK = SHARED_DATA / "CL_Benchmark"
-shared_data = pytest.mark.skipif(
-    not CL_BENCHMARK.is_dir(), reason=f"shared CL_Benchmark data not found at {CL_BENCHMARK}"
-)
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("CLBENCH_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 def pairs_of(stream, task, split="train"):

@@ -20,19 +20,9 @@ from clbench.errors import UserError
 from clbench.tasks.batching import batch_indices, padding_fraction
 from clbench.tasks.text import ORDERS, text_stream
 from clbench.tasks.tokenizer import ByteTokenizer, train_bpe
-from conftest import SHARED_DATA, make_suite
+from conftest import CL_BENCHMARK, make_suite, shared_data
 
-CL_BENCHMARK = SHARED_DATA / "CL_Benchmark"
-shared_data = pytest.mark.skipif(
-    not CL_BENCHMARK.is_dir(), reason=f"shared CL_Benchmark data not found at {CL_BENCHMARK}"
-)
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """A private tokenizer cache, and no data folder from the environment."""
-    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("CLBENCH_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_data")
 
 
 def write_task(root: Path, name: str, train, test, labels=None, fmt="cl-benchmark", text="sentence", label="label"):
