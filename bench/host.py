@@ -13,8 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable
-
+from typing import Any
 
 from . import hookspecs
 from .cell import new_manager, register_checked
@@ -185,11 +184,3 @@ def get_host() -> Host:
         _host = Host().load(os.environ.get("CLBENCH_PLUGINS"))
     return _host
 
-
-def reset_host() -> None:
-    """Forget the process-wide host (the next :func:`get_host` loads plugins again)."""
-    global _host
-    _host = None
-
-
-Register = Callable[..., None]

@@ -307,6 +307,3 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
         agg["rank"] = agg.groupby(["stream", "stream_params", "order"], sort=False)["acc_mean"].rank(ascending=False, method="min")
     return agg
 
-
-def params_of(cell_row: pd.Series) -> list:
-    return json.loads(cell_row["params"])
