@@ -24,7 +24,7 @@ from .errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kinds import Kind
-    from .suite import Cell
+    from .config import CellConfig
     from clbench.tasks import Batch, Stream, Task
 
 
@@ -61,8 +61,8 @@ class CellContext:
     ``steps_in_task`` as it goes; strategies read them and may write ``info``.
     """
 
-    config: Cell
-    """The cell's configuration (:class:`clbench.suite.Cell`): ``config.strategy``,
+    config: CellConfig
+    """The cell's configuration (:class:`clbench.config.CellConfig`): ``config.strategy``,
     ``config.model``, ``config.training``, ``config.seed``."""
     stream: Stream
     """The stream as built, its tasks on the CPU (``stream.union(k)`` for the training data of
@@ -99,7 +99,7 @@ class CellContext:
     hook: pluggy.HookRelay
     """The cell's hooks, as the loop calls them (``cell.hook.after_step(...)``)."""
 
-    def __init__(self, config: Cell, stream: Stream, model: torch.nn.Module, device: torch.device,
+    def __init__(self, config: CellConfig, stream: Stream, model: torch.nn.Module, device: torch.device,
                  hook: pluggy.HookRelay | None = None, tasks: list[Task] | None = None):
         from .kinds import kind_of
 
@@ -176,7 +176,7 @@ def cell_manager(strategies: list[tuple[str, Any]], observers: Iterable[Any] = (
     return pm
 
 
-def make_strategies(config: Cell, host=None) -> list[tuple[str, Any]]:
+def make_strategies(config: CellConfig, host=None) -> list[tuple[str, Any]]:
     """Instantiate the cell's strategy objects (one per combined strategy)."""
     from .host import get_host
 
@@ -197,7 +197,7 @@ def firstresult_conflicts(pm: pluggy.PluginManager) -> list[tuple[str, list[str]
     return out
 
 
-def refuse(config: Cell, stream: Stream, pm: pluggy.PluginManager) -> None:
+def refuse(config: CellConfig, stream: Stream, pm: pluggy.PluginManager) -> None:
     """Raise a one-line :class:`UserError` if the cell ``config`` cannot run on ``stream`` with
     the strategies registered on ``pm``, else return. In this order:
 

@@ -281,7 +281,7 @@ def _model_overrides(pairs: list[str]):
     import tomllib
 
     from .models.transformer import ModelConfig
-    from .suite import _dataclass_from
+    from .config import dataclass_from
 
     fields = ModelConfig.field_names()
     values = {}
@@ -294,7 +294,7 @@ def _model_overrides(pairs: list[str]):
             values[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             values[key] = raw.strip()  # a bare word: a string
-    return _dataclass_from(ModelConfig, values, "--set", "model")
+    return dataclass_from(ModelConfig, values, "--set", "model")
 
 
 def cmd_pretrain(args, console: Console) -> int:

@@ -34,14 +34,14 @@ from .errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cell import CellContext
-    from .suite import Cell
+    from .config import CellConfig
     from clbench.tasks import Batch, Examples, Stream, Task
 
 
 class Kind(Protocol):
-    def check(self, config: Cell, stream: Stream) -> None: ...
+    def check(self, config: CellConfig, stream: Stream) -> None: ...
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module: ...
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module: ...
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor: ...
 
@@ -52,7 +52,7 @@ class Kind(Protocol):
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]: ...
 
 
-def _backbone(config: Cell):
+def _backbone(config: CellConfig):
     from .models.backbones import is_pretrained, resolve
 
     return resolve(config.model.init) if is_pretrained(config.model.init) else None
@@ -63,10 +63,10 @@ class Classification:
     label space (masked to the example's task in task-incremental streams), cross-entropy, and
     accuracy (``acc``) and mean cross-entropy (``loss``) on the test split."""
 
-    def check(self, config: Cell, stream: Stream) -> None:
+    def check(self, config: CellConfig, stream: Stream) -> None:
         pass
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         from .models.backbones import load_into
         from .models.transformer import Transformer
 
@@ -143,13 +143,13 @@ class Generation:
     or ``accuracy`` by the likelihood of each of the task's label texts after the prompt. Every
     task also gets ``loss``, the cross-entropy of its reference answers."""
 
-    def check(self, config: Cell, stream: Stream) -> None:
+    def check(self, config: CellConfig, stream: Stream) -> None:
         backbone = _backbone(config)
         if not config.model.causal and (backbone is None or backbone.kind != "hf-causal"):
             raise UserError(f"stream '{stream.name}' has generative tasks: they need a causal model "
                             "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         from .models.backbones import load_into
         from .models.transformer import Transformer
 

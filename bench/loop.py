@@ -39,7 +39,7 @@ from .errors import UserError
 from .kinds import kind_of
 from .models.attention import recording
 from .params import device_from
-from .suite import Cell
+from .config import CellConfig
 
 from clbench.results.schema import new_cell_row
 from clbench.tasks import Batch, Stream, Task
@@ -66,7 +66,7 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def build_stream(config: Cell, host=None) -> Stream:
+def build_stream(config: CellConfig, host=None) -> Stream:
     """The cell's stream, built by its registered factory with the cell's parameters and order."""
     from .host import get_host
 
@@ -216,7 +216,7 @@ def versions() -> str:
     return json.dumps(found)
 
 
-def cell_row(cell: Cell) -> dict[str, Any]:
+def cell_row(cell: CellConfig) -> dict[str, Any]:
     """A cell's ``cells`` row before it runs: :func:`run_cell` fills in the rest; the suite
     records it as it is (status ``failed``) for a cell whose worker process died."""
     return new_cell_row({
@@ -238,14 +238,14 @@ def cell_row(cell: Cell) -> dict[str, Any]:
     })
 
 
-def build_model(config: Cell, stream: Stream) -> torch.nn.Module:
+def build_model(config: CellConfig, stream: Stream) -> torch.nn.Module:
     """The cell's model for ``stream``, as its kind builds it, seeded with the cell's seed (and
     loaded from its pretrained ``model.init``)."""
     return kind_of(stream).build_model(config, stream)
 
 
 def run_cell(
-    cell: Cell,
+    cell: CellConfig,
     *,
     observers: Iterable[Any] = (),
     stream: Stream | None = None,

@@ -25,8 +25,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .config import TrainingConfig, dataclass_from
 from .errors import UserError
-from .params import check_params
+from .params import check_params, suite_name
 
 #: The kinds of dimension, each a ray.tune sampling function.
 KINDS = ("uniform", "log-uniform", "int", "log-int", "choice")
@@ -101,15 +102,11 @@ def _py(name: str) -> str:
     return name + "_" if keyword.iskeyword(name) else name
 
 
-def _suite(name: str) -> str:
-    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
-
-
 def key_name(key: Key, single: bool = True) -> str:
     """How a report and the trials table name a dimension: ``lambda``, ``ewc.lambda`` (in a
     combination), ``training.lr``."""
     part, name = key
-    return f"{part}.{_suite(name)}" if part == "training" or not single else _suite(name)
+    return f"{part}.{suite_name(name)}" if part == "training" or not single else suite_name(name)
 
 
 def _number(v: Any) -> bool:
@@ -187,11 +184,9 @@ def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[K
 
 
 def resolve_space(spec, training, request: SearchRequest, host, *, defaults: bool = True) -> Space:
-    """The space a strategy entry (``spec``: a :class:`clbench.suite.StrategySpec`, with
+    """The space a strategy entry (``spec``: a :class:`clbench.config.StrategySpec`, with
     ``training``, its TrainingConfig) is tuned over, every dimension checked (see the module
     docstring); ``defaults=False`` leaves out the strategies' default spaces (the suite's check)."""
-    from .suite import TrainingConfig, _dataclass_from
-
     merged: dict[Key, tuple[Any, str]] = {}
     for key, raw, what in _entries(spec, request, host, defaults):
         merged[key] = (parse_dim(raw, what), what)
@@ -199,7 +194,7 @@ def resolve_space(spec, training, request: SearchRequest, host, *, defaults: boo
     for (part, name), (dim, what) in merged.items():
         for value in _candidates(dim):
             if part == "training":
-                _dataclass_from(TrainingConfig, {name: value}, what, "training")
+                dataclass_from(TrainingConfig, {name: value}, what, "training")
                 continue
             factory = host.get("strategies", part).obj
             try:
@@ -214,7 +209,7 @@ def resolve_space(spec, training, request: SearchRequest, host, *, defaults: boo
 
 
 def apply(cell, values: dict[Key, Any]):
-    """``cell`` (a :class:`clbench.suite.Cell`) with ``values`` set: strategy parameters and
+    """``cell`` (a :class:`clbench.config.CellConfig`) with ``values`` set: strategy parameters and
     training fields, by :data:`Key`."""
     values = {k: _plain(v) for k, v in values.items()}
     parts = tuple((n, {**p, **{name: v for (part, name), v in values.items() if part == n}}) for n, p in cell.strategy.parts)

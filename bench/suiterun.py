@@ -29,7 +29,7 @@ from .errors import UserError
 from .host import DEFAULT_PLUGINS, Host, get_host
 from .loop import build_stream, cell_row, run_cell
 from .params import check_params, device_from
-from .suite import Cell, Suite
+from .config import CellConfig, Suite
 
 #: Environment variables a worker process gets from the driver (data folders of text streams).
 WORKER_ENV = ("CLBENCH_DATA",)
@@ -46,7 +46,7 @@ class SuiteRun:
         return [r for r in self.ran if r.status != "ok"]
 
 
-def _stream_key(cell: Cell) -> str:
+def _stream_key(cell: CellConfig) -> str:
     import json
 
     return json.dumps([cell.stream, cell.stream_params, cell.order_value, cell.tasks], sort_keys=True, default=str)
@@ -156,7 +156,7 @@ class WorkerSetup:
 _worker: dict[str, Any] = {}  # this worker process's host and built streams, for one WorkerSetup
 
 
-def run_cell_in_worker(cell: Cell, setup: WorkerSetup) -> CellResult:
+def run_cell_in_worker(cell: CellConfig, setup: WorkerSetup) -> CellResult:
     """Run ``cell`` in a worker process (what out-of-process executors call; picklable with
     ``functools.partial``). The host is built once per process and setup, a stream once for the
     cells that use it one after another."""
@@ -182,7 +182,7 @@ def run_cell_in_worker(cell: Cell, setup: WorkerSetup) -> CellResult:
     return run_cell(cell, stream=streams[key], host=host)
 
 
-def worker_died(cell: Cell, error: str) -> CellResult:
+def worker_died(cell: CellConfig, error: str) -> CellResult:
     """The result of a cell whose worker process died: failed, no measurements."""
     row = cell_row(cell)
     row.update(status="failed", error=error)
@@ -234,7 +234,7 @@ def run_suite(
                     for e in host.registries["observers"].values()]
         if in_process:
 
-            def fn(cell: Cell) -> CellResult:
+            def fn(cell: CellConfig) -> CellResult:
                 plugins = [p for p in (w.cell(cell) for w in watching) if p is not None]
                 return run_cell(cell, observers=plugins, stream=streams.get(_stream_key(cell)), host=host)
 

@@ -33,7 +33,9 @@ from rich.markup import escape
 from . import search
 from .errors import UserError
 from .host import get_host
-from .suite import Cell, Suite, _order_label, to_toml
+from .config import CellConfig, Suite, order_label
+from .params import suite_name
+from .suite import to_toml
 from .suiterun import WorkerSetup, _stream_key, make_executor, preflight
 
 PROTOCOLS = ("validation", "first-tasks")
@@ -68,7 +70,7 @@ class Job:
     """One search, a (stream, strategy) of the suite: what its trials need (it travels to Ray's
     workers) and where its best configuration goes in the suite file."""
 
-    cell: Cell  # the template: the search's fixed values set; first-tasks: the first tasks only
+    cell: CellConfig  # the template: the search's fixed values set; first-tasks: the first tasks only
     space: search.Space
     protocol: Protocol
     metric: str
@@ -168,7 +170,7 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
                 raise UserError(f"{where}: --first-tasks {k} leaves no task to report on (the stream has {T} tasks)")
             base = list(cell.tasks) if cell.tasks is not None else list(range(T))
             report_tasks = tuple(base[k:])
-            cell = replace(cell, tasks=tuple(base[:k]), order=_order_label(cell.order_value, base[:k]))
+            cell = replace(cell, tasks=tuple(base[:k]), order=order_label(cell.order_value, base[:k]))
             stream = stream.reorder(list(range(k)))
         try:
             validation_split(stream, protocol.fraction, protocol.seed)
@@ -190,7 +192,7 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
 _worker: dict[str, Any] = {}  # this worker process's host and last stream, for one WorkerSetup
 
 
-def _host_and_stream(job: Job, cell: Cell):
+def _host_and_stream(job: Job, cell: CellConfig):
     from . import host as host_mod
     from .loop import build_stream
     from clbench.tasks.validation import validation_split
@@ -303,7 +305,7 @@ class TuneRun:
     ran: int = 0  # trials run (not replayed from an earlier run)
 
 
-def _recorder(job: Job, suite_name: str, out: Path, rows: list, counts: dict):
+def _recorder(job: Job, suite: str, out: Path, rows: list, counts: dict):
     """A Ray Tune callback, in the driver, that writes each trial's row as it ends."""
     from ray import tune
 
@@ -332,7 +334,7 @@ def _recorder(job: Job, suite_name: str, out: Path, rows: list, counts: dict):
             status = "stopped" if status == "running" else status
             done = int(r.get("tasks_trained", 0))
             row = {
-                "trial_key": key, "search_key": job.search_key, "suite": suite_name, "stream": cell.stream,
+                "trial_key": key, "search_key": job.search_key, "suite": suite, "stream": cell.stream,
                 "stream_params": json.dumps(cell.stream_params, sort_keys=True), "order": cell.order,
                 "strategy": cell.strategy.label, "protocol": json.dumps(job.protocol.describe()), "metric": job.metric,
                 "mode": job.mode, "searcher": job.searcher, "scheduler": job.scheduler, "trial": number,
@@ -491,10 +493,6 @@ def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol
 # -- the tuned suite ------------------------------------------------------------------------------
 
 
-def _suite_name(name: str) -> str:
-    return search._suite(name)
-
-
 def best_suite_data(data: dict, name: str, jobs: list[Job], best, stream_entry: int) -> dict:
     """The suite ``data`` for one of its streams with each strategy's best configuration (its
     searched and fixed values), no search tables, and (first-tasks) the tasks left for the report."""
@@ -524,9 +522,9 @@ def best_suite_data(data: dict, name: str, jobs: list[Job], best, stream_entry: 
             if part == "training":
                 entry.setdefault("training", {})[pname] = v
             elif job.single:
-                entry.setdefault("params", {})[_suite_name(pname)] = v
+                entry.setdefault("params", {})[suite_name(pname)] = v
             else:
-                entry.setdefault("params", {}).setdefault(part, {})[_suite_name(pname)] = v
+                entry.setdefault("params", {}).setdefault(part, {})[suite_name(pname)] = v
     return new
 
 

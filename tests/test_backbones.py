@@ -167,11 +167,11 @@ def test_suite_with_a_stream_in_other_tokens_is_refused_before_anything_runs(hos
 def test_default_model_config_keeps_its_hash():
     """Fields added to ModelConfig later are left out of the hash at their defaults, so results
     written before them are still found."""
-    from clbench.suite import Cell, StrategySpec, TrainingConfig
+    from clbench.config import CellConfig, StrategySpec, TrainingConfig
 
-    cell = Cell("s", "split-digits", {}, "default", None, StrategySpec("naive", (("naive", {}),)), 0, ModelConfig(), TrainingConfig())
+    cell = CellConfig("s", "split-digits", {}, "default", None, StrategySpec("naive", (("naive", {}),)), 0, ModelConfig(), TrainingConfig())
     assert set(cell.config()["model"]) == {"d_model", "n_layers", "n_heads", "mlp_ratio", "dropout", "causal", "pooling", "max_len", "bias"}
-    post = Cell(**{**cell.__dict__, "model": ModelConfig(norm="post")})
+    post = CellConfig(**{**cell.__dict__, "model": ModelConfig(norm="post")})
     assert post.config_hash != cell.config_hash
 
 
