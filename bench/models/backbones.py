@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .hf import CONFIG, hf_architecture, weight_files
 
 CHECKPOINT_FORMAT = "clbench-checkpoint"
 WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
 #: what ``hf:<name>`` downloads: the config, safetensors weights (sharded or not), the tokenizer
@@ -81,8 +81,6 @@ class Backbone:
         if self.kind != "hf-causal":
             st = self.weights.stat()
             return _file_digest(str(self.weights), st.st_size, st.st_mtime_ns)
-        from .hf import weight_files
-
         digests = [_file_digest(str(p), st.st_size, st.st_mtime_ns) for p in weight_files(self.folder) if (st := p.stat())]
         return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
@@ -161,9 +159,8 @@ def _read_config(folder: Path, at: str) -> dict:
 def _from_folder(folder: Path, spec: str, at: str) -> Backbone:
     cfg = _read_config(folder, at)
     if cfg.get("format") != CHECKPOINT_FORMAT and cfg.get("model_type") != "bert":
-        from .hf import hf_backbone
-
-        return hf_backbone(folder, spec, at, cfg)
+        arch, vocab_size = hf_architecture(folder, at, cfg)
+        return Backbone(spec, "hf-causal", folder, arch, "tokens", vocab_size, {"kind": "hf", "path": str(folder)})
     if not (folder / WEIGHTS).is_file():
         raise UserError(f"{at}: {folder} holds no {WEIGHTS}")
     if cfg.get("format") == CHECKPOINT_FORMAT:
