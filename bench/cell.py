@@ -21,6 +21,9 @@ import torch
 
 from . import hookspecs
 from .errors import UserError
+from .host import get_host, new_manager, register_checked
+from .kinds import kind_of
+from .models.backbones import check_stream, is_pretrained, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kinds import Kind
@@ -101,8 +104,6 @@ class CellContext:
 
     def __init__(self, config: CellConfig, stream: Stream, model: torch.nn.Module, device: torch.device,
                  hook: pluggy.HookRelay | None = None, tasks: list[Task] | None = None):
-        from .kinds import kind_of
-
         self.config = config
         self.stream = stream
         self.tasks = list(stream.tasks) if tasks is None else tasks
@@ -138,24 +139,6 @@ class CellContext:
 # --------------------------------------------------------------------------------------------
 
 
-def new_manager(specs) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("clbench")
-    pm.add_hookspecs(specs)
-    return pm
-
-
-def register_checked(pm: pluggy.PluginManager, plugin: Any, name: str, what: str) -> None:
-    """Register ``plugin`` on ``pm``, refusing (one line) a hook ``pm`` does not know: a cell hook
-    on a plugin of the host, or a registration hook on a strategy."""
-    try:
-        pm.register(plugin, name=name)
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        if pm.is_registered(plugin):
-            pm.unregister(plugin)
-        raise UserError(f"{what}: {str(exc).splitlines()[0]}") from None
-
-
 def strategy_order(strategies: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """The cell's strategies in the order they are registered on its plugin manager: those that
     change the model's structure (``changes_model = True``, e.g. LoRA injecting adapters) last, so
@@ -176,11 +159,9 @@ def cell_manager(strategies: list[tuple[str, Any]], observers: Iterable[Any] = (
     return pm
 
 
-def make_strategies(config: CellConfig, host=None) -> list[tuple[str, Any]]:
+def make_strategies(config: CellConfig) -> list[tuple[str, Any]]:
     """Instantiate the cell's strategy objects (one per combined strategy)."""
-    from .host import get_host
-
-    host = host or get_host()
+    host = get_host()
     return [(name, host.get("strategies", name).obj(**params)) for name, params in config.strategy.parts]
 
 
@@ -207,9 +188,6 @@ def refuse(config: CellConfig, stream: Stream, pm: pluggy.PluginManager) -> None
        model that cannot do the stream's kind of task (a generative stream needs a causal model);
     4. a strategy's own ``check_cell`` hook refuses the combination.
     """
-    from .kinds import kind_of
-    from .models.backbones import check_stream, is_pretrained, resolve
-
     for hook, who in firstresult_conflicts(pm):
         raise UserError(f"strategies {' and '.join(who)} cannot be combined: both decide '{hook}'")
     if stream.max_len > config.model.max_len:

@@ -1,6 +1,11 @@
 """The plugin host: loads built-in plugins, then the ``clbench`` entry-point group, and keeps the
 registries that the registration hooks fill.
 
+Every part of clbench reaches the loaded plugins one way: :func:`get_host`, the process's host,
+loaded on first use. Nothing takes a host as an argument. To run with other plugins (a test
+registering its own, a worker process loading the driver's), build a :class:`Host` and install
+it: ``with use_host(host): ...`` for a block, :func:`set_host` for the rest of the process.
+
 ``CLBENCH_PLUGINS`` (comma-separated) restricts which plugins load: built-ins by module name
 (``clbench.strategies.naive``) or short name (``naive``), third-party plugins by entry-point name.
 Set it to an empty string to load none.
@@ -8,15 +13,17 @@ Set it to an empty string to load none.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Iterator
+
+import pluggy
 
 from . import hookspecs
-from .cell import new_manager, register_checked
 from .errors import UserError
 
 #: Built-in plugins, loaded before any third-party one. They use the same hooks as everyone.
@@ -73,6 +80,26 @@ class Entry:
 
 def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
+
+
+def new_manager(specs) -> pluggy.PluginManager:
+    """A plugin manager that knows the hooks of ``specs`` (:class:`clbench.hookspecs.HostSpecs`,
+    or :class:`~clbench.hookspecs.CellSpecs` for a cell's)."""
+    pm = pluggy.PluginManager("clbench")
+    pm.add_hookspecs(specs)
+    return pm
+
+
+def register_checked(pm: pluggy.PluginManager, plugin: Any, name: str, what: str) -> None:
+    """Register ``plugin`` on ``pm``, refusing (one line) a hook ``pm`` does not know: a cell hook
+    on a plugin of the host, or a registration hook on a strategy."""
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        raise UserError(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
 class Host:
@@ -178,9 +205,28 @@ _host: Host | None = None
 
 
 def get_host() -> Host:
-    """The process-wide host, loaded on first use."""
+    """The process's host, loaded on first use (honouring ``CLBENCH_PLUGINS``): the one way
+    clbench reaches its plugins."""
     global _host
     if _host is None:
         _host = Host().load(os.environ.get("CLBENCH_PLUGINS"))
     return _host
 
+
+def set_host(host: Host | None) -> Host | None:
+    """Make ``host`` the process's host (None: load one on the next :func:`get_host`); returns
+    the one it replaces. A worker process installs the driver's plugins with it."""
+    global _host
+    previous, _host = _host, host
+    return previous
+
+
+@contextlib.contextmanager
+def use_host(host: Host) -> Iterator[Host]:
+    """``with use_host(host):`` makes ``host`` the process's host inside the block (a test with a
+    plugin of its own, a host restricted to some plugins), then puts the previous one back."""
+    previous = set_host(host)
+    try:
+        yield host
+    finally:
+        set_host(previous)

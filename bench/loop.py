@@ -36,6 +36,7 @@ import torch
 from . import __version__
 from .cell import CellContext, CellResult, Diverged, cell_manager, make_strategies, refuse
 from .errors import UserError
+from .host import get_host
 from .kinds import kind_of
 from .models.attention import recording
 from .params import device_from
@@ -66,12 +67,9 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def build_stream(config: CellConfig, host=None) -> Stream:
+def build_stream(config: CellConfig) -> Stream:
     """The cell's stream, built by its registered factory with the cell's parameters and order."""
-    from .host import get_host
-
-    host = host or get_host()
-    entry = host.get("streams", config.stream)
+    entry = get_host().get("streams", config.stream)
     stream = entry.obj(**config.stream_params, order=config.order_value)
     if not isinstance(stream, Stream):
         raise TypeError(f"stream factory {config.stream!r} returned {type(stream).__name__}, not a Stream")
@@ -249,7 +247,6 @@ def run_cell(
     *,
     observers: Iterable[Any] = (),
     stream: Stream | None = None,
-    host=None,
     on_evaluated: Callable[[int, list[dict[str, float]]], None] | None = None,
 ) -> CellResult:
     """Run one cell. ``observers`` are extra plugins for the cell's hooks (progress bars);
@@ -291,7 +288,7 @@ def run_cell(
         row["threads"] = torch.get_num_threads()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        stream = stream if stream is not None else build_stream(cell, host)
+        stream = stream if stream is not None else build_stream(cell)
         row["scenario"] = stream.scenario
         row["tasks"] = json.dumps([t.name for t in stream.tasks])
         row["n_tasks"] = stream.n_tasks
@@ -299,7 +296,7 @@ def run_cell(
         model = build_model(cell, stream).to(device)
         row["total_params"] = model.n_parameters()
 
-        pm = cell_manager(make_strategies(cell, host), observers)
+        pm = cell_manager(make_strategies(cell), observers)
         refuse(cell, stream, pm)
         ctx = CellContext(cell, stream, model, device, pm.hook, tasks)
         tally = Tally(tokens=torch.zeros((), dtype=torch.long, device=device),

@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import TrainingConfig, dataclass_from
 from .errors import UserError
+from .host import get_host
 from .params import check_params, suite_name
 
 #: The kinds of dimension, each a ray.tune sampling function.
@@ -148,7 +149,7 @@ def _candidates(dim: Dim | Any) -> list:
     return list(dim.values)
 
 
-def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[Key, Any, str]]:
+def _entries(spec, request: SearchRequest, defaults: bool) -> list[tuple[Key, Any, str]]:
     """Every (key, raw dimension, where) that applies to the entry, lowest precedence first."""
     out: list[tuple[Key, Any, str]] = []
     names = [n for n, _ in spec.parts]
@@ -160,7 +161,7 @@ def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[K
 
     if defaults:
         for n in names:
-            space = getattr(host.get("strategies", n).obj, "search_space", None) or {}
+            space = getattr(get_host().get("strategies", n).obj, "search_space", None) or {}
             what = f"strategy '{n}': default search space"
             for k, v in table(space, what).items():
                 if k == "training":
@@ -183,12 +184,12 @@ def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[K
     return out
 
 
-def resolve_space(spec, training, request: SearchRequest, host, *, defaults: bool = True) -> Space:
+def resolve_space(spec, training, request: SearchRequest, *, defaults: bool = True) -> Space:
     """The space a strategy entry (``spec``: a :class:`clbench.config.StrategySpec`, with
     ``training``, its TrainingConfig) is tuned over, every dimension checked (see the module
     docstring); ``defaults=False`` leaves out the strategies' default spaces (the suite's check)."""
     merged: dict[Key, tuple[Any, str]] = {}
-    for key, raw, what in _entries(spec, request, host, defaults):
+    for key, raw, what in _entries(spec, request, defaults):
         merged[key] = (parse_dim(raw, what), what)
     params = dict(spec.parts)
     for (part, name), (dim, what) in merged.items():
@@ -196,7 +197,7 @@ def resolve_space(spec, training, request: SearchRequest, host, *, defaults: boo
             if part == "training":
                 dataclass_from(TrainingConfig, {name: value}, what, "training")
                 continue
-            factory = host.get("strategies", part).obj
+            factory = get_host().get("strategies", part).obj
             try:
                 full = check_params(factory, {**params[part], name: value}, what=f"strategy '{part}'")
                 factory(**full)

@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import CellConfig, StrategySpec, Suite, TrainingConfig, dataclass_from, order_label
 from .errors import UserError
+from .host import get_host
 from .models.backbones import is_pretrained, resolve
 from .models.transformer import ModelConfig
 from .params import check_params
@@ -67,11 +68,9 @@ def _training(table: Any, where: str, section: str) -> TrainingConfig:
     return dataclass_from(TrainingConfig, table, where, section)  # the device: in the suite's preflight
 
 
-def parse_suite(data: dict, where: str, host=None) -> Suite:
+def parse_suite(data: dict, where: str) -> Suite:
     """Validate a parsed suite against the loaded plugins and expand it into cells."""
-    from .host import get_host
-
-    host = host or get_host()
+    host = get_host()
     for key in data:
         _need(key in TOP_KEYS, where, f"unknown field '{key}' (fields: {', '.join(sorted(TOP_KEYS))})")
     name = data.get("name", Path(where).stem if where.endswith(".toml") else "suite")
@@ -197,7 +196,7 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
 
     # the search tables (clbench tune), checked here so that every command refuses a bad one
     for strat, tcfg in strategy_specs:
-        _wrap(lambda: resolve_space(strat, tcfg, searches[strat.label], host, defaults=False), where)
+        _wrap(lambda: resolve_space(strat, tcfg, searches[strat.label], defaults=False), where)
 
     cells = []
     for sname, sparams, orders, tasks in stream_specs:
@@ -249,12 +248,12 @@ def override(data: dict, pairs: list[str] | None) -> dict:
     return data
 
 
-def load_suite(spec: str, host=None, overrides: list[str] | None = None) -> Suite:
+def load_suite(spec: str, overrides: list[str] | None = None) -> Suite:
     """The suite ``spec`` names (a file or a built-in suite), with ``overrides`` (``--set``)."""
     data, where = read_suite(spec)
     if overrides:
         data, where = override(data, overrides), f"{where} (with --set {' '.join(overrides)})"
-    return parse_suite(data, where, host)
+    return parse_suite(data, where)
 
 
 def _toml_key(k: str) -> str:

@@ -139,7 +139,7 @@ class RayExecutor:
         self.address = address
         self.workers = workers
 
-    def _start(self) -> bool:
+    def start(self) -> bool:
         """Connect to (or start) Ray; True if this call started it."""
         import ray
 
@@ -169,7 +169,7 @@ class RayExecutor:
         queue = deque(cells)
         if not queue:
             return
-        started = self._start()
+        started = self.start()
         running: dict = {}
         try:
             # max_retries=0: a cell whose worker dies is recorded as failed, not run again and

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from clbench.host import get_host
+
 from .metrics import Matrices
 from .schema import COST_COLUMNS, IDENTITY, metric_columns
 
@@ -96,8 +98,6 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
     for metrics undefined for the cell: see :func:`fwt_undefined`), and ``reference_run_id``, the
     ``cumulative`` cell intransigence was measured against ("" for none)."""
     if metrics is None:
-        from clbench.host import get_host
-
         metrics = {n: e.obj for n, e in get_host().registries["metrics"].items()}
     keep = [*IDENTITY, *COST_COLUMNS]
     rows = []

@@ -34,8 +34,8 @@ def run(host, strategies, **kw):
     from clbench.loop import run_cell
     from clbench.suite import parse_suite
 
-    suite = parse_suite(make_suite(strategies, **kw), "test-suite.toml", host)
-    return [run_cell(cell, host=host) for cell in suite.cells]
+    suite = parse_suite(make_suite(strategies, **kw), "test-suite.toml")
+    return [run_cell(cell) for cell in suite.cells]
 
 
 TWO_TASKS = {"patch_size": 4, "n_tasks": 2}
@@ -298,21 +298,21 @@ def test_avalanche_strategy_parameters_come_from_the_suite(host, capsys, monkeyp
     from clbench.suite import parse_suite
 
     with pytest.raises(UserError, match="missing required parameter 'ewc_lambda'"):
-        parse_suite(make_suite(["avalanche:EWC"]), "s.toml", host)
+        parse_suite(make_suite(["avalanche:EWC"]), "s.toml")
     with pytest.raises(UserError, match="has no parameter 'lambda_'"):
-        parse_suite(make_suite([{"name": "avalanche:EWC", "params": {"lambda_": 1.0}}]), "s.toml", host)
+        parse_suite(make_suite([{"name": "avalanche:EWC", "params": {"lambda_": 1.0}}]), "s.toml")
     with pytest.raises(UserError, match="parameter 'mem_size' must be int"):
-        parse_suite(make_suite([{"name": "avalanche:Replay", "params": {"mem_size": "big"}}]), "s.toml", host)
-    suite = parse_suite(make_suite([{"name": "avalanche:EWC", "params": {"ewc_lambda": 5.0}}], stream_params=TWO_TASKS), "s.toml", host)
+        parse_suite(make_suite([{"name": "avalanche:Replay", "params": {"mem_size": "big"}}]), "s.toml")
+    suite = parse_suite(make_suite([{"name": "avalanche:EWC", "params": {"ewc_lambda": 5.0}}], stream_params=TWO_TASKS), "s.toml")
     (cell,) = suite.cells
-    [(_, obj)] = make_strategies(cell, host)
+    [(_, obj)] = make_strategies(cell)
     assert obj.params == {"ewc_lambda": 5.0, "mode": "separate", "decay_factor": None, "keep_importance_data": False}
     from clbench.loop import run_cell
 
     made = []
     init = AvalancheStrategy.__init__
     monkeypatch.setattr(AvalancheStrategy, "__init__", lambda self, *a, **k: (made.append(self), init(self, *a, **k))[1])
-    res = run_cell(cell, host=host)
+    res = run_cell(cell)
     assert res.status == "ok", res.cell["traceback"]
     from avalanche.training.plugins import EWCPlugin
 

@@ -112,8 +112,8 @@ def _run(host, strategies=("naive",), observers=(), stream_params=TWO_CLASS, tra
     from clbench.suite import parse_suite
 
     data = make_suite(list(strategies), stream_params=stream_params, training={"batch_size": 128, **(training or {})})
-    (cell,) = parse_suite(data, "t.toml", host).cells
-    res = run_cell(cell, observers=observers, host=host)
+    (cell,) = parse_suite(data, "t.toml").cells
+    res = run_cell(cell, observers=observers)
     assert res.status == "ok", res.cell["traceback"]
     return res
 
@@ -321,10 +321,10 @@ def test_hook_check_cell(host, tmp_path):
     from clbench.suite import parse_suite
     from clbench.suiterun import preflight
 
-    preflight(parse_suite(make_suite(["picky"], stream_params=TWO), "t.toml", host), host)
+    preflight(parse_suite(make_suite(["picky"], stream_params=TWO), "t.toml"))
     assert seen == [(["picky"], "class-incremental")]
     with pytest.raises(UserError, match="strategy 'picky\\+replay': picky does not mix with replay"):
-        preflight(parse_suite(make_suite([{"name": ["picky", "replay"]}], stream_params=TWO), "t.toml", host), host)
+        preflight(parse_suite(make_suite([{"name": ["picky", "replay"]}], stream_params=TWO), "t.toml"))
     path = tmp_path / "s.toml"
     path.write_text('name = "s"\n[[streams]]\nname = "split-digits"\n[[strategies]]\nname = ["picky", "replay"]\n')
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
@@ -398,8 +398,8 @@ def test_hook_trainable_parameters(host):
     from clbench.loop import build_model, build_stream
     from clbench.suite import parse_suite
 
-    (cell,) = parse_suite(make_suite(["naive"], stream_params=TWO_CLASS), "t.toml", host).cells
-    fresh = build_model(cell, build_stream(cell, host))
+    (cell,) = parse_suite(make_suite(["naive"], stream_params=TWO_CLASS), "t.toml").cells
+    fresh = build_model(cell, build_stream(cell))
     assert all(torch.equal(a, b) for a, b in zip(obj.blocks, fresh.blocks.parameters()))
 
 

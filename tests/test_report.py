@@ -44,7 +44,7 @@ def build(host, matrices: dict, failed=(), seconds=None, stream_params=None) -> 
     strategies = sorted({s for s, _ in matrices} | {s for s, _ in failed})
     seeds = sorted({d for _, d in matrices} | {d for _, d in failed})
     stream_params = {"patch_size": 4, "n_tasks": 3, **(stream_params or {})}
-    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params=stream_params), "t.toml", host)
+    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params=stream_params), "t.toml")
     out = []
     for cell in suite.cells:
         key = (cell.strategy.label, cell.seed)

@@ -13,9 +13,9 @@ def test_run_cell_tells_on_evaluated_each_evaluation(host):
     from clbench.loop import run_cell
     from clbench.suite import parse_suite
 
-    cell = parse_suite(make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 2}), "s.toml", host).cells[0]
+    cell = parse_suite(make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 2}), "s.toml").cells[0]
     seen = []
-    result = run_cell(cell, host=host, on_evaluated=lambda after, scores: seen.append((after, scores)))
+    result = run_cell(cell, on_evaluated=lambda after, scores: seen.append((after, scores)))
     assert [after for after, _ in seen] == [-1, 0, 1]
     acc = {(m["train_task"], m["eval_task"]): m["value"] for m in result.measurements if m["metric"] == "acc"}
     assert all(s["acc"] == acc[(after, j)] for after, scores in seen for j, s in enumerate(scores))

@@ -47,9 +47,9 @@ def _space(host, entry: dict, suite_search: dict | None = None):
     data = make_suite([entry], stream_params=DIGITS)
     if suite_search is not None:
         data["search"] = suite_search
-    suite = parse_suite(data, "t.toml", host)
+    suite = parse_suite(data, "t.toml")
     c = suite.cells[0]
-    return resolve_space(c.strategy, c.training, suite.search[c.strategy.label], host)
+    return resolve_space(c.strategy, c.training, suite.search[c.strategy.label])
 
 
 def test_every_builtin_default_space_is_valid(host):

@@ -138,7 +138,7 @@ def test_the_builtin_strategy_suites_load_even_beside_a_strategies_folder(host, 
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "strategies").mkdir()
-    cil, til = load_suite("strategies", host), load_suite("strategies-task-il", host)
+    cil, til = load_suite("strategies"), load_suite("strategies-task-il")
     assert {c.stream_params["scenario"] for c in cil.cells} == {"class-incremental"}
     assert {c.stream_params["scenario"] for c in til.cells} == {"task-incremental"}
     builtin = {"naive", "joint", "cumulative", "replay", "ewc", "lwf", "agem", "der", "der++", "si", "gdumb"}
