@@ -289,7 +289,7 @@ def _model_overrides(pairs: list[str]):
 def cmd_pretrain(args, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .models.pretrain import PretrainConfig, pretrain
+    from .pretrain import PretrainConfig, pretrain
 
     model = _model_overrides(args.set)
     if args.init:

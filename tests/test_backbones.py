@@ -14,7 +14,7 @@ from clbench.models.backbones import latest_checkpoint, load_into, resolve
 from clbench.cli import main
 from clbench.errors import UserError
 from clbench.models import ModelConfig, Transformer
-from clbench.models.pretrain import PretrainConfig, pretrain
+from clbench.pretrain import PretrainConfig, pretrain
 from clbench.suite import parse_suite
 from clbench.tasks.tokenizer import load_tokenizer
 from conftest import make_suite

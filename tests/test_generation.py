@@ -178,7 +178,7 @@ def test_a_causal_checkpoint_generates_with_its_pretrained_head(tmp_path, run_su
     from safetensors.torch import load_file
 
     from clbench.loop import build_model, build_stream
-    from clbench.models.pretrain import PretrainConfig, pretrain
+    from clbench.pretrain import PretrainConfig, pretrain
     from clbench.suite import parse_suite
 
     text = tmp_path / "text.txt"
@@ -217,7 +217,7 @@ def test_rank_classification_fits_the_longest_label_into_the_model(host):
 
 def test_a_checkpoint_pretrained_on_shorter_sequences_is_warned_about(tmp_path, host, capsys):
     """Positions past the pre-training's --seq-len have untrained position embeddings: one line."""
-    from clbench.models.pretrain import PretrainConfig, pretrain
+    from clbench.pretrain import PretrainConfig, pretrain
     from clbench.suite import parse_suite
     from clbench.suiterun import preflight
 
