@@ -31,6 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .models.backbones import is_pretrained, load_into, resolve
+from .models.hf import load_causal_lm
+from .models.transformer import Transformer
+
+from clbench.tasks.generative import examples_of
+from clbench.tasks.scoring import SCORERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cell import CellContext
@@ -53,8 +59,6 @@ class Kind(Protocol):
 
 
 def _backbone(config: CellConfig):
-    from .models.backbones import is_pretrained, resolve
-
     return resolve(config.model.init) if is_pretrained(config.model.init) else None
 
 
@@ -67,9 +71,6 @@ class Classification:
         pass
 
     def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
-        from .models.backbones import load_into
-        from .models.transformer import Transformer
-
         backbone = _backbone(config)
         torch.manual_seed(config.seed)
         model = Transformer(
@@ -150,13 +151,8 @@ class Generation:
                             "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
 
     def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
-        from .models.backbones import load_into
-        from .models.transformer import Transformer
-
         backbone = _backbone(config)
         if backbone is not None and backbone.kind == "hf-causal":
-            from .models.hf import load_causal_lm
-
             torch.manual_seed(config.seed)
             return load_causal_lm(backbone)
         self.check(config, stream)
@@ -191,8 +187,6 @@ class Generation:
 
     @torch.inference_mode()
     def evaluate(self, cell: CellContext, task_index: int, task: Task) -> dict[str, float]:
-        from clbench.tasks.scoring import SCORERS
-
         data = task.test
         bs = cell.config.training.eval_batch_size
         nll = torch.zeros((), dtype=torch.float64, device=cell.device)
@@ -225,8 +219,6 @@ class Generation:
         """Accuracy of choosing, for each prompt, the label text the model finds likeliest
         (summed log-probability of the label's tokens and the end token). A prompt that would not
         fit the model with the longest label loses tokens from its left, the same for every label."""
-        from clbench.tasks.generative import _examples
-
         data, tok = task.test, cell.stream.tokenizer
         bs = cell.config.training.eval_batch_size
         labels = tok.encode_answers(list(task.labels))
@@ -240,7 +232,7 @@ class Generation:
                 for lab in labels:
                     seqs.append(prompt + list(lab) + [tok.eos_id])
                     starts.append(len(prompt))
-            cand = _examples(seqs, starts, [0] * len(seqs), 0).to(cell.device)
+            cand = examples_of(seqs, starts, [0] * len(seqs), 0).to(cell.device)
             scores = -self._nll(cell, cand).view(len(idx), L)
             correct += int((scores.argmax(1) == data.y[idx]).sum())
         return correct / max(len(data), 1)

@@ -29,6 +29,7 @@ import resource
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, Iterable
 
 import torch
@@ -200,8 +201,6 @@ RESULT_PACKAGES = (
 
 
 def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     def of(dist: str) -> str:
         try:
             return version(dist)

@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any, Callable, Literal
 
+import torch
+
 from .errors import UserError
 
 _MISSING = inspect.Parameter.empty
@@ -117,8 +119,6 @@ def require(ok: bool, name: str, must: str, value: Any) -> None:
 def device_from(name: str, what: str = "training.device"):
     """The torch device ``name`` names (``auto``: CUDA when available); a one-line
     :class:`UserError` naming the setting ``what`` when it is not one, or is CUDA without CUDA."""
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

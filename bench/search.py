@@ -50,7 +50,7 @@ class Dim:
 
     def domain(self):
         """The dimension as a Ray Tune search space domain (ranges include both ends)."""
-        from ray import tune
+        from ray import tune  # optional (clbench[tune]): only a tune asks for domains
 
         lo, hi = self.values[0], self.values[-1]
         return {

@@ -9,6 +9,9 @@ the same budget, on Ray Tune, under a protocol that never reads a test split (do
 * :func:`tune_suite` runs the searches, records each trial as it ends
   (:mod:`clbench.results.tuning`), and writes the best configurations as a suite file and the
   report.
+
+Ray Tune and Optuna are optional (``clbench[tune]``): they are imported inside the functions that
+use them.
 """
 
 from __future__ import annotations

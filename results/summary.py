@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -259,8 +260,6 @@ def drop_repeated_seeds(df: pd.DataFrame, what: str = "results") -> pd.DataFrame
     """``df`` (summary or cells rows, strategies labelled by :func:`config_labels`) without a seed
     counted twice: a second row of the same configuration and seed (another run id: e.g. cells run
     by an earlier clbench whose hash differs) is left out with a one-line warning."""
-    import sys
-
     if df.empty:
         return df
     cols = [c for c in ("stream", "stream_params", "order", "strategy", "seed") if c in df]

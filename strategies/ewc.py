@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
 
 from clbench import hookimpl
 from clbench.params import require
@@ -60,8 +61,6 @@ def empirical_fisher(cell, examples, max_samples: int, chunk: int = 64) -> dict[
 
 
 def _fisher_vmap(cell, data, params, fisher, chunk) -> None:
-    from torch.func import functional_call, grad, vmap
-
     frozen = {n: p.detach() for n, p in cell.model.named_parameters() if n not in params}
 
     def nll(p, x, y, mask):  # one example, unpadded

