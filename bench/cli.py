@@ -156,7 +156,8 @@ def cmd_show(args, console: Console) -> int:
 
     tables = _only(_only(load(args.dir), "strategy", args.strategy), "stream", args.stream)
     if args.format != "console":
-        from clbench.results.report import leaderboard, leaderboard_rows, render_markdown
+        from clbench.results.analysis import leaderboard
+        from clbench.results.render import leaderboard_rows, render_markdown
         from clbench.results.summary import stream_title
 
         board = leaderboard(tables.summary)
@@ -209,7 +210,7 @@ def cmd_report(args, console: Console) -> int:
 
 def cmd_compare(args, console: Console) -> int:
     from clbench.results import load
-    from clbench.results.report import METRICS, compare
+    from clbench.results.analysis import METRICS, compare
     from clbench.results.summary import config_differences, stream_title
 
     a, b = load(args.a), load(args.b)
