@@ -241,13 +241,13 @@ def cmd_list(args, console: Console) -> int:
     from .suite import builtin_suites
 
     host = get_host()
-    for kind in ("streams", "strategies"):
-        table = Table(title=kind, show_header=True)
+    for category in ("streams", "strategies"):
+        table = Table(title=category, show_header=True)
         table.add_column("name")
         table.add_column("description")
         table.add_column("plugin")
-        for name in host.names(kind):
-            e = host.get(kind, name)
+        for name in host.names(category):
+            e = host.get(category, name)
             table.add_row(name, e.description, e.plugin)
         console.print(table)
     table = Table(title="suites")
@@ -262,8 +262,8 @@ def cmd_list(args, console: Console) -> int:
 def cmd_plugins(args, console: Console) -> int:
     for name, what in get_host().plugins():
         console.print(f"[bold]{name}[/bold]")
-        for kind, names in what.items():
-            console.print(f"  {kind}: {', '.join(names)}")
+        for category, names in what.items():
+            console.print(f"  {category}: {', '.join(names)}")
     return 0
 
 

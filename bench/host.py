@@ -53,7 +53,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.plugins.avalanche",
 )
 
-KINDS = ("streams", "strategies", "metrics", "reporters", "executors", "observers")
+#: The registries, one per registration hook (``register_<category>``).
+CATEGORIES = ("streams", "strategies", "metrics", "reporters", "executors", "observers")
 SINGULAR = {"streams": "stream", "strategies": "strategy", "metrics": "metric", "reporters": "reporter",
             "executors": "executor", "observers": "observer"}
 
@@ -69,9 +70,10 @@ def implemented_hooks(obj: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered thing: its name, the object, a description and the plugin that gave it."""
+    """One registered thing: its category (:data:`CATEGORIES`), name, the object, a description
+    and the plugin that gave it."""
 
-    kind: str
+    category: str
     name: str
     obj: Any
     description: str
@@ -149,54 +151,56 @@ class Host:
         return self._registries
 
     def _collect(self) -> dict[str, dict[str, Entry]]:
-        regs: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
-        for kind in KINDS:
-            caller = getattr(self.pm.hook, f"register_{kind}")
+        regs: dict[str, dict[str, Entry]] = {c: {} for c in CATEGORIES}
+        for category in CATEGORIES:
+            caller = getattr(self.pm.hook, f"register_{category}")
             for impl in caller.get_hookimpls():
                 plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
 
-                def register(name: str, obj: Any, description: str = "", *, _kind=kind, _p=plugin_name) -> None:
+                def register(name: str, obj: Any, description: str = "", *, _category=category, _p=plugin_name) -> None:
                     if not isinstance(name, str) or not name:
-                        raise ValueError(f"plugin {_p!r} registered a {SINGULAR[_kind]} without a name")
+                        raise ValueError(f"plugin {_p!r} registered a {SINGULAR[_category]} without a name")
                     if not callable(obj):
-                        raise ValueError(f"plugin {_p!r}: {SINGULAR[_kind]} {name!r} is not callable")
-                    if name in regs[_kind]:
-                        other = regs[_kind][name].plugin
+                        raise ValueError(f"plugin {_p!r}: {SINGULAR[_category]} {name!r} is not callable")
+                    if name in regs[_category]:
+                        other = regs[_category][name].plugin
                         raise UserError(
-                            f"{SINGULAR[_kind]} {name!r} is registered twice: by {other!r} and by {_p!r}"
+                            f"{SINGULAR[_category]} {name!r} is registered twice: by {other!r} and by {_p!r}"
                         )
                     doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-                    regs[_kind][name] = Entry(_kind, name, obj, doc, _p)
+                    regs[_category][name] = Entry(_category, name, obj, doc, _p)
 
                 impl.function(register=register)
         return regs
 
-    def get(self, kind: str, name: str) -> Entry:
-        """The entry ``name`` of ``kind``; an unknown name is a one-line error listing the known."""
-        reg = self.registries[kind]
+    def get(self, category: str, name: str) -> Entry:
+        """The entry ``name`` of ``category`` (``"strategies"``, ...); an unknown name is a one-line
+        error listing the known."""
+        reg = self.registries[category]
         if name not in reg:
             known = ", ".join(sorted(reg)) or "none"
-            raise UserError(f"unknown {SINGULAR[kind]} {name!r} (known {kind}: {known})")
+            raise UserError(f"unknown {SINGULAR[category]} {name!r} (known {category}: {known})")
         return reg[name]
 
-    def names(self, kind: str) -> list[str]:
-        return sorted(self.registries[kind])
+    def names(self, category: str) -> list[str]:
+        """The names registered in ``category``, sorted."""
+        return sorted(self.registries[category])
 
     def plugins(self) -> list[tuple[str, dict[str, list[str]]]]:
-        """Each loaded plugin with what it registered, by kind (a strategy is listed with the
+        """Each loaded plugin with what it registered, by category (a strategy is listed with the
         cell hooks it implements, e.g. ``"joint (train_data)"``)."""
         out = []
         for name, _plugin in self.pm.list_name_plugin():
             what: dict[str, list[str]] = {}
-            for kind, reg in self.registries.items():
+            for category, reg in self.registries.items():
                 names = []
                 for e in reg.values():
                     if e.plugin != name:
                         continue
-                    hooks = implemented_hooks(e.obj) if kind == "strategies" else []
+                    hooks = implemented_hooks(e.obj) if category == "strategies" else []
                     names.append(f"{e.name} ({', '.join(hooks)})" if hooks else e.name)
                 if names:
-                    what[kind] = names
+                    what[category] = names
             out.append((name, what))
         return out
 

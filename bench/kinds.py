@@ -146,13 +146,13 @@ class Generation:
 
     def check(self, config: CellConfig, stream: Stream) -> None:
         backbone = _backbone(config)
-        if not config.model.causal and (backbone is None or backbone.kind != "hf-causal"):
+        if not config.model.causal and (backbone is None or backbone.family != "hf-causal"):
             raise UserError(f"stream '{stream.name}' has generative tasks: they need a causal model "
                             "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
 
     def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         backbone = _backbone(config)
-        if backbone is not None and backbone.kind == "hf-causal":
+        if backbone is not None and backbone.family == "hf-causal":
             torch.manual_seed(config.seed)
             return load_causal_lm(backbone)
         self.check(config, stream)

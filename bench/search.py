@@ -30,23 +30,23 @@ from .errors import UserError
 from .host import get_host
 from .params import check_params, suite_name
 
-#: The kinds of dimension, each a ray.tune sampling function.
-KINDS = ("uniform", "log-uniform", "int", "log-int", "choice")
+#: The distributions a dimension is sampled from, each a ray.tune sampling function.
+DISTRIBUTIONS = ("uniform", "log-uniform", "int", "log-int", "choice")
 
 Key = tuple[str, str]  # (strategy name, parameter) or ("training", field); Python names
 
 
 @dataclass(frozen=True)
 class Dim:
-    """One searched dimension: ``kind`` (one of :data:`KINDS`) over ``values`` (the range's two
-    ends, or the choices)."""
+    """One searched dimension: ``distribution`` (one of :data:`DISTRIBUTIONS`) over ``values`` (the
+    range's two ends, or the choices)."""
 
-    kind: str
+    distribution: str
     values: tuple
 
     @property
     def log(self) -> bool:
-        return self.kind.startswith("log")
+        return self.distribution.startswith("log")
 
     def domain(self):
         """The dimension as a Ray Tune search space domain (ranges include both ends)."""
@@ -59,13 +59,13 @@ class Dim:
             "int": lambda: tune.randint(lo, hi + 1),  # randint's upper end is exclusive
             "log-int": lambda: tune.lograndint(lo, hi + 1),
             "choice": lambda: tune.choice(list(self.values)),
-        }[self.kind]()
+        }[self.distribution]()
 
     def to_toml(self) -> dict:
-        return {self.kind: list(self.values)}
+        return {self.distribution: list(self.values)}
 
     def __str__(self) -> str:
-        return f"{self.kind} {list(self.values)}"
+        return f"{self.distribution} {list(self.values)}"
 
 
 @dataclass(frozen=True)
@@ -115,27 +115,27 @@ def _number(v: Any) -> bool:
 
 
 def parse_dim(value: Any, what: str) -> Dim | Any:
-    """A dimension (a one-key table naming its kind), or a plain value to fix."""
+    """A dimension (a one-key table naming its distribution), or a plain value to fix."""
     if not isinstance(value, dict):
         return value
-    if len(value) != 1 or next(iter(value)) not in KINDS:
-        raise UserError(f"{what}: a dimension is one of {', '.join(f'{{ {k} = [...] }}' for k in KINDS)}, "
+    if len(value) != 1 or next(iter(value)) not in DISTRIBUTIONS:
+        raise UserError(f"{what}: a dimension is one of {', '.join(f'{{ {k} = [...] }}' for k in DISTRIBUTIONS)}, "
                         f"or a plain value to fix it; got {value!r}")
-    kind, args = next(iter(value.items()))
-    if kind == "choice":
+    dist, args = next(iter(value.items()))
+    if dist == "choice":
         if not isinstance(args, list) or not args:
             raise UserError(f"{what}: choice needs a non-empty list of values, got {args!r}")
-        return Dim(kind, tuple(args))
+        return Dim(dist, tuple(args))
     if not (isinstance(args, list) and len(args) == 2 and all(_number(a) for a in args)):
-        raise UserError(f"{what}: {kind} needs [low, high] (two finite numbers), got {args!r}")
+        raise UserError(f"{what}: {dist} needs [low, high] (two finite numbers), got {args!r}")
     lo, hi = args
-    if kind in ("int", "log-int") and not all(isinstance(a, int) for a in args):
-        raise UserError(f"{what}: {kind} needs integer ends, got {args!r}")
+    if dist in ("int", "log-int") and not all(isinstance(a, int) for a in args):
+        raise UserError(f"{what}: {dist} needs integer ends, got {args!r}")
     if not lo < hi:
         raise UserError(f"{what}: empty range {args!r} (low must be below high; a plain value fixes it)")
-    if kind.startswith("log") and lo <= 0:
-        raise UserError(f"{what}: log range through zero {args!r} (a {kind} range must be above 0)")
-    return Dim(kind, (lo, hi))
+    if dist.startswith("log") and lo <= 0:
+        raise UserError(f"{what}: log range through zero {args!r} (a {dist} range must be above 0)")
+    return Dim(dist, (lo, hi))
 
 
 def _candidates(dim: Dim | Any) -> list:
@@ -143,7 +143,7 @@ def _candidates(dim: Dim | Any) -> list:
     which an integer parameter refuses), or its choices, or the fixed value."""
     if not isinstance(dim, Dim):
         return [dim]
-    if dim.kind in ("uniform", "log-uniform"):
+    if dim.distribution in ("uniform", "log-uniform"):
         lo, hi = dim.values
         return [lo, hi, float(math.sqrt(lo * hi) if dim.log else (lo + hi) / 2)]
     return list(dim.values)

@@ -208,19 +208,19 @@ def stream_from_benchmark(
     lut = torch.zeros(max(classes) + 1, dtype=torch.long)
     lut[torch.tensor(classes)] = torch.arange(len(classes))
 
-    kinds, tasks, max_len, input_dim = set(), [], 0, 0
+    input_kinds, tasks, max_len, input_dim = set(), [], 0, 0
     for pos, (tr, te) in enumerate(raw):
         split = {}
         for part, (x, y, _t) in (("train", tr), ("test", te)):
-            seq, lengths, kind = _as_sequences(x, patch_size, pad_id)
-            kinds.add(kind)
+            seq, lengths, input_kind = _as_sequences(x, patch_size, pad_id)
+            input_kinds.add(input_kind)
             max_len = max(max_len, seq.shape[1])
-            input_dim = max(input_dim, int(seq.max()) + 1 if kind == "tokens" else seq.shape[2])
+            input_dim = max(input_dim, int(seq.max()) + 1 if input_kind == "tokens" else seq.shape[2])
             split[part] = Examples(seq, lut[y], lengths, torch.full_like(y, pos))
         task_classes = tuple(sorted(index[int(c)] for c in tr[1].unique()))
         label = "-".join(str(classes[c]) for c in task_classes)
         tasks.append(Task(f"experience {pos} ({label})", task_classes, split["train"], split["test"]))
-    if len(kinds) > 1:
+    if len(input_kinds) > 1:
         raise UserError("the Avalanche benchmark mixes token and float inputs")
 
     if scenario is None:
@@ -234,7 +234,7 @@ def stream_from_benchmark(
     stream = Stream(
         name=name,
         scenario=scenario,
-        input_kind=kinds.pop(),
+        input_kind=input_kinds.pop(),
         labels=tuple(str(c) for c in classes),
         tasks=tasks,
         input_dim=input_dim,

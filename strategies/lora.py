@@ -186,7 +186,7 @@ def _named_linears(model: nn.Module, targets) -> list[tuple[str, nn.Module, dict
 
 
 def _on_hf_model(config) -> bool:
-    return is_pretrained(config.model.init) and resolve(config.model.init).kind == "hf-causal"
+    return is_pretrained(config.model.init) and resolve(config.model.init).family == "hf-causal"
 
 
 def _check_targets(targets) -> None:

@@ -107,7 +107,7 @@ def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000)
     if spec == "bpe":
         return ClbenchTextTokenizer(train_bpe(list(texts), vocab_size=vocab_size))
     backbone = resolve(spec, what="tokenizer")
-    if backbone.kind == "hf-causal":
+    if backbone.family == "hf-causal":
         return HFTextTokenizer.load(backbone)
     return ClbenchTextTokenizer(load_tokenizer(spec))
 

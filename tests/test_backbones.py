@@ -113,7 +113,7 @@ def test_hub_name_loads_a_bert_checkpoint_through_the_same_mapping(monkeypatch, 
     assert asked[0][0] == "sentence-transformers/all-MiniLM-L6-v2" and "*.safetensors" in asked[0][1]
     resolve(name)
     assert len(asked) == 1  # the hub is asked once per process, not once per cell
-    assert backbone.kind == "bert" and backbone.arch == resolve("minilm").arch
+    assert backbone.family == "bert" and backbone.arch == resolve("minilm").arch
     data = write_tasks(tmp_path / "data")
     suite = make_suite(["naive"], stream="text", stream_params={"data_dir": str(data)}, model={"init": name})
     for k in ("d_model", "n_layers", "n_heads"):

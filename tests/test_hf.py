@@ -82,7 +82,7 @@ def test_outputs_match_transformers_forward_under_sdpa_and_eager(arch, tiny_caus
     differences ~5e-6 on logits of size ~10; the tolerance is 20× that)."""
     folder = tiny_causal_lm(arch)
     backbone = resolve(str(folder))
-    assert backbone.kind == "hf-causal" and backbone.arch["max_len"] == 128 and backbone.input_dim == 336
+    assert backbone.family == "hf-causal" and backbone.arch["max_len"] == 128 and backbone.input_dim == 336
     tok = HFTextTokenizer.load(backbone)
     x, lengths = right_padded(tok)
     model = load_causal_lm(backbone).eval()
@@ -266,7 +266,7 @@ def test_hf_name_downloads_the_model_and_its_tokenizer_files(monkeypatch, tiny_c
         backbone = resolve("hf:someone/tiny-qwen2")
     finally:
         _hub_folder.cache_clear()
-    assert asked[0][0] == "someone/tiny-qwen2" and backbone.kind == "hf-causal" and backbone.folder == folder
+    assert asked[0][0] == "someone/tiny-qwen2" and backbone.family == "hf-causal" and backbone.folder == folder
     assert all(any(fnmatch(f.name, p) for p in asked[0][1]) for f in folder.iterdir()), sorted(f.name for f in folder.iterdir())
     assert HFTextTokenizer.load(backbone).source == "hf:someone/tiny-qwen2"
 
