@@ -46,15 +46,15 @@ class WorkerDied:
 
 @dataclass
 class CellResult:
-    """What a cell produced: its ``cells`` row and its ``measurements`` rows
+    """What a cell produced: its ``cells`` row (``row``) and its ``measurements`` rows
     (:mod:`clbench.results.schema` describes both)."""
 
-    cell: dict[str, Any]
+    row: dict[str, Any]
     measurements: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
-        return self.cell["status"]
+        return self.row["status"]
 
 
 class CellContext:

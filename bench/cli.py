@@ -78,8 +78,8 @@ def _run(args, console: Console) -> int:
     tables.summary = tables.summary[tables.summary["run_id"].isin(mine)]
     _results_table(console, tables)
     for r in run.not_ok:
-        err.print(f"[red]failed[/red] ({r.status}) {escape(str(r.cell['strategy']))} seed {r.cell['seed']} on "
-                  f"{escape(str(r.cell['stream']))}: {escape(str(r.cell['error']))}")
+        err.print(f"[red]failed[/red] ({r.status}) {escape(str(r.row['strategy']))} seed {r.row['seed']} on "
+                  f"{escape(str(r.row['stream']))}: {escape(str(r.row['error']))}")
     console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)", soft_wrap=True)
     return 1 if run.not_ok else 0
 

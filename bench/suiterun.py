@@ -256,7 +256,7 @@ def run_suite(
         for result in executor_obj.map(fn, todo):
             if isinstance(result, WorkerDied):
                 result = worker_died(result.cell, result.error)
-            write_cell(out, result.cell, result.measurements)
+            write_cell(out, result.row, result.measurements)
             run.ran.append(result)
             for w in watching:
                 w.done(result)

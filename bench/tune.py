@@ -278,7 +278,7 @@ def run_trial(config: dict, job: Job) -> None:
     result = run_cell(cell, stream=stream, on_evaluated=on_evaluated)
     ok = result.status == "ok"
     tune.report({"objective": objectives[-1] if ok else math.nan, "objective_by_task": json.dumps(objectives),
-                 "tasks_trained": len(objectives), "status": result.status, "error": result.cell["error"],
+                 "tasks_trained": len(objectives), "status": result.status, "error": result.row["error"],
                  "seconds": time.perf_counter() - started})
 
 

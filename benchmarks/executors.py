@@ -47,8 +47,8 @@ def timed(suite, out: Path, executor: str, options: dict) -> tuple[float, list[f
     t0 = time.perf_counter()
     run = run_suite(suite, out, executor=executor, executor_options=options, force=True, progress=False)
     wall = time.perf_counter() - t0
-    assert not run.not_ok, [r.cell["error"] for r in run.not_ok]
-    return wall, [r.cell["total_seconds"] for r in run.ran], load(out)
+    assert not run.not_ok, [r.row["error"] for r in run.not_ok]
+    return wall, [r.row["total_seconds"] for r in run.ran], load(out)
 
 
 def main() -> None:

@@ -43,8 +43,8 @@ def main() -> None:
             c0 = time.process_time()
             res = run_cell(cell, stream=stream)
             cpu[cell.strategy.label].append(time.process_time() - c0)
-            assert res.status == "ok", res.cell["error"]
-            wall[cell.strategy.label].append(res.cell["train_seconds"])
+            assert res.status == "ok", res.row["error"]
+            wall[cell.strategy.label].append(res.row["train_seconds"])
             print(f"round {r}: {cell.strategy.label}: {wall[cell.strategy.label][-1]:.1f} s", flush=True)
     w0, c0 = statistics.median(wall["naive"]), statistics.median(cpu["naive"])
     print(f"\n{suite.name}, seed {args.seed}, {args.rounds} rounds, torch threads {torch.get_num_threads()}\n")

@@ -59,7 +59,7 @@ def speed(args) -> None:
         t0 = time.perf_counter()
         run = run_suite(suite, Path(tmp) / "run", progress=False)
         run_wall = time.perf_counter() - t0
-        run_cell_s = run.ran[0].cell["total_seconds"]
+        run_cell_s = run.ran[0].row["total_seconds"]
         for workers in (1, 2):
             t0 = time.perf_counter()
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)

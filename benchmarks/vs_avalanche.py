@@ -101,7 +101,7 @@ def clbench_side(cell, stream, device) -> tuple[float, float, float, float]:
     res = run_cell(cell, stream=stream)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if res.status != "ok":
-        raise RuntimeError(res.cell["traceback"] or res.cell["error"])
+        raise RuntimeError(res.row["traceback"] or res.row["error"])
     T = stream.n_tasks
     final = [m["value"] for m in res.measurements if m["metric"] == "acc" and m["train_task"] == T - 1]
     return wall, memory_peak(device, start), float(np.mean(final)), cpu

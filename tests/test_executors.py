@@ -82,7 +82,7 @@ def _check_isolated(t, run):
     assert status["nan-loss"] == "diverged" and "task 2" in err["nan-loss"]
     assert status["naive"] == "ok"
     assert len(_acc(t, "naive")) == 4 * 3  # before training + 3 tasks, × 3 eval tasks
-    assert sorted(r.cell["strategy"] for r in run.ran) == sorted(status)
+    assert sorted(r.row["strategy"] for r in run.ran) == sorted(status)
 
 
 def test_pool_runs_cells_in_workers_and_isolates_failures(run_suite_dict, faulty, tmp_path):

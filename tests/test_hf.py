@@ -308,7 +308,7 @@ def test_every_lora_mode_trains_only_adapters_on_a_generative_stream(name, tiny_
     cell = parse_suite(suite_on(tiny_causal_lm("llama"), [name], lr=1e-2), "s.toml").cells[0]
     watch = Watch()
     res = run_cell(cell, observers=[watch])
-    assert res.status == "ok", res.cell["traceback"]
+    assert res.status == "ok", res.row["traceback"]
     for n, p, before in watch.before:  # the LM head and the embeddings too: no classification head here
         assert torch.equal(p.detach(), before) and not p.requires_grad, n
     layers = lora_layers(watch.model)
@@ -322,7 +322,7 @@ def test_every_lora_mode_trains_only_adapters_on_a_generative_stream(name, tiny_
     d, kv = 64, 32  # width; key/value width (2 of 4 heads: grouped-query attention)
     per_layer = rank * ((d + d) + (d + kv)) if name == "o-lora" else rank * (
         (d + d) + 2 * (d + kv) + (d + d) + 2 * (d + 128) + (128 + d))
-    assert res.cell["trainable_params"] == 2 * per_layer
+    assert res.row["trainable_params"] == 2 * per_layer
 
 
 def test_lora_on_clbench_s_own_decoder_trains_only_adapters(host):
@@ -331,7 +331,7 @@ def test_lora_on_clbench_s_own_decoder_trains_only_adapters(host):
     s["streams"][0]["params"]["tokenizer"] = "bytes"
     watch = Watch()
     res = run_cell(parse_suite(s, "s.toml").cells[0], observers=[watch])
-    assert res.status == "ok", res.cell["traceback"]
+    assert res.status == "ok", res.row["traceback"]
     assert all(torch.equal(p.detach(), before) for _, p, before in watch.before)  # the LM head too
     layers = lora_layers(watch.model)
     assert [layer.parts for layer in layers] == [{"q": (0, 32), "v": (64, 96)}]
@@ -456,5 +456,5 @@ def test_lora_names_outside_clbench_s_are_refused_on_its_own_transformer(host):
 def test_unknown_target_on_an_hf_model_fails_its_cell_in_one_line(tiny_causal_lm, host):
     s = suite_on(tiny_causal_lm("qwen2"), [{"name": "seq-lora", "params": {"target_modules": ["q_proj", "w_proj"]}}])
     res = run_cell(parse_suite(s, "s.toml").cells[0])
-    assert res.status == "failed" and "\n" not in res.cell["error"]
-    assert "target_modules ['w_proj'] match no layer of this qwen2 model" in res.cell["error"]
+    assert res.status == "failed" and "\n" not in res.row["error"]
+    assert "target_modules ['w_proj'] match no layer of this qwen2 model" in res.row["error"]

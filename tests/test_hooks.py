@@ -114,7 +114,7 @@ def _run(host, strategies=("naive",), observers=(), stream_params=TWO_CLASS, tra
     data = make_suite(list(strategies), stream_params=stream_params, training={"batch_size": 128, **(training or {})})
     (cell,) = parse_suite(data, "t.toml").cells
     res = run_cell(cell, observers=observers)
-    assert res.status == "ok", res.cell["traceback"]
+    assert res.status == "ok", res.row["traceback"]
     return res
 
 
@@ -283,7 +283,7 @@ def test_hook_register_observers(host, run_suite_dict):
             return rec
 
         def done(self, result):
-            log.append(("done", result.cell["seed"], result.status))
+            log.append(("done", result.row["seed"], result.status))
 
     class Plugin:
         @clbench.hookimpl
@@ -376,7 +376,7 @@ def test_hook_train_data(host):
 
     _strategy(host, "nothing", Nothing)
     res = _run(host, ["nothing"])
-    assert res.cell["examples_seen"] == 0
+    assert res.row["examples_seen"] == 0
     acc = [m["value"] for m in res.measurements if m["metric"] == "acc"]
     assert acc[:2] == acc[2:4] == acc[4:6]  # nothing trained: every evaluation is the initial one
 
@@ -394,7 +394,7 @@ def test_hook_trainable_parameters(host):
     obj = HeadOnly()
     _strategy(host, "head-only", lambda: obj)
     res = _run(host, ["head-only"])
-    assert res.cell["trainable_params"] == 32 * 10 + 10  # the head: d_model 32, the ten digits
+    assert res.row["trainable_params"] == 32 * 10 + 10  # the head: d_model 32, the ten digits
     from clbench.loop import build_model, build_stream
     from clbench.suite import parse_suite
 
@@ -418,7 +418,7 @@ def test_hook_fit_task(host):
     rec = Recorder()
     _strategy(host, "own-loop", OwnLoop)
     res = _run(host, ["own-loop"], observers=[rec])
-    assert OwnLoop.calls == 2 and res.cell["examples_seen"] == 0
+    assert OwnLoop.calls == 2 and res.row["examples_seen"] == 0
     assert not any(c == "after_step" for c, _ in rec.calls)
     R = {(m["train_task"], m["eval_task"]): m["value"] for m in res.measurements if m["metric"] == "acc"}
     assert R[(0, 0)] == 1.0 and R[(0, 1)] == 0.0 and R[(1, 0)] == 0.0 and R[(1, 1)] == 1.0
@@ -434,7 +434,7 @@ def test_hook_train_batch(host):
 
     _strategy(host, "twice", Twice)
     plain, twice = _run(host, ["naive"]), _run(host, ["twice"])
-    assert twice.cell["examples_seen"] == 2 * plain.cell["examples_seen"] > 0
+    assert twice.row["examples_seen"] == 2 * plain.row["examples_seen"] > 0
 
 
 def test_hook_loss_terms(host):
@@ -463,7 +463,7 @@ def test_hook_after_backward(host):
     res = _run(host, ["freeze"], training={"optimizer": "sgd"})  # zero gradient, plain SGD: no change
     acc = [m["value"] for m in res.measurements if m["metric"] == "acc"]
     assert acc[:2] == acc[2:4] == acc[4:6]
-    assert res.cell["examples_seen"] > 0
+    assert res.row["examples_seen"] > 0
 
 
 def test_hook_after_step(host):

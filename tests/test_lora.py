@@ -92,8 +92,8 @@ def test_the_aliases_fix_the_mode(host):
 def test_per_task_adapters_are_refused_where_no_task_id_is_given_at_test_time(host):
     cell = one_cell(host, "lora", scenario="class-incremental")
     res = run_cell(cell)  # run alone (no suite's preflight): that cell's failure
-    assert res.status == "failed" and "only task-incremental streams" in res.cell["error"]
-    assert "seq-lora" in res.cell["error"] and "\n" not in res.cell["error"]
+    assert res.status == "failed" and "only task-incremental streams" in res.row["error"]
+    assert "seq-lora" in res.row["error"] and "\n" not in res.row["error"]
 
 
 def test_per_task_adapters_on_a_class_incremental_stream_stop_the_suite_before_it_runs(host, tmp_path, run_suite_dict):
@@ -111,7 +111,7 @@ def test_per_task_lora_leaves_every_base_weight_unchanged_and_trains_only_adapte
     cell = one_cell(host, {"name": "lora", "params": {"rank": rank}}, seeds=[1])
     watch = Watch()
     result = run_cell(cell, observers=[watch])
-    assert result.status == "ok", result.cell["traceback"]
+    assert result.status == "ok", result.row["traceback"]
 
     # bit for bit: every parameter the model had before LoRA, the original head included (in
     # per-task mode each task trains its own copy of the head)
@@ -132,14 +132,14 @@ def test_per_task_lora_leaves_every_base_weight_unchanged_and_trains_only_adapte
     head = d * 10 + 10
     n = adapted_count(d, TINY_MODEL["n_layers"], 4, rank) + head
     assert n == sum(p.numel() for p in expected)
-    assert result.cell["trainable_params"] == n == 2048 + 330
+    assert result.row["trainable_params"] == n == 2048 + 330
 
 
 def test_shared_modes_train_the_adapter_and_the_head(host):
     cell = one_cell(host, {"name": "inc-lora", "params": {"rank": 2, "target_modules": ["q", "v"]}}, scenario="class-incremental")
     watch = Watch()
     result = run_cell(cell, observers=[watch])
-    assert result.status == "ok", result.cell["traceback"]
+    assert result.status == "ok", result.row["traceback"]
     for name, p, before in watch.before:
         if name.startswith("head."):
             assert not torch.equal(p.detach(), before), name  # the shared head trains
@@ -152,7 +152,7 @@ def test_shared_modes_train_the_adapter_and_the_head(host):
     for i, opt_params in enumerate(watch.trained):
         new = {id(p) for p in layers[0].parameters_of(f"task{i}")} | {id(p) for p in watch.model.head.parameters()}
         assert opt_params == new
-    assert result.cell["trainable_params"] == adapted_count(32, 1, 4, 2, ("q", "v")) + 330 == 256 + 330
+    assert result.row["trainable_params"] == adapted_count(32, 1, 4, 2, ("q", "v")) + 330 == 256 + 330
 
 
 def test_q_and_v_slices_of_the_fused_qkv_layer():
@@ -298,7 +298,7 @@ def test_per_task_adapters_do_not_forget_and_joint_stays_above(run_suite_dict):
         training={"epochs": 4, "batch_size": 32},
     )
     run, t = run_suite_dict(data)
-    assert all(r.status == "ok" for r in run.ran), [r.cell["error"] for r in run.ran]
+    assert all(r.status == "ok" for r in run.ran), [r.row["error"] for r in run.ran]
     ids = t.cells.set_index("strategy")["run_id"]
     R, _ = accuracy_matrix(t.measurements, ids["lora"])
     for j in range(5):  # R[i, j] for i >= j: exactly the accuracy right after learning task j

@@ -156,7 +156,7 @@ def test_a_cell_on_the_validation_split_never_reads_the_test_split(host):
     with pytest.raises(AssertionError, match="the test split was read"):
         len(poisoned.tasks[0].test)
     result = run_cell(cell, stream=validation_split(poisoned, 0.2, 0))
-    assert result.status == "ok", result.cell["error"]
+    assert result.status == "ok", result.row["error"]
 
 
 def test_the_objective_is_the_metric_of_the_matrix_so_far():
