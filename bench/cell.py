@@ -22,7 +22,7 @@ import torch
 from . import hookspecs
 from .errors import UserError
 from .host import get_host, new_manager, register_checked
-from .kinds import kind_of
+from .kinds import KINDS, kind_name, kind_of
 from .models.backbones import check_stream, is_pretrained, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -178,18 +178,44 @@ def firstresult_conflicts(pm: pluggy.PluginManager) -> list[tuple[str, list[str]
     return out
 
 
+def served_kinds(strategy: Any, name: str) -> tuple[str, ...] | None:
+    """The kinds of task (:data:`clbench.kinds.KINDS`) the strategy ``name`` declares it serves,
+    by its class attribute ``serves`` (a tuple of kind names); None, for every kind, when it
+    declares none. A name that is not a kind of task is a one-line :class:`UserError`."""
+    serves = getattr(strategy, "serves", None)
+    if serves is None:
+        return None
+    names = (serves,) if isinstance(serves, str) else tuple(serves)
+    for kind in names:
+        if kind not in KINDS:
+            raise UserError(f"strategy '{name}' declares serves = {names!r}, but {kind!r} is not a kind of task "
+                            f"(kinds: {', '.join(KINDS)})")
+    return names
+
+
 def refuse(config: CellConfig, stream: Stream, pm: pluggy.PluginManager) -> None:
     """Raise a one-line :class:`UserError` if the cell ``config`` cannot run on ``stream`` with
     the strategies registered on ``pm``, else return. In this order:
 
     1. two strategies decide the same ``firstresult`` hook ("cannot be combined");
-    2. the stream's positions exceed ``model.max_len``;
-    3. a pretrained ``model.init`` that the stream does not feed what it was trained on, or a
+    2. a strategy does not serve the stream's kind of task (its ``serves``, :func:`served_kinds`);
+    3. the stream's positions exceed ``model.max_len``;
+    4. a pretrained ``model.init`` that the stream does not feed what it was trained on, or a
        model that cannot do the stream's kind of task (a generative stream needs a causal model);
-    4. a strategy's own ``check_cell`` hook refuses the combination.
+    5. a strategy's own ``check_cell`` hook refuses the combination.
     """
     for hook, who in firstresult_conflicts(pm):
         raise UserError(f"strategies {' and '.join(who)} cannot be combined: both decide '{hook}'")
+    kind = kind_name(stream)
+    for plugin_name, obj in pm.list_name_plugin():
+        if not plugin_name.startswith("strategy:"):
+            continue
+        name = plugin_name.split(":", 1)[1]
+        served = served_kinds(obj, name)
+        if served is not None and kind not in served:
+            who = "" if len(config.strategy.parts) == 1 else f"'{name}' "  # the error names the cell's strategy
+            raise UserError(f"{who}serves {' and '.join(served)} streams only, and stream '{config.stream}' has "
+                            f"{kind} tasks")
     if stream.max_len > config.model.max_len:
         raise UserError(
             f"model.max_len = {config.model.max_len} is below the {stream.max_len} positions "

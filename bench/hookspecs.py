@@ -110,7 +110,9 @@ class CellSpecs:
         :param stream: the built stream (scenario, input kind, label space, tasks).
 
         Raise :class:`clbench.errors.UserError` with a one-line reason to refuse the combination:
-        the suite then stops there, as for any bad field, instead of failing cell by cell.
+        the suite then stops there, as for any bad field, instead of failing cell by cell. A
+        refusal that depends only on the stream's kind of task is declared instead, by the
+        strategy class's ``serves`` (a tuple of kind names; :func:`clbench.cell.refuse`).
         """
 
     @hookspec

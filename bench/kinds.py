@@ -4,6 +4,9 @@ into scores.
 The loop (:mod:`clbench.loop`) never looks inside a batch: it asks the stream's kind
 (``Stream.kind``). A kind has:
 
+* ``class_logits``: True when a batch's outputs are one row of logits over the stream's label
+  space per example (classification), False when they are next-token logits at the answer
+  tokens (generation): what a strategy that works on class logits branches on;
 * ``check(config, stream)``: a one-line :class:`~clbench.errors.UserError` if the cell's model
   cannot do the stream's tasks (called by :func:`clbench.cell.refuse`, before anything runs);
 * ``build_model(config, stream)``: the cell's model, seeded with the cell's seed;
@@ -45,6 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Kind(Protocol):
+    class_logits: bool
+
     def check(self, config: CellConfig, stream: Stream) -> None: ...
 
     def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module: ...
@@ -66,6 +71,8 @@ class Classification:
     """A label per example: ``(B, n_classes)`` logits from the model's head over the stream's
     label space (masked to the example's task in task-incremental streams), cross-entropy, and
     accuracy (``acc``) and mean cross-entropy (``loss``) on the test split."""
+
+    class_logits = True
 
     def check(self, config: CellConfig, stream: Stream) -> None:
         pass
@@ -143,6 +150,8 @@ class Generation:
     (batched greedy decoding with a KV cache, ``task.max_new_tokens``) against the references,
     or ``accuracy`` by the likelihood of each of the task's label texts after the prompt. Every
     task also gets ``loss``, the cross-entropy of its reference answers."""
+
+    class_logits = False
 
     def check(self, config: CellConfig, stream: Stream) -> None:
         backbone = _backbone(config)
@@ -256,9 +265,14 @@ def _prompts(data: Examples) -> Examples:
 KINDS: dict[str, Kind] = {"classification": Classification(), "generation": Generation()}
 
 
+def kind_name(stream: Stream) -> str:
+    """The name of ``stream``'s kind of task (``stream.kind``; "classification" by default)."""
+    return getattr(stream, "kind", "classification")
+
+
 def kind_of(stream: Stream) -> Kind:
     """The kind of ``stream``'s tasks (``stream.kind``, "classification" by default)."""
-    name = getattr(stream, "kind", "classification")
+    name = kind_name(stream)
     if name not in KINDS:
         raise ValueError(f"stream {stream.name!r} has tasks of an unknown kind {name!r} (known: {', '.join(KINDS)})")
     return KINDS[name]

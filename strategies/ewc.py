@@ -46,7 +46,7 @@ def empirical_fisher(cell, examples, max_samples: int, chunk: int = 64) -> dict[
     was_training = model.training
     model.eval()
     try:
-        if cell.stream.kind != "classification":
+        if not cell.kind.class_logits:
             raise NotImplementedError  # the loss of an example is its answer's: the loop below
         with warnings.catch_warnings():  # "performance drop": ops vmap runs one by one
             warnings.filterwarnings("ignore", message=".*performance drop.*")

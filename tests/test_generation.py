@@ -142,16 +142,18 @@ def test_strategies_run_on_a_language_model(run_suite_dict, strategy):
     assert cell["status"] == "ok", cell["traceback"]
 
 
-def test_der_and_a_bidirectional_model_are_refused_before_anything_runs(tmp_path):
+def test_der_and_a_bidirectional_model_are_refused_before_anything_runs(tmp_path, capsys):
     from clbench.cli import main
 
     base = ('name = "s"\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nmax_len = 32\n{causal}'
             '[[streams]]\nname = "algorithmic"\n[[strategies]]\nname = "{strategy}"\n')
-    for causal, strategy, why in (("causal = true\n", "der", "whole vocabulary at every answer token"),
+    for causal, strategy, why in (("causal = true\n", "der", "serves classification streams only"),
                                   ("", "naive", "need a causal model")):
         path = tmp_path / f"{strategy}.toml"
         path.write_text(base.format(causal=causal, strategy=strategy))
         assert main(["run", str(path), "--out", str(tmp_path / strategy), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
         assert not (tmp_path / strategy).exists()
 
 

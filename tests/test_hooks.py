@@ -44,6 +44,23 @@ def test_every_hook_is_documented_with_its_signature():
         assert documented[name] == _signature(fn), f"docs/hooks.md: {name}({documented[name]}) vs the spec's ({_signature(fn)})"
 
 
+def _firstresult(fn) -> bool:
+    return bool(getattr(fn, "clbench_spec", {}).get("firstresult"))
+
+
+def test_the_firstresult_marks_in_the_docs_match_the_specs():
+    """docs/hooks.md marks a hook's heading "— firstresult", and writing-a-strategy.md's table
+    "*firstresult*", exactly where the spec says ``firstresult=True``."""
+    assert any(_firstresult(fn) for _, fn in _specs())
+    headings = dict(re.findall(r"^### `(\w+)\([^)]*\)`(.*)$", DOCS.read_text(), flags=re.M))
+    table = dict(re.findall(r"^\| `(\w+)\([^)]*\)`([^|]*)\|", (DOCS.parent / "writing-a-strategy.md").read_text(), flags=re.M))
+    assert set(table) == set(hookspecs.CELL_HOOKS) - {"check_cell"}  # the table lists the loop's hooks
+    for name, fn in _specs():
+        assert ("firstresult" in headings[name]) == _firstresult(fn), f"docs/hooks.md: {name}'s firstresult mark"
+        if name in table:
+            assert ("*firstresult*" in table[name]) == _firstresult(fn), f"writing-a-strategy.md: {name}'s firstresult mark"
+
+
 def test_every_hook_has_a_docstring():
     for name, fn in _specs():
         assert (fn.__doc__ or "").strip(), name
@@ -329,6 +346,61 @@ def test_hook_check_cell(host, tmp_path):
     path.write_text('name = "s"\n[[streams]]\nname = "split-digits"\n[[strategies]]\nname = ["picky", "replay"]\n')
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert not (tmp_path / "out").exists()
+
+
+GENERATIVE_SUITE = ('name = "s"\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nmax_len = 32\ncausal = true\n'
+                    '[training]\nepochs = 1\n[[streams]]\nname = "algorithmic"\nparams = {{ n_train = 8, n_test = 4 }}\n'
+                    '[[strategies]]\nname = {names}\n')
+
+
+def test_a_strategy_serves_the_kinds_of_task_it_declares(host, tmp_path, capsys):
+    """``serves``: a strategy that serves classification only is refused on a generative stream in
+    one line, by ``clbench check`` and ``clbench run`` before anything runs, and by a cell run
+    alone; it runs on a classification stream; a strategy that declares nothing serves every kind."""
+    from clbench.cli import main
+    from clbench.loop import run_cell
+    from clbench.suite import parse_suite
+
+    class LabelsOnly:
+        serves = ("classification",)
+
+    _strategy(host, "labels-only", LabelsOnly)
+    path = tmp_path / "gen.toml"
+    path.write_text(GENERATIVE_SUITE.format(names='"labels-only"'))
+    for command in (["check", str(path)], ["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]):
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err == (f"clbench: error: {path}: strategy 'labels-only': serves classification streams only, "
+                       "and stream 'algorithmic' has generation tasks\n")
+    assert not (tmp_path / "out").exists()
+    path.write_text(GENERATIVE_SUITE.format(names='["replay", "labels-only"]'))
+    assert main(["check", str(path)]) == 2
+    assert "strategy 'replay+labels-only': 'labels-only' serves classification streams only" in capsys.readouterr().err
+    path.write_text(GENERATIVE_SUITE.format(names='"naive"'))  # declares nothing: every kind
+    assert main(["check", str(path)]) == 0
+    (cell,) = parse_suite(make_suite(["labels-only"], stream_params=TWO_CLASS), "t.toml").cells
+    assert run_cell(cell).status == "ok"  # a classification stream
+    path.write_text(GENERATIVE_SUITE.format(names='"labels-only"'))
+    from clbench.suite import load_suite
+
+    (cell,) = load_suite(str(path)).cells
+    res = run_cell(cell)  # alone, without the suite's preflight: the cell fails with the same line
+    assert res.status == "failed" and res.row["error"] == (
+        "strategy 'labels-only': serves classification streams only, and stream 'algorithmic' has generation tasks")
+
+
+def test_serves_names_kinds_of_task(host):
+    from clbench.suite import parse_suite
+    from clbench.suiterun import preflight
+
+    class Typo:
+        serves = ("clasification",)
+
+    _strategy(host, "typo", Typo)
+    with pytest.raises(UserError, match="strategy 'typo' declares serves = \\('clasification',\\), but 'clasification' "
+                                        "is not a kind of task \\(kinds: classification, generation\\)"):
+        preflight(parse_suite(make_suite(["typo"], stream_params=TWO_CLASS), "t.toml"))
 
 
 def _strategy(host, name, cls):
