@@ -341,6 +341,10 @@ class AvalancheStrategy:
     :param log: keep Avalanche's default evaluator and loggers (they print).
     """
 
+    #: Avalanche's strategies train a classifier (a :class:`PackedModel`): generative streams are
+    #: refused before anything runs.
+    serves = ("classification",)
+
     def __init__(self, cls, params: dict[str, Any], log: bool = False):
         self.cls = cls
         self.params = params
