@@ -196,9 +196,12 @@ def load_tokenizer(spec: str, max_len: int = 256):
     from clbench.errors import UserError
     from tokenizers import Tokenizer
 
-    if spec not in ("minilm",) and not spec.startswith("hf:") and not Path(spec).expanduser().exists():
+    if spec not in ("minilm", "smollm2") and not spec.startswith("hf:") and not Path(spec).expanduser().exists():
         raise UserError(f"tokenizer {spec!r}: not 'bytes', 'bpe', 'minilm', 'hf:<name>' or a checkpoint folder")
     backbone = resolve(spec, what="tokenizer")
+    if backbone.kind == "hf-causal":
+        raise UserError(f"tokenizer {spec!r} is a Hugging Face causal LM's: it runs generative streams "
+                        "(prompts and answers), not a classification stream's texts")
     if backbone.input_kind != "tokens":
         raise UserError(f"tokenizer {spec!r}: that checkpoint takes {backbone.input_kind}, not text")
     if backbone.tokenizer["kind"] == "bytes":
