@@ -256,6 +256,14 @@ def cmd_list(args, console: Console) -> int:
     for name, text in sorted(builtin_suites().items()):
         table.add_row(name, tomllib.loads(text).get("description", ""))
     console.print(table)
+    from .models.backbones import init_values
+
+    table = Table(title="model.init (pretrained models)")
+    table.add_column("value")
+    table.add_column("what")
+    for value, what in init_values():
+        table.add_row(escape(value), escape(what))
+    console.print(table)
     return 0
 
 
@@ -413,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")
     pt.set_defaults(fn=cmd_pretrain)
 
-    sub.add_parser("list", help="list streams, strategies and built-in suites").set_defaults(fn=cmd_list)
+    sub.add_parser("list", help="list streams, strategies, built-in suites and model.init values").set_defaults(fn=cmd_list)
     sub.add_parser("plugins", help="list loaded plugins and what each registers").set_defaults(fn=cmd_plugins)
     return p
 
