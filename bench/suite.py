@@ -24,7 +24,10 @@ from .params import _type_ok, _type_name, check_params
 from .search import SearchRequest, resolve_space
 
 #: Bumped when a change makes earlier results incomparable (it is part of every config hash).
-RESULTS_FORMAT = 2  # 2: training.threads fixes a cell's CPU thread count
+#: 2: training.threads fixes a cell's CPU thread count. 3: generative tasks: TRACE's tasks scored as
+#: TRACE's scripts score them, rank classification's acc_norm, a default general text with its
+#: bits per byte (docs/results.md, "Results formats").
+RESULTS_FORMAT = 3
 
 
 @dataclass

@@ -40,7 +40,7 @@ PROTOCOLS = ("validation", "first-tasks")
 SEARCHERS = ("random", "tpe")
 SCHEDULERS = ("asha", "fifo")
 #: Summary metrics for which lower is better (for the others, higher is).
-LOWER_IS_BETTER = frozenset({"forgetting", "intransigence", "intransigence_last"})
+LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_since_learned", "intransigence", "intransigence_last"})
 #: Metrics measured against a ``cumulative`` run, which a trial does not have.
 NEEDS_REFERENCE = frozenset({"intransigence", "intransigence_last"})
 #: Statuses of trials a resumed tune does not run again (a failed trial runs again).

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .metrics import forgetting_terms
 from .store import Tables
 from .schema import COST, metric_columns
 from .summary import accuracy_matrix, aggregate, stream_title, with_variants
@@ -102,16 +103,16 @@ def accuracy_curves(tables: Tables) -> pd.DataFrame:
 
 
 def forgetting_per_task(tables: Tables) -> pd.DataFrame:
-    """One row per finished cell and task j but the last: ``forgetting`` = max_{j≤l<T} R[l, j] −
-    R[T, j] (the per-task term of the ``forgetting`` metric, Chaudhry et al. 2018)."""
+    """One row per finished cell and task j but the last: ``forgetting`` = max_{l<T} R[l, j] −
+    R[T, j] (the per-task term of the ``forgetting`` metric, Chaudhry et al. 2018:
+    :func:`clbench.results.metrics.forgetting_terms`)."""
     mats = cell_matrices(tables)
     rows = []
     for _, c in _ok_cells(tables).iterrows():
         R = mats[c["run_id"]]
-        T = R.shape[0]
-        for j in range(T - 1):
+        for j, f in enumerate(forgetting_terms(R)):
             rows.append({"stream": c["stream"], "variant": c["variant"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
-                         "task": j, "forgetting": float(R[j : T - 1, j].max() - R[-1, j])})
+                         "task": j, "forgetting": float(f)})
     return pd.DataFrame(rows, columns=["stream", "variant", "order", "strategy", "seed", "task", "forgetting"])
 
 
@@ -441,7 +442,7 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     out.append(("p", "Metrics in % as mean ± sd [standard error] over seeds; rank by mean ACC. "
                      "A failed cell (status failed or diverged) is counted, not averaged. "
                      "ACC: mean final accuracy; AIA: average incremental accuracy; BWT: backward transfer; FWT: forward transfer; "
-                     "forgetting: max-based (Chaudhry et al. 2018); plasticity: mean accuracy right after learning each task. Cost: training seconds, peak memory "
+                     "forgetting: max over all earlier rows minus final accuracy (Chaudhry et al. 2018, as A-GEM's code computes it); plasticity: mean accuracy right after learning each task. Cost: training seconds, peak memory "
                      f"(MB; {', '.join(kinds) or 'not measured'}), and the most parameters trained at once."))
     board = leaderboard(tables.summary)
     means = mean_matrices(tables)
