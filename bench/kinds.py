@@ -201,7 +201,7 @@ class Generation:
         tokens = int((data.lengths - data.start).sum())
         out = {"loss": nll.item() / max(tokens, 1)}
         if task.metric == "accuracy":
-            score = self._rank(cell, task)
+            score, out["acc_norm"] = self._rank(cell, task)
         else:
             predictions, references = self.answers(cell, task)
             score = SCORERS[task.metric](predictions, references)
@@ -221,9 +221,11 @@ class Generation:
         refs = [tok.decode(data.x[i, int(data.start[i]) : int(data.lengths[i]) - 1].tolist()) for i in range(len(data))]
         return preds, refs
 
-    def _rank(self, cell: CellContext, task: Task) -> float:
+    def _rank(self, cell: CellContext, task: Task) -> tuple[float, float]:
         """Accuracy of choosing, for each prompt, the label text the model finds likeliest
-        (summed log-probability of the label's tokens and the end token). A prompt that would not
+        (summed log-probability of the label's tokens and the end token), and ``acc_norm``, the
+        same with each log-probability divided by the label text's length in characters
+        (lm-evaluation-harness's ``acc_norm``: ``lls / completion_len``). A prompt that would not
         fit the model with the longest label loses tokens from its left, the same for every label."""
         from clbench.tasks.generative import _examples
 
@@ -232,7 +234,8 @@ class Generation:
         labels = tok.encode_answers(list(task.labels))
         L = len(labels)
         room = cell.config.model.max_len - max(len(lab) for lab in labels) - 1  # every candidate fits the model
-        correct = 0
+        chars = torch.tensor([max(len(lab), 1) for lab in task.labels], dtype=torch.float64)
+        correct = correct_norm = 0
         for idx in _by_length(_prompts(data), max(1, bs // L)):
             seqs, starts = [], []
             for i in idx.tolist():
@@ -243,7 +246,8 @@ class Generation:
             cand = _examples(seqs, starts, [0] * len(seqs), 0).to(cell.device)
             scores = -self._nll(cell, cand).view(len(idx), L)
             correct += int((scores.argmax(1) == data.y[idx]).sum())
-        return correct / max(len(data), 1)
+            correct_norm += int(((scores / chars.to(scores.device)).argmax(1) == data.y[idx]).sum())
+        return correct / max(len(data), 1), correct_norm / max(len(data), 1)
 
     @torch.inference_mode()
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]:

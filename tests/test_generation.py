@@ -100,7 +100,7 @@ def test_rank_classification_picks_the_likeliest_label(host):
     model = Transformer(cell.model, input_kind="tokens", input_dim=257, n_classes=0, lm_head=True).eval()
     ctx = CellContext(cell, stream, model, torch.device("cpu"))
     got = Generation().evaluate(ctx, 0, ctx.tasks[0])
-    right = 0
+    right = right_norm = 0
     for (prompt, answer) in pairs:
         p = tok.encode_prompts([prompt])[0]
         scores = []
@@ -110,7 +110,44 @@ def test_rank_classification_picks_the_likeliest_label(host):
                 logp = model.lm_logits(model.hidden_states(torch.tensor([seq]))).log_softmax(-1)[0]
             scores.append(sum(float(logp[k - 1, seq[k]]) for k in range(len(p), len(seq))))
         right += ("yes", "no")[int(np.argmax(scores))] == answer
+        right_norm += ("yes", "no")[int(np.argmax([scores[0] / 3, scores[1] / 2]))] == answer  # by characters
     assert got["acc"] == got["accuracy"] == right / 4
+    assert got["acc_norm"] == right_norm / 4
+
+
+class _Uniform(torch.nn.Module):
+    """A language model whose next-token distribution is uniform everywhere."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def hidden_states(self, x, lengths=None):
+        return torch.zeros(*x.shape, 1)
+
+    def lm_logits(self, h):
+        return torch.zeros(h.shape[0], self.vocab) + 0 * self.w
+
+
+def test_acc_norm_removes_the_length_bias_of_summed_log_probabilities(host):
+    """With uniform token probabilities the summed log-probability always picks the shortest
+    label; lm-evaluation-harness's ``acc_norm`` (divided by the label's length in characters)
+    does not: labels of 9, 9 and 8 bytes, every answer the first."""
+    from clbench.cell import CellContext
+    from clbench.suite import parse_suite
+
+    tok = text_tokenizer("bytes")
+    labels = ("aaaaaaaaa", "bbbbbbbbb", "cccccccc")
+    pairs = [(f"q{i}", labels[0]) for i in range(6)]
+    stream = generative_stream("s", [TextTask("t", pairs, pairs, metric="accuracy", labels=labels)], tok, max_len=24)
+    (cell,) = parse_suite(make_suite(["naive"], model=DECODER), "t.toml", host).cells
+    ctx = CellContext(cell, stream, _Uniform(257), torch.device("cpu"))
+    got = Generation().evaluate(ctx, 0, ctx.tasks[0])
+    # summed: -(n + 1) log 257 for n bytes and the end token, largest for the 8-byte label: always wrong
+    assert got["accuracy"] == 0.0
+    # per character: -(10/9) log 257 beats -(9/8) log 257; the two 9-byte labels tie and the first wins
+    assert got["acc_norm"] == 1.0
 
 
 def test_an_algorithmic_cell_learns_forgets_and_measures_its_general_text(run_suite_dict):
