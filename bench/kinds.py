@@ -251,13 +251,16 @@ class Generation:
 
     @torch.inference_mode()
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]:
+        from clbench.tasks.generative import scored_bytes
+
         general = cell.stream.general
         if general is None:
             return {}
         general = general.to(cell.device)
         nll = sum(float(self._nll(cell, general[idx]).sum()) for idx in _by_length(general, cell.config.training.eval_batch_size))
         tokens = int((general.lengths - 1).sum())
-        return {"general_ppl": math.exp(nll / max(tokens, 1))}
+        scored = scored_bytes(cell.stream.tokenizer, cell.stream.general)  # bits per byte: tokenizer-independent
+        return {"general_ppl": math.exp(nll / max(tokens, 1)), "general_bpb": nll / math.log(2) / max(scored, 1)}
 
 
 def _prompts(data: Examples) -> Examples:

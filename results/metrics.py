@@ -34,13 +34,14 @@ class Matrices:
     """A cell's accuracy matrices. ``R``: (T, T); ``b``: (T,); ``R_ref``: (T, T) or None.
     ``fwt_undefined``: why forward transfer means nothing for this cell (None: it is defined).
     ``general``: (T + 1,) the perplexity of the stream's general text before training and after
-    each task (generative streams that name one), else None."""
+    each task (generative streams), else None; ``general_bpb``: the same text's bits per byte."""
 
     R: np.ndarray
     b: np.ndarray | None = None
     R_ref: np.ndarray | None = None
     fwt_undefined: str | None = None
     general: np.ndarray | None = None
+    general_bpb: np.ndarray | None = None
 
     @property
     def T(self) -> int:
@@ -158,6 +159,16 @@ def general_ppl_change(general: np.ndarray | None) -> float:
     return float((general[-1] - general[0]) / general[0])
 
 
+def general_bpb_change(bpb: np.ndarray | None) -> float:
+    """bpb_T − bpb_0: the change of the general text's bits per byte (the summed negative
+    log-likelihood in bits over the UTF-8 bytes of the scored text) from before training to after
+    the last task, in bits per byte: unlike a perplexity per token, comparable between models
+    with different tokenizers. NaN without a general text."""
+    if bpb is None or len(bpb) < 2 or not np.isfinite(bpb[0]):
+        return float("nan")
+    return float(bpb[-1] - bpb[0])
+
+
 #: name -> (function of Matrices, description); the built-in metrics plugin registers these.
 BUILTIN = {
     "acc": (lambda m: acc(m.R), "mean final accuracy"),
@@ -171,6 +182,7 @@ BUILTIN = {
     "intransigence_last": (lambda m: intransigence_last(m.R, m.R_ref), "the last task's intransigence"),
     "plasticity": (lambda m: plasticity(m.R), "accuracy right after learning each task"),
     "general_ppl_change": (lambda m: general_ppl_change(m.general), "relative change of the general text's perplexity"),
+    "general_bpb_change": (lambda m: general_bpb_change(m.general_bpb), "change of the general text's bits per byte"),
 }
 
 

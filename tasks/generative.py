@@ -139,6 +139,19 @@ def _examples(seqs: list[list[int]], starts: list[int], y: list[int], t: int) ->
                     torch.tensor(starts, dtype=torch.long))
 
 
+def scored_bytes(tok: TextTokenizer, general: Examples) -> int:
+    """The UTF-8 bytes of the text whose tokens a general text's perplexity scores: in each
+    document (as cut to ``max_len`` tokens), the tokens after its first, which is not predicted
+    (a BOS token, or the text's first token where a tokenizer adds none). Bits per byte divide the
+    summed negative log-likelihood by this count, so that models with different tokenizers can be
+    compared. clbench's byte tokenizer counts its byte tokens; other tokenizers decode the tokens
+    (a multi-byte character cut by ``max_len`` counts as the replacement character)."""
+    rows = [row[1:n] for row, n in zip(general.x.tolist(), general.lengths.tolist())]
+    if isinstance(tok, ClbenchTextTokenizer) and getattr(tok.tok, "tok", None) is None:  # bytes: id = byte + 1
+        return sum(1 for row in rows for i in row if 0 < i < 257)
+    return sum(len(tok.decode(row).encode("utf-8")) for row in rows)
+
+
 def label_index(labels: tuple[str, ...], answer: str) -> int:
     return labels.index(answer) if answer in labels else 0
 

@@ -374,6 +374,18 @@ def test_general_text_from_files_relative_to_the_data_folder(trace_dir, tmp_path
         trace(data_dir=str(trace_dir), tasks=["FOMC"], general="nowhere")
 
 
+def test_streams_without_a_general_text_measure_the_default_one(trace_dir):
+    from clbench.tasks.lmdata import default_general
+
+    docs = default_general()
+    assert len(docs) == 24 and 8000 < sum(map(len, docs)) < 12000 and all(d.isascii() for d in docs)
+    assert docs[0].startswith("It is a truth universally acknowledged")
+    s = trace(data_dir=str(trace_dir), tasks=["FOMC"], max_len=64)
+    assert len(s.general) == 24 and int(s.general.lengths.max()) == 64  # each document cut to max_len tokens
+    assert s.tokenizer.decode(s.general.x[0, :20].tolist()) == docs[0][:20]
+    assert trace(data_dir=str(trace_dir), tasks=["FOMC"], general=[]).general is None
+
+
 def test_trace_error_missing_prompt_or_answer_field(tmp_path, capsys):
     folder = write_trace(tmp_path / "d", "FOMC")
     (folder / "train.json").write_text(json.dumps([{"prompt": "p", "answer": "a"}, {"prompt": "p", "label": "a"}]))
