@@ -190,10 +190,17 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
 _worker: dict[str, Any] = {}  # this worker process's host and last stream, for one WorkerSetup
 
 
-def _host_and_stream(job: Job, cell: Cell):
-    from . import host as host_mod
+def trial_stream(cell: Cell, host, protocol: Protocol):
+    """The stream a trial of ``cell`` runs on: the cell's stream with each task's validation
+    split in place of its test split, and nothing derived from the test split (docs/tuning.md)."""
     from .loop import build_stream
     from clbench.tasks.validation import validation_split
+
+    return validation_split(build_stream(cell, host), protocol.fraction, protocol.seed)
+
+
+def _host_and_stream(job: Job, cell: Cell):
+    from . import host as host_mod
 
     if _worker.get("token") != job.setup.token:
         _worker.clear()
@@ -202,7 +209,7 @@ def _host_and_stream(job: Job, cell: Cell):
     host = _worker["host"]
     key = (_stream_key(cell), job.protocol)
     if _worker.get("stream_key") != key:
-        _worker["stream"] = validation_split(build_stream(cell, host), job.protocol.fraction, job.protocol.seed)
+        _worker["stream"] = trial_stream(cell, host, job.protocol)
         _worker["stream_key"] = key
     return host, _worker["stream"]
 

@@ -159,6 +159,70 @@ def test_a_cell_on_the_validation_split_never_reads_the_test_split(host):
     assert result.status == "ok", result.cell["error"]
 
 
+def _stream_fields(stream) -> dict:
+    """Every field of a stream and its tasks, tensors as lists (the data folder left out: the two
+    folders' paths differ by construction)."""
+    from dataclasses import fields
+
+    def plain(v):
+        if isinstance(v, torch.Tensor):
+            return v.tolist()
+        if isinstance(v, clbench.tasks.Examples):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        return v
+
+    out = {f.name: plain(getattr(stream, f.name)) for f in fields(stream) if f.name not in ("tasks", "params", "tokenizer")}
+    out["params"] = {k: v for k, v in stream.params.items() if k != "data_dir"}
+    out["tokenizer"] = stream.tokenizer.describe()
+    out["tasks"] = [{f.name: plain(getattr(t, f.name)) for f in fields(t)} for t in stream.tasks]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["trace", "text"])
+def test_two_folders_that_differ_only_in_their_test_files_give_identical_validation_streams(host, tmp_path, kind):
+    """No statistic of a test split reaches a trial: not a generative task's max_new_tokens (from
+    the longest test answer), not the stream's max_len, not a tokenizer trained on the data."""
+    from clbench.tune import Protocol, trial_stream
+
+    def folder(name: str, long_tests: bool) -> Path:
+        root = tmp_path / name
+        for t, task in enumerate(("FOMC", "ScienceQA")):
+            d = root / task
+            d.mkdir(parents=True)
+            if kind == "trace":
+                train = [{"prompt": f"{task} q{i}?\nAnswer:", "answer": "ABC"[i % 3] + " because" * (i % 4)} for i in range(20)]
+                test = [{"prompt": f"{task} test {i}?" * (40 if long_tests else 1) + "\nAnswer:",
+                         "answer": ("long answer " * 8 if long_tests else "A") + str(i)} for i in range(5)]
+            else:
+                train = [{"sentence": f"{task} sentence {i} " + "w" * i, "label": ["neg", "pos"][i % 2]} for i in range(20)]
+                test = [{"sentence": f"{task} test {i} " * (30 if long_tests else 1), "label": ["neg", "pos"][i % 2]}
+                        for i in range(5)]
+                (d / "labels.json").write_text('["neg", "pos"]', encoding="utf-8")
+            (d / "train.json").write_text(json.dumps(train), encoding="utf-8")
+            (d / "test.json").write_text(json.dumps(test), encoding="utf-8")
+        return root
+
+    streams = []
+    for name, long_tests in (("short", False), ("long", True)):
+        params = {"data_dir": str(folder(name, long_tests)), "tokenizer": "bpe", "vocab_size": 300}
+        if kind == "trace":
+            suite = make_suite(["naive"], stream="trace", stream_params=params, model={"causal": True, "max_len": 512})
+        else:
+            suite = make_suite(["naive"], stream="text", stream_params={**params, "max_len": 512})
+        cell = parse_suite(suite, "t.toml", host).cells[0]
+        streams.append(trial_stream(cell, host, Protocol("validation", fraction=0.25, seed=0)))
+    short, long = streams
+    if kind == "trace":  # the test answers differ a lot: the full streams' caps do
+        from clbench.loop import build_stream
+        full = [build_stream(parse_suite(make_suite(["naive"], stream="trace", stream_params={
+            "data_dir": str(tmp_path / n), "tokenizer": "bpe", "vocab_size": 300}, model={"causal": True, "max_len": 512}),
+            "t.toml", host).cells[0], host) for n in ("short", "long")]
+        assert full[0].tasks[0].max_new_tokens < full[1].tasks[0].max_new_tokens
+        assert short.tasks[0].max_new_tokens_derived and short.tasks[0].max_new_tokens > 0
+    assert _stream_fields(short) == _stream_fields(long)
+    assert len(short.tasks) == 2 and all(4 <= len(t.test) <= 5 for t in short.tasks)  # a quarter of 20 training examples
+
+
 def test_the_objective_is_the_metric_of_the_matrix_so_far():
     from clbench.results.metrics import acc, bwt
 
