@@ -9,10 +9,13 @@ A dimension is written the same way in a strategy's default space (its class att
     memory_size = 500                         # a plain value fixes the parameter (not searched)
     training.lr = { log-uniform = [1e-4, 1e-2] }   # a [training] field
 
-What a strategy searches, lowest precedence first: the default space of each strategy it
-combines, less the parameters the suite sets in the entry's ``params`` (and the training fields
-its ``training`` table sets); the suite's top-level ``[search]`` (training fields, for every
-strategy); the entry's own ``search`` table. Every dimension is checked before anything runs: an
+What a strategy searches, lowest precedence first: the learning rate, log-uniform over a decade
+either side of the suite's ``training.lr`` (:data:`DEFAULT_LR_DECADES`: every strategy gets the
+same search of it, unless the entry's own ``training`` table sets ``lr``); the default space of
+each strategy it combines, less the parameters the suite sets in the entry's ``params`` (and the
+training fields its ``training`` table sets); the suite's top-level ``[search]`` (training
+fields, for every strategy: ``lr = 1e-3`` fixes the rate for all); the entry's own ``search``
+table. Every dimension is checked before anything runs: an
 unknown parameter, a range that is empty or a log range through zero, a float range over an
 integer parameter, and an end of a range (or a choice) that the strategy itself refuses are each
 one line.
@@ -27,6 +30,10 @@ from typing import Any
 
 from .errors import UserError
 from .params import check_params
+
+#: Every strategy's default search of the learning rate: log-uniform over this many decades on
+#: either side of the suite's ``training.lr`` (1e-3: [1e-4, 1e-2]).
+DEFAULT_LR_DECADES = 1
 
 #: The kinds of dimension, each a ray.tune sampling function.
 KINDS = ("uniform", "log-uniform", "int", "log-int", "choice")
@@ -151,10 +158,15 @@ def _candidates(dim: Dim | Any) -> list:
     return list(dim.values)
 
 
-def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[Key, Any, str]]:
+def _entries(spec, request: SearchRequest, host, defaults: bool, training=None) -> list[tuple[Key, Any, str]]:
     """Every (key, raw dimension, where) that applies to the entry, lowest precedence first."""
     out: list[tuple[Key, Any, str]] = []
     names = [n for n, _ in spec.parts]
+    if defaults and training is not None and "lr" not in request.given.get("training", ()) and training.lr > 0:
+        d = 10.0 ** DEFAULT_LR_DECADES
+        ends = [float(f"{training.lr / d:.6g}"), float(f"{training.lr * d:.6g}")]  # 3e-05 * 10: 0.0003, not 0.00030000000000000003
+        out.append((("training", "lr"), {"log-uniform": ends},
+                    "clbench tune's default search of training.lr"))
 
     def table(t: Any, what: str) -> dict:
         if not isinstance(t, dict):
@@ -193,7 +205,7 @@ def resolve_space(spec, training, request: SearchRequest, host, *, defaults: boo
     from .suite import TrainingConfig, _dataclass_from
 
     merged: dict[Key, tuple[Any, str]] = {}
-    for key, raw, what in _entries(spec, request, host, defaults):
+    for key, raw, what in _entries(spec, request, host, defaults, training):
         merged[key] = (parse_dim(raw, what), what)
     params = dict(spec.parts)
     for (part, name), (dim, what) in merged.items():

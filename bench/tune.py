@@ -486,10 +486,12 @@ def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol
 
     import pandas as pd
 
-    from clbench.results.tuning import TRIALS, best_trials
+    from clbench.results.tuning import TRIALS, best_trials, budget_notes
 
     write_trials(out, read_trials(out))
     table = pd.DataFrame(rows, columns=list(TRIALS))
+    for line in budget_notes(table) if len(table) else []:
+        console.print(f"[yellow]{escape(line)}[/yellow]", soft_wrap=True)
     suites = write_best_suites(data, suite.name, jobs, best_trials(table), out)
     report = write_report(table, out)[0] if len(table) else None
     return TuneRun(out, table, suites, report, counts["ran"])

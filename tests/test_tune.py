@@ -261,11 +261,30 @@ def test_the_tuned_suite_takes_each_strategys_best_trial(host):
     tuned = best_suite_data(data, "test", jobs, best, 0)
     assert tuned["name"] == "test-tuned" and "search" not in tuned and tuned["streams"][0]["tasks"] == [1]
     ewc, naive, lora = tuned["strategies"]
-    assert ewc["params"] == {"fisher_samples": 50, "lambda": 10.0, "gamma": 1.0} and ewc["training"] == {"epochs": 3}
-    assert naive["training"] == {"epochs": 2}  # the suite's [search] covers every strategy
+    # every strategy searches the learning rate: its best value goes into the tuned suite too
+    assert ewc["params"] == {"fisher_samples": 50, "lambda": 10.0, "gamma": 1.0} and ewc["training"] == {"epochs": 3, "lr": 0.001}
+    assert naive["training"] == {"epochs": 2, "lr": 0.001}  # the suite's [search] covers every strategy
     assert lora["params"] == {"rank": 2} and lora["training"] == {"epochs": 1, "lr": 0.003}
     cells = parse_suite(tuned, "tuned.toml", host).cells  # a suite clbench run takes
     assert dict(cells[0].strategy.parts)["ewc"]["lambda_"] == 10.0 and cells[0].training.epochs == 3
+
+
+def test_the_tune_report_flags_an_unequal_budget():
+    from clbench.results.tuning import blocks, budget_notes
+
+    def rows(strategy, n, searched):
+        return [{"stream": "split-digits", "stream_params": "{}", "strategy": strategy, "trial": i,
+                 "searched": json.dumps(searched), "objective": 0.5, "status": "ok", "mode": "max", "metric": "acc",
+                 "protocol": json.dumps({"name": "validation"}), "searcher": "random", "scheduler": "asha",
+                 "params": "[]", "training": "{}", "budget_used": 2} for i in range(n)]
+
+    equal = pd.DataFrame(rows("naive", 4, {"training.lr": 1e-3}) + rows("ewc", 4, {"lambda": 1.0, "training.lr": 1e-3}))
+    assert budget_notes(equal) == []
+    assert any(b[0] == "p" and b[1].startswith("Equal budget") for b in blocks(equal))
+    unequal = pd.DataFrame(rows("naive", 1, {}) + rows("ewc", 4, {"lambda": 1.0}) + rows("seq-lora", 4, {"rank": 2, "training.lr": 1e-3}))
+    assert budget_notes(unequal) == [
+        "Unequal budget on split-digits: naive 1, ewc 4, seq-lora 4 trials (a strategy with nothing to search runs its default once).",
+        "Unequal search on split-digits: the learning rate is searched for seq-lora, not for naive, ewc."]
 
 
 def test_asha_never_stops_the_default_configuration():
@@ -316,10 +335,12 @@ TUNE = ["--trials", "8", "--workers", "1", "--seed", "4"]
 
 @pytest.fixture(scope="module")
 def tuned(ray_and_probe, tmp_path_factory):
-    """`clbench tune` of probe (8 trials, one at a time, ASHA) and naive (nothing to search)."""
+    """`clbench tune` of probe (8 trials, one at a time, ASHA) and naive (nothing to search: the
+    suite fixes the learning rate for all)."""
     tmp = tmp_path_factory.mktemp("tune")
     data = make_suite([{"name": "probe", "params": {"log": str(tmp / "probe.log"), **THRESHOLDS}}, "naive"],
                       stream_params=DIGITS)
+    data["search"] = {"lr": 1e-3}
     path = _write(tmp, data)
     out = tmp / "out"
     rc = main(["tune", path, "--out", str(out), *TUNE])
@@ -384,6 +405,7 @@ def test_the_tuned_suite_runs_with_the_best_trial(tuned, ray_and_probe, tmp_path
     assert set(load(tmp_path / "res").summary["strategy"]) == {"probe", "naive"}
     report = (out / "report.md").read_text()
     assert "### Tuned vs default" in report and "### Each hyper-parameter's effect on the objective" in report
+    assert "Unequal budget on split-digits: probe 8, naive 1 trials" in report  # the suite fixed the learning rate
     assert (out / "report.html").exists() and len(list((out / "figures").glob("*.png"))) == 1  # probe has a plot
 
 
