@@ -214,26 +214,30 @@ def cmd_compare(args, console: Console) -> int:
     from clbench.results.summary import config_differences, stream_title
 
     a, b = load(args.a), load(args.b)
-    df = compare(a, b, tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b)
+    df = compare(a, b, tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b,
+                 test=args.test)
     differ = config_differences(a.cells, b.cells)
     if differ:
         console.print("configurations differ between A and B:")
         for line in differ:
             console.print(f"  {escape(line)}")
-    table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · Welch's t-test over seeds")
-    for col in ("stream", "order", "strategy", "metric", "A", "B", "B − A", "p"):
-        table.add_column(col, justify="left" if col in ("stream", "order", "strategy", "metric") else "right")
+    table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · a two-sided test over seeds")
+    for col in ("stream", "order", "strategy", "metric", "A", "B", "B − A", "test", "p", "p Holm"):
+        table.add_column(col, justify="left" if col in ("stream", "order", "strategy", "metric", "test") else "right")
 
     def side(mean, std, n):
         return "–" if n == 0 else f"{mean * 100:.1f}" + ("" if n < 2 else f" ± {std * 100:.1f}") + f" (n={n})"
 
     for _, r in df.iterrows():
-        p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}" + (" *" if r["p"] < 0.05 else "")
+        p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}"
+        ph = "–" if r["p_holm"] != r["p_holm"] else f"{r['p_holm']:.3g}" + (" *" if r["p_holm"] < 0.05 else "")
         table.add_row(escape(stream_title(r["stream"], r["variant"])), escape(str(r["order"])), escape(str(r["strategy"])), str(r["metric"]),
                       side(r["a_mean"], r["a_std"], r["a_n"]), side(r["b_mean"], r["b_std"], r["b_n"]),
-                      "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", p)
+                      "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", r["test"], p, ph)
     console.print(table)
-    console.print("* p < 0.05; p is – with fewer than two seeds on a side, or when no side varies")
+    console.print("test: paired-t where the two sides have the same seeds (auto), else welch (Welch's t-test); "
+                  "p Holm: p adjusted by Holm's method over every row; * p Holm < 0.05; p is – with fewer than two "
+                  "seeds on a side, or when no side varies")
     return 0
 
 
@@ -393,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", action="append", help="a summary metric (repeatable; default: acc, bwt, fwt, forgetting)")
     c.add_argument("--strategy-a", help="compare this strategy of A ...")
     c.add_argument("--strategy-b", help="... with this strategy of B (matched on stream, stream params and order)")
+    c.add_argument("--test", default="auto", choices=["auto", "welch", "paired-t", "wilcoxon"],
+                   help="auto (default): the paired t-test where the seeds pair up, else Welch's t-test; "
+                        "or welch, paired-t, wilcoxon (signed-rank)")
     c.set_defaults(fn=cmd_compare)
 
     pt = sub.add_parser(

@@ -196,7 +196,7 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 #: each cell's ``versions``; "" where one is not installed.
 RESULT_PACKAGES = (
     "torch", "numpy", "pandas", "scikit-learn", "scipy", "tokenizers", "safetensors", "transformers",
-    "peft", "triton", "avalanche-lib", "qpsolvers", "quadprog", "pyarrow",
+    "peft", "triton", "avalanche-lib", "qpsolvers", "quadprog", "pyarrow", "rouge-score", "rouge",
 )
 
 

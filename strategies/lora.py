@@ -219,7 +219,7 @@ class LoRA:
     changes_model = True
     #: What ``clbench tune`` searches by default (docs/tuning.md): the rank, and the learning rate
     #: (adapters train well at rates full fine-tuning does not).
-    search_space = {"rank": {"choice": [2, 4, 8, 16]}, "training": {"lr": {"log-uniform": [1e-4, 1e-2]}}}
+    search_space = {"rank": {"choice": [2, 4, 8, 16]}}
 
     def __init__(
         self,
