@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import typing
 from typing import Literal
 
@@ -240,6 +241,56 @@ def _on_hf_model(config) -> bool:
     return is_pretrained(config.model.init) and resolve(config.model.init).kind == "hf-causal"
 
 
+def _hf_layers(config, targets) -> list[tuple[str, nn.Module, dict]] | str:
+    """The layers and parts ``targets`` name in the cell's Hugging Face model, read off its
+    skeleton (no weights loaded); a one-line :class:`UserError` where a target matches none; why
+    not, where the skeleton cannot be built (the cell's own model is checked when it runs)."""
+    from clbench.models.backbones import resolve
+    from clbench.models.hf import causal_lm_skeleton
+
+    try:
+        skeleton = causal_lm_skeleton(str(resolve(config.model.init).folder))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model transformers cannot build without its weights
+        return f"its layers cannot be read without loading it ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    return skeleton.lora_targets(targets)
+
+
+def describe_layers(found, rank: int) -> list[str]:
+    """What an adapter of ``rank`` on ``found`` (``lora_targets``' answer) adapts, one line per
+    layer of a block, the blocks' indices gathered (``model.layers.{0-23}.self_attn.qkv_proj
+    [q, v]``), with the parameters per layer; and the total per adapter first."""
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    total = 0
+    for name, module, parts in found:
+        name = name.removeprefix("hf.")
+        ranges = {part: row_ranges(rows) for part, rows in parts.items()}
+        n = sum(rank * ((getattr(module, "in_features", None) or module.weight.shape[0]) + sum(e - s for s, e in r))
+                for r in ranges.values())
+        total += n
+        block = re.search(r"\.(\d+)\.", name)
+        key = re.sub(r"\.(\d+)\.", ".{}.", name, count=1) if block else name
+        label = "" if "" in parts else f" [{', '.join(sorted(parts, key=lambda p: ranges[p]))}]"
+        groups.setdefault((key, label, n), []).append(int(block.group(1)) if block else -1)
+    lines = [f"{total:,} parameters per adapter (rank {rank}) in {len(found)} layers:"]
+    for (key, label, n), blocks in groups.items():
+        where = key.replace("{}", "{" + _spans(blocks) + "}") if "{}" in key else key
+        lines.append(f"  {where}{label}: {len(blocks)} × {n:,}" if len(blocks) > 1 else f"  {where}{label}: {n:,}")
+    return lines
+
+
+def _spans(numbers: list[int]) -> str:
+    """``0-3,5`` for ``[0, 1, 2, 3, 5]``."""
+    spans: list[list[int]] = []
+    for i in sorted(numbers):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
+
+
 def _check_targets(targets) -> None:
     targets = list(targets)
     require(len(targets) > 0, "target_modules", "at least one projection", targets)
@@ -315,6 +366,17 @@ class LoRA:
                 f"only task-incremental streams give at test time; {stream.name} is "
                 f"{stream.scenario} (use seq-lora, inc-lora or o-lora)"
             )
+        if _on_hf_model(config):
+            _hf_layers(config, self.targets)  # a target that matches no layer: refused before anything runs
+
+    def describe(self, config) -> list[str]:
+        """The layers (and parts of fused ones) that each adapter will adapt in the cell's model,
+        and its parameter count, for ``clbench check``; nothing unless the model is a Hugging Face
+        causal LM."""
+        if not _on_hf_model(config):
+            return []
+        found = _hf_layers(config, self.targets)
+        return [found] if isinstance(found, str) else describe_layers(found, self.rank)
 
     def _install(self, cell) -> None:
         model = cell.model

@@ -6,12 +6,15 @@ of the adapted parameters, and by whole cells of every LoRA mode."""
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 
 import pytest
 import torch
 
 import clbench
+from clbench.cli import main
 from clbench.errors import UserError
 from clbench.loop import run_cell
 from clbench.models.hf import HFCausalLM, qkv_layout
@@ -269,3 +272,47 @@ def test_every_lora_mode_runs_on_the_family(arch, tiny_causal_lm, host):
                                                                      else {frozenset([""])})
         per_adapter = 8 * 2 * ((q + v) if cell.strategy.label == "o-lora" else (qkv + attn + mlp + fc))
         assert res.cell["trainable_params"] == per_adapter, cell.strategy.label
+
+
+# -- clbench check ---------------------------------------------------------------------------------
+
+
+def suite_toml(folder, strategies: str) -> str:
+    return f"""name = "s"
+seeds = [0, 1]
+[model]
+init = {json.dumps(str(folder))}
+[[streams]]
+name = "algorithmic"
+params = {{ tasks = ["reverse", "copy"], n_train = 16, n_test = 4, length = 3, max_len = 24 }}
+{strategies}"""
+
+
+def test_check_names_the_layers_and_parts_each_lora_strategy_adapts(tiny_causal_lm, tmp_path, capsys, monkeypatch):
+    folder = tiny_causal_lm("phi3")
+    path = tmp_path / "s.toml"
+    path.write_text(suite_toml(folder, '[[strategies]]\nname = "o-lora"\n[[strategies]]\nname = "seq-lora"\n'
+                                       '[[strategies]]\nname = "naive"\n'))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    # o-lora: q (8 · (64 + 64)) and v (8 · (64 + 32)) rows of each block's fused qkv_proj
+    assert f"strategy 'o-lora' on {folder}: 3,584 parameters per adapter (rank 8) in 2 layers:\n" \
+           "  model.layers.{0-1}.self_attn.qkv_proj [q, v]: 2 × 1,792\n" in out
+    # seq-lora's qkv, proj, fc: whole layers, 8 · (in + out) each
+    assert f"strategy 'seq-lora' on {folder}: 13,312 parameters per adapter (rank 8) in 8 layers:\n" in out
+    for line in ("self_attn.qkv_proj: 2 × 1,536", "self_attn.o_proj: 2 × 1,024", "mlp.gate_up_proj: 2 × 2,560",
+                 "mlp.down_proj: 2 × 1,536"):
+        assert f"\n  model.layers.{{0-1}}.{line}\n" in out
+    assert out.count("strategy '") == 2  # once per strategy, not per seed; naive says nothing
+
+
+def test_a_target_that_matches_no_layer_is_refused_before_anything_runs(tiny_causal_lm, tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(suite_toml(tiny_causal_lm("gpt_neox"), '[[strategies]]\nname = "o-lora"\n'
+                                                           'params = { target_modules = ["q", "q_proj"] }\n'))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the fixture's progress bars, if any
+    assert re.search(r"strategy 'o-lora': target_modules \['q_proj'\] match no layer of this gpt_neox model "
+                     r"\(its linear layers: dense, dense_4h_to_h, dense_h_to_4h, \w+, query_key_value\)$", err)
+    assert main(["run", str(path), "--out", str(tmp_path / "r")]) == 2 and not (tmp_path / "r").exists()

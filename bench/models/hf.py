@@ -307,6 +307,20 @@ def _out_features(layer: nn.Module) -> int:
     return getattr(layer, "out_features", None) or layer.weight.shape[1]  # Conv1D: weight (in, out)
 
 
+@lru_cache(maxsize=4)
+def causal_lm_skeleton(folder: str) -> HFCausalLM:
+    """The Hugging Face causal LM of ``folder`` without its weights (on the meta device), built
+    once per process: its layers' names and shapes, in seconds whatever its size (what LoRA's
+    preflight and ``clbench check`` read)."""
+    tf = transformers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = tf.AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            model = tf.AutoModelForCausalLM.from_config(config)
+    return HFCausalLM(model, pad_id=0)
+
+
 def load_causal_lm(backbone, attn_implementation: str = "clbench", dtype: torch.dtype = torch.float32) -> HFCausalLM:
     """The backbone's model (float32 by default), with clbench's attention where this
     transformers can take it (``"sdpa"`` otherwise, with a warning)."""
