@@ -228,7 +228,7 @@ def test_qkv_layout_reads_the_config_not_the_shape():
 
 # -- whole cells -----------------------------------------------------------------------------------
 
-RUN = ("phi3", "gpt_neox", "falcon-new", "falcon", "opt", "gptj")
+RUN = ("phi3", "gpt_neox", "falcon-new", "opt")  # the layout tests above cover the other layouts
 
 
 class Snapshot:
