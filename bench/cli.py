@@ -196,7 +196,27 @@ def cmd_check(args, console: Console) -> int:
     for c in suite.cells:
         table.add_row(escape(c.stream), escape(str(c.order)), escape(c.strategy.label), str(c.seed), c.run_id)
     console.print(table)
+    _describe_strategies(suite, console)
     return 0
+
+
+def _describe_strategies(suite, console: Console) -> None:
+    """What each strategy of the suite will do to its model, where it says (a strategy's
+    ``describe(config)``: LoRA names the layers its adapters adapt), once per strategy and model."""
+    from .cell import make_strategies
+
+    said = set()
+    for c in suite.cells:
+        if (c.strategy.label, c.model.init) in said:
+            continue
+        said.add((c.strategy.label, c.model.init))
+        for name, obj in make_strategies(c):
+            lines = obj.describe(c) if callable(getattr(obj, "describe", None)) else []
+            if lines:
+                console.print(f"strategy '{escape(c.strategy.label)}'" + (f" ({escape(name)})" if name != c.strategy.label else "")
+                              + f" on {escape(c.model.init)}: {escape(lines[0])}", soft_wrap=True)
+                for line in lines[1:]:
+                    console.print(escape(line), soft_wrap=True, highlight=False)
 
 
 def cmd_report(args, console: Console) -> int:
