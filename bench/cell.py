@@ -98,7 +98,8 @@ class CellContext:
     """``(n_tasks, n_classes)`` bool on :attr:`device`: the classes of each task, in
     task-incremental streams; None otherwise."""
     info: dict[str, Any]
-    """Numbers a strategy reports for the cell's row (``buffer_size``)."""
+    """What a strategy reports for the cell's row: ``buffer_size``, and ``samples`` (examples it wrote,
+    :func:`clbench.strategies.synthetic.record`)."""
     hook: pluggy.HookRelay
     """The cell's hooks, as the loop calls them (``cell.hook.after_step(...)``)."""
 

@@ -155,6 +155,8 @@ def cmd_show(args, console: Console) -> int:
     from clbench.results import load
 
     tables = _only(_only(load(args.dir), "strategy", args.strategy), "stream", args.stream)
+    if args.samples:
+        return _show_samples(tables, console)
     if args.format != "console":
         from clbench.results.analysis import leaderboard
         from clbench.results.render import leaderboard_rows, render_markdown
@@ -181,6 +183,32 @@ def cmd_show(args, console: Console) -> int:
     for _, r in bad.iterrows():
         console.print(f"failed ({r['status']}): {escape(str(r['strategy']))} seed {r['seed']} on {escape(str(r['stream']))}: "
                       f"{escape(str(r['error']))}")
+    return 0
+
+
+def _show_samples(tables, console: Console) -> int:
+    """The rehearsal examples strategies wrote (the ``samples`` column of ``cells``)."""
+    import json
+
+    shown = 0
+    cells = tables.cells
+    for _, c in cells.iterrows():
+        records = json.loads(c["samples"]) if "samples" in cells and isinstance(c["samples"], str) else []
+        if not records:
+            continue
+        tasks = json.loads(c["tasks"])
+        table = Table(title=f"{escape(str(c['strategy']))} seed {c['seed']} on {escape(str(c['stream']))}: examples it wrote",
+                      show_lines=True)
+        for col in ("for task", "of task", "generated", "kept", "examples (prompt → answer)"):
+            table.add_column(col)
+        for r in records:
+            examples = "\n".join(f"{e['prompt']!r} → {e['answer']!r}" for e in r["examples"])
+            table.add_row(escape(tasks[r["train_task"]]), escape(r["task_name"]), str(r["generated"]), str(r["kept"]),
+                          escape(examples))
+        console.print(table)
+        shown += 1
+    if not shown:
+        console.print("no written examples in these results (only lamol and ssr write them)")
     return 0
 
 
@@ -398,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="console table (default), or the leaderboard as Markdown, CSV or a LaTeX tabular")
     s.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
     s.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    s.add_argument("--samples", action="store_true",
+                   help="print the examples the generative-replay strategies wrote (lamol, ssr) instead of the summary")
     s.set_defaults(fn=cmd_show)
 
     ck = sub.add_parser("check", help="check a suite and list its cells and config hashes, without running them")

@@ -46,6 +46,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.strategies.si",
     "clbench.strategies.gdumb",
     "clbench.strategies.lora",
+    "clbench.strategies.lamol",
+    "clbench.strategies.ssr",
     "clbench.results.metrics",
     "clbench.plugins.executors",
     "clbench.plugins.reporters",

@@ -315,6 +315,7 @@ def run_cell(
         computed = int(tally.positions.item())
         row["padding_fraction"] = 1.0 - row["tokens_seen"] / computed if computed else float("nan")
         row["buffer_size"] = int(ctx.info.get("buffer_size", 0))
+        row["samples"] = json.dumps(ctx.info.get("samples", []))
         row["peak_memory_mb"], row["memory_kind"] = _peak_memory_mb(device)
     except Diverged as exc:
         row["status"], row["error"] = "diverged", str(exc)

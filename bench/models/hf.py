@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .hf_attention import NAME, register
+from .sampling import Sampling
 
 EXTRA = "pip install 'clbench[llm]'"
 #: clbench's names of a Transformer's projections (LoRA's ``target_modules``) and the layers of
@@ -238,9 +239,13 @@ class HFCausalLM(nn.Module):
         return logits
 
     @torch.no_grad()
-    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:
+    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int,
+                 sampling: Sampling | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Greedy continuations ``(B, max_new_tokens)`` of right-padded prompts, by transformers'
-        ``generate`` on the same prompts left-padded; ``eos_id`` after a sequence's end."""
+        ``generate`` on the same prompts left-padded; ``eos_id`` after a sequence's end. With
+        ``sampling``, each token is drawn by :meth:`Sampling.pick` with ``generator`` (a logits
+        processor that leaves only the drawn token to the greedy search), as clbench's decoder
+        draws it."""
         B, N = x.shape
         out = torch.full((B, max(max_new_tokens, 0)), eos_id, dtype=torch.long, device=x.device)
         new = min(max_new_tokens, self.max_len - N)
@@ -253,7 +258,8 @@ class HFCausalLM(nn.Module):
                                                  pad_token_id=self.pad_id, eos_token_id=eos_id)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gen = self.hf.generate(input_ids=left, attention_mask=mask.long(), generation_config=config)[:, N:]
+            extra = {} if sampling is None else {"logits_processor": _sampler(sampling, generator)}
+            gen = self.hf.generate(input_ids=left, attention_mask=mask.long(), generation_config=config, **extra)[:, N:]
         ended = torch.cumsum((gen == eos_id).long(), dim=1) - (gen == eos_id).long() > 0  # after the first end
         out[:, : gen.shape[1]] = gen.masked_fill(ended, eos_id)
         return out
@@ -321,6 +327,19 @@ def causal_lm_skeleton(folder: str) -> HFCausalLM:
         with torch.device("meta"):
             model = tf.AutoModelForCausalLM.from_config(config)
     return HFCausalLM(model, pad_id=0)
+
+
+def _sampler(sampling: Sampling, generator: torch.Generator | None):
+    """A transformers ``LogitsProcessorList`` whose processor draws each row's token with
+    ``sampling`` and sets every other logit to -inf."""
+    tf = transformers()
+
+    class Draw(tf.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            tok = sampling.pick(scores, generator)
+            return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
+
+    return tf.LogitsProcessorList([Draw()])
 
 
 def load_causal_lm(backbone, attn_implementation: str = "clbench", dtype: torch.dtype = torch.float32) -> HFCausalLM:
