@@ -200,6 +200,17 @@ def _check_targets(targets) -> None:
         require(whole not in targets or not overlap, "target_modules", must, targets)
 
 
+def check_target_names(targets, config) -> None:
+    """Refuse (one line) a ``target_modules`` name outside clbench's projection names
+    (:data:`Target`) when the cell's model is clbench's own Transformer (a Hugging Face model
+    also takes its module names): what :meth:`LoRA.check_cell` checks, for the strategies built
+    on these adapters (``i-lora``, ``moe-lora``)."""
+    names = typing.get_args(Target)
+    if not all(t in names for t in targets) and not _on_hf_model(config):
+        require(False, "target_modules", f"a list of {' | '.join(map(repr, names))} (or, on a Hugging Face "
+                "model, of its module names)", list(targets))
+
+
 class LoRA:
     """LoRA adapters on the attention and MLP projections, base weights frozen.
 
