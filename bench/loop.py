@@ -270,6 +270,9 @@ def run_cell(
             stream_scores = ctx.kind.evaluate_stream(ctx)
         for metric, value in stream_scores.items():  # not a task's: eval_task -1
             record(after, -1, metric, value)
+        for row in ctx.recorded:  # what strategies recorded (cell.record) since the last evaluation
+            record(*row)
+        ctx.recorded.clear()
         seconds = time.perf_counter() - t0
         if on_evaluated is not None:
             on_evaluated(after, scores)

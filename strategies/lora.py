@@ -288,7 +288,7 @@ def _spans(numbers: list[int]) -> str:
     return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
 
 
-def _check_targets(targets) -> None:
+def check_targets(targets) -> None:
     targets = list(targets)
     require(len(targets) > 0, "target_modules", "at least one projection", targets)
     require(len(set(targets)) == len(targets), "target_modules", "a list without repeats", targets)
@@ -296,6 +296,17 @@ def _check_targets(targets) -> None:
         overlap = [p for p in parts if p in targets]
         must = f"without {', '.join(repr(p) for p in overlap)} when it names '{whole}' (which contains them)"
         require(whole not in targets or not overlap, "target_modules", must, targets)
+
+
+def check_target_names(targets, config) -> None:
+    """Refuse (one line) a ``target_modules`` name outside clbench's projection names
+    (:data:`Target`) when the cell's model is clbench's own Transformer (a Hugging Face model
+    also takes its module names): what :meth:`LoRA.check_cell` checks, for the strategies built
+    on these adapters (``i-lora``, ``moe-lora``)."""
+    names = typing.get_args(Target)
+    if not all(t in names for t in targets) and not _on_hf_model(config):
+        require(False, "target_modules", f"a list of {' | '.join(map(repr, names))} (or, on a Hugging Face "
+                "model, of its module names)", list(targets))
 
 
 class LoRA:
@@ -334,7 +345,7 @@ class LoRA:
         require(rank >= 1, "rank", ">= 1", rank)
         require(alpha > 0, "alpha", "> 0", alpha)
         require(0.0 <= dropout < 1.0, "dropout", "in [0, 1)", dropout)
-        _check_targets(target_modules)
+        check_targets(target_modules)
         for name, value in (("lambda_orth", lambda_orth), ("lambda_l2", lambda_l2)):
             require(value is None or mode == "olora", name, f"left out unless mode is 'olora' (mode is {mode!r})", value)
             require(value is None or value >= 0, name, ">= 0", value)
