@@ -98,7 +98,10 @@ class CellContext:
     """``(n_tasks, n_classes)`` bool on :attr:`device`: the classes of each task, in
     task-incremental streams; None otherwise."""
     info: dict[str, Any]
-    """Numbers a strategy reports for the cell's row (``buffer_size``)."""
+    """What a strategy reports for the cell's row: ``buffer_size``, and ``samples`` (examples it wrote,
+    :func:`clbench.strategies.synthetic.record`)."""
+    recorded: list[tuple[int, int, str, float]]
+    """Rows a strategy added to the cell's ``measurements`` with :meth:`record`, not yet written."""
     hook: pluggy.HookRelay
     """The cell's hooks, as the loop calls them (``cell.hook.after_step(...)``)."""
 
@@ -121,8 +124,17 @@ class CellContext:
         mask = stream.class_mask()
         self.class_mask = None if mask is None else mask.to(device)
         self.info = {}
+        self.recorded = []
 
     # helpers strategies use -------------------------------------------------------------------
+    def record(self, metric: str, value: float, eval_task: int = -1) -> None:
+        """Add a row to the cell's ``measurements``: ``metric`` = ``value`` with ``train_task``
+        the task being trained (:attr:`task_index`, -1 before the first) and ``eval_task`` as
+        given (-1: not a task's; ``moe-lora`` puts the expert there, as ``train_loss`` puts the
+        epoch). Use a metric name of your own: ``acc`` and the task's scores belong to the
+        evaluation. The loop writes the rows after each evaluation of every task."""
+        self.recorded.append((self.task_index, int(eval_task), str(metric), float(value)))
+
     def logits(self, batch: Batch, model: torch.nn.Module | None = None, masked: bool = True) -> torch.Tensor:
         """The outputs of ``model`` (default: the cell's) for ``batch``, as the task's kind gives
         them: class logits masked to each example's task in task-incremental scenarios (unless

@@ -155,6 +155,8 @@ def cmd_show(args, console: Console) -> int:
     from clbench.results import load
 
     tables = _only(_only(load(args.dir), "strategy", args.strategy), "stream", args.stream)
+    if args.samples:
+        return _show_samples(tables, console)
     if args.format != "console":
         from clbench.results.analysis import leaderboard
         from clbench.results.render import leaderboard_rows, render_markdown
@@ -184,6 +186,32 @@ def cmd_show(args, console: Console) -> int:
     return 0
 
 
+def _show_samples(tables, console: Console) -> int:
+    """The rehearsal examples strategies wrote (the ``samples`` column of ``cells``)."""
+    import json
+
+    shown = 0
+    cells = tables.cells
+    for _, c in cells.iterrows():
+        records = json.loads(c["samples"]) if "samples" in cells and isinstance(c["samples"], str) else []
+        if not records:
+            continue
+        tasks = json.loads(c["tasks"])
+        table = Table(title=f"{escape(str(c['strategy']))} seed {c['seed']} on {escape(str(c['stream']))}: examples it wrote",
+                      show_lines=True)
+        for col in ("for task", "of task", "generated", "kept", "examples (prompt → answer)"):
+            table.add_column(col)
+        for r in records:
+            examples = "\n".join(f"{e['prompt']!r} → {e['answer']!r}" for e in r["examples"])
+            table.add_row(escape(tasks[r["train_task"]]), escape(r["task_name"]), str(r["generated"]), str(r["kept"]),
+                          escape(examples))
+        console.print(table)
+        shown += 1
+    if not shown:
+        console.print("no written examples in these results (only lamol and ssr write them)")
+    return 0
+
+
 def cmd_check(args, console: Console) -> int:
     from .suite import load_suite
     from .suiterun import preflight
@@ -196,7 +224,27 @@ def cmd_check(args, console: Console) -> int:
     for c in suite.cells:
         table.add_row(escape(c.stream), escape(str(c.order)), escape(c.strategy.label), str(c.seed), c.run_id)
     console.print(table)
+    _describe_strategies(suite, console)
     return 0
+
+
+def _describe_strategies(suite, console: Console) -> None:
+    """What each strategy of the suite will do to its model, where it says (a strategy's
+    ``describe(config)``: LoRA names the layers its adapters adapt), once per strategy and model."""
+    from .cell import make_strategies
+
+    said = set()
+    for c in suite.cells:
+        if (c.strategy.label, c.model.init) in said:
+            continue
+        said.add((c.strategy.label, c.model.init))
+        for name, obj in make_strategies(c):
+            lines = obj.describe(c) if callable(getattr(obj, "describe", None)) else []
+            if lines:
+                console.print(f"strategy '{escape(c.strategy.label)}'" + (f" ({escape(name)})" if name != c.strategy.label else "")
+                              + f" on {escape(c.model.init)}: {escape(lines[0])}", soft_wrap=True)
+                for line in lines[1:]:
+                    console.print(escape(line), soft_wrap=True, highlight=False)
 
 
 def cmd_report(args, console: Console) -> int:
@@ -214,26 +262,30 @@ def cmd_compare(args, console: Console) -> int:
     from clbench.results.summary import config_differences, stream_title
 
     a, b = load(args.a), load(args.b)
-    df = compare(a, b, tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b)
+    df = compare(a, b, tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b,
+                 test=args.test)
     differ = config_differences(a.cells, b.cells)
     if differ:
         console.print("configurations differ between A and B:")
         for line in differ:
             console.print(f"  {escape(line)}")
-    table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · Welch's t-test over seeds")
-    for col in ("stream", "order", "strategy", "metric", "A", "B", "B − A", "p"):
-        table.add_column(col, justify="left" if col in ("stream", "order", "strategy", "metric") else "right")
+    table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · a two-sided test over seeds")
+    for col in ("stream", "order", "strategy", "metric", "A", "B", "B − A", "test", "p", "p Holm"):
+        table.add_column(col, justify="left" if col in ("stream", "order", "strategy", "metric", "test") else "right")
 
     def side(mean, std, n):
         return "–" if n == 0 else f"{mean * 100:.1f}" + ("" if n < 2 else f" ± {std * 100:.1f}") + f" (n={n})"
 
     for _, r in df.iterrows():
-        p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}" + (" *" if r["p"] < 0.05 else "")
+        p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}"
+        ph = "–" if r["p_holm"] != r["p_holm"] else f"{r['p_holm']:.3g}" + (" *" if r["p_holm"] < 0.05 else "")
         table.add_row(escape(stream_title(r["stream"], r["variant"])), escape(str(r["order"])), escape(str(r["strategy"])), str(r["metric"]),
                       side(r["a_mean"], r["a_std"], r["a_n"]), side(r["b_mean"], r["b_std"], r["b_n"]),
-                      "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", p)
+                      "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", r["test"], p, ph)
     console.print(table)
-    console.print("* p < 0.05; p is – with fewer than two seeds on a side, or when no side varies")
+    console.print("test: paired-t where the two sides have the same seeds (auto), else welch (Welch's t-test); "
+                  "p Holm: p adjusted by Holm's method over every row; * p Holm < 0.05; p is – with fewer than two "
+                  "seeds on a side, or when no side varies")
     return 0
 
 
@@ -255,6 +307,14 @@ def cmd_list(args, console: Console) -> int:
     table.add_column("description")
     for name, text in sorted(builtin_suites().items()):
         table.add_row(name, tomllib.loads(text).get("description", ""))
+    console.print(table)
+    from .models.backbones import init_values
+
+    table = Table(title="model.init (pretrained models)")
+    table.add_column("value")
+    table.add_column("what")
+    for value, what in init_values():
+        table.add_row(escape(value), escape(what))
     console.print(table)
     return 0
 
@@ -366,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="console table (default), or the leaderboard as Markdown, CSV or a LaTeX tabular")
     s.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
     s.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    s.add_argument("--samples", action="store_true",
+                   help="print the examples the generative-replay strategies wrote (lamol, ssr) instead of the summary")
     s.set_defaults(fn=cmd_show)
 
     ck = sub.add_parser("check", help="check a suite and list its cells and config hashes, without running them")
@@ -385,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", action="append", help="a summary metric (repeatable; default: acc, bwt, fwt, forgetting)")
     c.add_argument("--strategy-a", help="compare this strategy of A ...")
     c.add_argument("--strategy-b", help="... with this strategy of B (matched on stream, stream params and order)")
+    c.add_argument("--test", default="auto", choices=["auto", "welch", "paired-t", "wilcoxon"],
+                   help="auto (default): the paired t-test where the seeds pair up, else Welch's t-test; "
+                        "or welch, paired-t, wilcoxon (signed-rank)")
     c.set_defaults(fn=cmd_compare)
 
     pt = sub.add_parser(
@@ -413,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")
     pt.set_defaults(fn=cmd_pretrain)
 
-    sub.add_parser("list", help="list streams, strategies and built-in suites").set_defaults(fn=cmd_list)
+    sub.add_parser("list", help="list streams, strategies, built-in suites and model.init values").set_defaults(fn=cmd_list)
     sub.add_parser("plugins", help="list loaded plugins and what each registers").set_defaults(fn=cmd_plugins)
     return p
 

@@ -24,7 +24,10 @@ from .models.transformer import ModelConfig
 from .params import type_name, type_ok
 
 #: Bumped when a change makes earlier results incomparable (it is part of every config hash).
-RESULTS_FORMAT = 2  # 2: training.threads fixes a cell's CPU thread count
+#: 2: training.threads fixes a cell's CPU thread count. 3: generative tasks: TRACE's tasks scored as
+#: TRACE's scripts score them, rank classification's acc_norm, a default general text with its
+#: bits per byte (docs/results.md, "Results formats").
+RESULTS_FORMAT = 3
 
 
 @dataclass

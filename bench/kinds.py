@@ -204,7 +204,7 @@ class Generation:
         tokens = int((data.lengths - data.start).sum())
         out = {"loss": nll.item() / max(tokens, 1)}
         if task.metric == "accuracy":
-            score = self._rank(cell, task)
+            score, out["acc_norm"] = self._rank(cell, task)
         else:
             predictions, references = self.answers(cell, task)
             score = SCORERS[task.metric](predictions, references)
@@ -224,16 +224,19 @@ class Generation:
         refs = [tok.decode(data.x[i, int(data.start[i]) : int(data.lengths[i]) - 1].tolist()) for i in range(len(data))]
         return preds, refs
 
-    def _rank(self, cell: CellContext, task: Task) -> float:
+    def _rank(self, cell: CellContext, task: Task) -> tuple[float, float]:
         """Accuracy of choosing, for each prompt, the label text the model finds likeliest
-        (summed log-probability of the label's tokens and the end token). A prompt that would not
+        (summed log-probability of the label's tokens and the end token), and ``acc_norm``, the
+        same with each log-probability divided by the label text's length in characters
+        (lm-evaluation-harness's ``acc_norm``: ``lls / completion_len``). A prompt that would not
         fit the model with the longest label loses tokens from its left, the same for every label."""
         data, tok = task.test, cell.stream.tokenizer
         bs = cell.config.training.eval_batch_size
         labels = tok.encode_answers(list(task.labels))
         L = len(labels)
         room = cell.config.model.max_len - max(len(lab) for lab in labels) - 1  # every candidate fits the model
-        correct = 0
+        chars = torch.tensor([max(len(lab), 1) for lab in task.labels], dtype=torch.float64)
+        correct = correct_norm = 0
         for idx in _by_length(_prompts(data), max(1, bs // L)):
             seqs, starts = [], []
             for i in idx.tolist():
@@ -244,17 +247,21 @@ class Generation:
             cand = examples_of(seqs, starts, [0] * len(seqs), 0).to(cell.device)
             scores = -self._nll(cell, cand).view(len(idx), L)
             correct += int((scores.argmax(1) == data.y[idx]).sum())
-        return correct / max(len(data), 1)
+            correct_norm += int(((scores / chars.to(scores.device)).argmax(1) == data.y[idx]).sum())
+        return correct / max(len(data), 1), correct_norm / max(len(data), 1)
 
     @torch.inference_mode()
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]:
+        from clbench.tasks.generative import scored_bytes
+
         general = cell.stream.general
         if general is None:
             return {}
         general = general.to(cell.device)
         nll = sum(float(self._nll(cell, general[idx]).sum()) for idx in _by_length(general, cell.config.training.eval_batch_size))
         tokens = int((general.lengths - 1).sum())
-        return {"general_ppl": math.exp(nll / max(tokens, 1))}
+        scored = scored_bytes(cell.stream.tokenizer, cell.stream.general)  # bits per byte: tokenizer-independent
+        return {"general_ppl": math.exp(nll / max(tokens, 1)), "general_bpb": nll / math.log(2) / max(scored, 1)}
 
 
 def _prompts(data: Examples) -> Examples:

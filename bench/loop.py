@@ -196,7 +196,7 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 #: each cell's ``versions``; "" where one is not installed.
 RESULT_PACKAGES = (
     "torch", "numpy", "pandas", "scikit-learn", "scipy", "tokenizers", "safetensors", "transformers",
-    "peft", "triton", "avalanche-lib", "qpsolvers", "quadprog", "pyarrow",
+    "peft", "triton", "avalanche-lib", "qpsolvers", "quadprog", "pyarrow", "rouge-score", "rouge",
 )
 
 
@@ -270,6 +270,9 @@ def run_cell(
             stream_scores = ctx.kind.evaluate_stream(ctx)
         for metric, value in stream_scores.items():  # not a task's: eval_task -1
             record(after, -1, metric, value)
+        for row in ctx.recorded:  # what strategies recorded (cell.record) since the last evaluation
+            record(*row)
+        ctx.recorded.clear()
         seconds = time.perf_counter() - t0
         if on_evaluated is not None:
             on_evaluated(after, scores)
@@ -315,6 +318,7 @@ def run_cell(
         computed = int(tally.positions.item())
         row["padding_fraction"] = 1.0 - row["tokens_seen"] / computed if computed else float("nan")
         row["buffer_size"] = int(ctx.info.get("buffer_size", 0))
+        row["samples"] = json.dumps(ctx.info.get("samples", []))
         row["peak_memory_mb"], row["memory_kind"] = _peak_memory_mb(device)
     except Diverged as exc:
         row["status"], row["error"] = "diverged", str(exc)

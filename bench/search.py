@@ -9,10 +9,13 @@ A dimension is written the same way in a strategy's default space (its class att
     memory_size = 500                         # a plain value fixes the parameter (not searched)
     training.lr = { log-uniform = [1e-4, 1e-2] }   # a [training] field
 
-What a strategy searches, lowest precedence first: the default space of each strategy it
-combines, less the parameters the suite sets in the entry's ``params`` (and the training fields
-its ``training`` table sets); the suite's top-level ``[search]`` (training fields, for every
-strategy); the entry's own ``search`` table. Every dimension is checked before anything runs: an
+What a strategy searches, lowest precedence first: the learning rate, log-uniform over a decade
+either side of the suite's ``training.lr`` (:data:`DEFAULT_LR_DECADES`: every strategy gets the
+same search of it, unless the entry's own ``training`` table sets ``lr``); the default space of
+each strategy it combines, less the parameters the suite sets in the entry's ``params`` (and the
+training fields its ``training`` table sets); the suite's top-level ``[search]`` (training
+fields, for every strategy: ``lr = 1e-3`` fixes the rate for all); the entry's own ``search``
+table. Every dimension is checked before anything runs: an
 unknown parameter, a range that is empty or a log range through zero, a float range over an
 integer parameter, and an end of a range (or a choice) that the strategy itself refuses are each
 one line.
@@ -29,6 +32,10 @@ from .config import TrainingConfig, dataclass_from
 from .errors import UserError
 from .host import get_host
 from .params import check_params, suite_name
+
+#: Every strategy's default search of the learning rate: log-uniform over this many decades on
+#: either side of the suite's ``training.lr`` (1e-3: [1e-4, 1e-2]).
+DEFAULT_LR_DECADES = 1
 
 #: The distributions a dimension is sampled from, each a ray.tune sampling function.
 DISTRIBUTIONS = ("uniform", "log-uniform", "int", "log-int", "choice")
@@ -149,10 +156,15 @@ def _candidates(dim: Dim | Any) -> list:
     return list(dim.values)
 
 
-def _entries(spec, request: SearchRequest, defaults: bool) -> list[tuple[Key, Any, str]]:
+def _entries(spec, request: SearchRequest, defaults: bool, training=None) -> list[tuple[Key, Any, str]]:
     """Every (key, raw dimension, where) that applies to the entry, lowest precedence first."""
     out: list[tuple[Key, Any, str]] = []
     names = [n for n, _ in spec.parts]
+    if defaults and training is not None and "lr" not in request.given.get("training", ()) and training.lr > 0:
+        d = 10.0 ** DEFAULT_LR_DECADES
+        ends = [float(f"{training.lr / d:.6g}"), float(f"{training.lr * d:.6g}")]  # 3e-05 * 10: 0.0003, not 0.00030000000000000003
+        out.append((("training", "lr"), {"log-uniform": ends},
+                    "clbench tune's default search of training.lr"))
 
     def table(t: Any, what: str) -> dict:
         if not isinstance(t, dict):
@@ -189,7 +201,7 @@ def resolve_space(spec, training, request: SearchRequest, *, defaults: bool = Tr
     ``training``, its TrainingConfig) is tuned over, every dimension checked (see the module
     docstring); ``defaults=False`` leaves out the strategies' default spaces (the suite's check)."""
     merged: dict[Key, tuple[Any, str]] = {}
-    for key, raw, what in _entries(spec, request, defaults):
+    for key, raw, what in _entries(spec, request, defaults, training):
         merged[key] = (parse_dim(raw, what), what)
     params = dict(spec.parts)
     for (part, name), (dim, what) in merged.items():

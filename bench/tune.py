@@ -45,14 +45,15 @@ from .suiterun import WorkerSetup, make_executor, preflight, stream_key, worker_
 
 from clbench.results import Matrices
 from clbench.results.summary import fwt_undefined
-from clbench.results.tuning import TRIALS, best_trials, read_trials, write_report, write_trial, write_trials
+from clbench.results.tuning import (TRIALS, best_trials, budget_notes, read_trials, write_report, write_trial,
+                                    write_trials)
 from clbench.tasks.validation import validation_split
 
 PROTOCOLS = ("validation", "first-tasks")
 SEARCHERS = ("random", "tpe")
 SCHEDULERS = ("asha", "fifo")
 #: Summary metrics for which lower is better (for the others, higher is).
-LOWER_IS_BETTER = frozenset({"forgetting", "intransigence", "intransigence_last"})
+LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_since_learned", "intransigence", "intransigence_last"})
 #: Metrics measured against a ``cumulative`` run, which a trial does not have.
 NEEDS_REFERENCE = frozenset({"intransigence", "intransigence_last"})
 #: Statuses of trials a resumed tune does not run again (a failed trial runs again).
@@ -196,12 +197,16 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
 
 # -- a trial, in a Ray worker -------------------------------------------------------------------
 
-def _trial_stream(job: Job, cell: CellConfig):
-    """The trial's stream (the protocol's validation split), in a worker set up as the driver."""
-    def build(cell: CellConfig):
-        return validation_split(build_stream(cell), job.protocol.fraction, job.protocol.seed)
+def trial_stream(cell: CellConfig, protocol: Protocol):
+    """The stream a trial of ``cell`` runs on: the cell's stream with each task's validation
+    split in place of its test split, and nothing derived from the test split (docs/tuning.md)."""
+    return validation_split(build_stream(cell), protocol.fraction, protocol.seed)
 
-    return worker_stream(job.setup, cell, key=(stream_key(cell), job.protocol), build=build)
+
+def _trial_stream(job: Job, cell: CellConfig):
+    """The trial's stream (:func:`trial_stream`), in a worker set up as the driver."""
+    return worker_stream(job.setup, cell, key=(stream_key(cell), job.protocol),
+                         build=lambda cell: trial_stream(cell, job.protocol))
 
 
 def _values(config: dict) -> dict[search.Key, Any]:
@@ -465,6 +470,8 @@ def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol
 
     write_trials(out, read_trials(out))
     table = pd.DataFrame(rows, columns=list(TRIALS))
+    for line in budget_notes(table) if len(table) else []:
+        console.print(f"[yellow]{escape(line)}[/yellow]", soft_wrap=True)
     suites = write_best_suites(data, suite.name, jobs, best_trials(table), out)
     report = write_report(table, out)[0] if len(table) else None
     return TuneRun(out, table, suites, report, counts["ran"])

@@ -19,11 +19,12 @@ suite as it is (defaults) and the tuned suite (``best.toml``), each over the sui
 the test split, into fresh folders. It prints each strategy's ACC (mean ± sd over seeds) with
 its defaults and tuned, the difference, and both rankings. ``--epochs`` overrides the suite's
 training epochs everywhere (to fit a small machine), ``--strategies`` keeps some of its entries
-(by label), and ``--search-lr`` also searches the learning rate for every strategy (so that
-strategies without a hyper-parameter of their own, naive, joint, cumulative, are tuned too).
+(by label). ``clbench tune`` searches the learning rate for every strategy by default;
+``--fix-lr`` fixes it at the suite's rate for all (``[search] lr = 1e-3``), leaving each
+strategy's own space (naive, joint, cumulative then get one trial).
 
     python benchmarks/tuning.py speed [--trials 8] [--epochs 2]
-    python benchmarks/tuning.py strategies [--trials 4] [--epochs 2] [--workers 2] [--strategies naive,ewc,...] [--search-lr]
+    python benchmarks/tuning.py strategies [--trials 4] [--epochs 2] [--workers 2] [--strategies naive,ewc,...] [--fix-lr]
 
 Wall times on a machine that other work shares are not precise: say so when you quote them.
 """
@@ -96,8 +97,8 @@ def strategies(args) -> None:
         keep = args.strategies.split(",")
         data["strategies"] = [s for s in data["strategies"]
                               if s.get("label", "+".join([s["name"]] if isinstance(s["name"], str) else s["name"])) in keep]
-    if args.search_lr:
-        data["search"] = {"lr": {"log-uniform": [1e-4, 1e-2]}}
+    if args.fix_lr:
+        data["search"] = {"lr": data["training"]["lr"]}
     suite = parse_suite(data, where)
     out = Path(args.out or tempfile.mkdtemp(prefix="clbench-bench-tuning-"))
     t0 = time.perf_counter()
@@ -115,7 +116,7 @@ def strategies(args) -> None:
     trials = tuned.trials
     print(f"strategies suite (split-digits, class-incremental), {suite.cells[0].training.epochs} epochs; tune: "
           f"{args.trials} trials per strategy, validation protocol, ACC, random search, ASHA"
-          f"{', lr searched for every strategy' if args.search_lr else ''}; "
+          f"{', lr fixed for every strategy' if args.fix_lr else ', lr searched for every strategy'}; "
           f"{len(trials)} trials ({(trials['status'] == 'stopped').sum()} stopped by ASHA) in {tune_wall / 60:.1f} min; "
           f"{len(suite.cells)} cells each: default {default_wall / 60:.1f} min ({len(ran)} run), tuned {tuned_wall / 60:.1f} min "
           f"({'pool, ' + str(args.workers) + ' workers' if args.workers > 1 else 'in this process'})\n")
@@ -138,7 +139,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--strategies", help="strategies suite: the entries to keep, by label (default: all)")
-    ap.add_argument("--search-lr", action="store_true", help="strategies suite: also search the learning rate")
+    ap.add_argument("--fix-lr", action="store_true", help="strategies suite: fix the learning rate at the suite's for all")
     ap.add_argument("--out", help="strategies suite: where to keep the results (default: a new temporary folder)")
     args = ap.parse_args()
     if args.what == "speed":

@@ -12,7 +12,7 @@ from rich.table import Table
 from clbench import hookimpl
 from clbench.errors import UserError
 from clbench.results.report import write_html, write_markdown
-from clbench.results.summary import aggregate, stream_title
+from clbench.results.summary import aggregate, fewer_values, stream_title
 
 SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity", "general_ppl_change")
 #: Column headings, short so that the table fits 100 columns (the caption spells them out).
@@ -57,7 +57,7 @@ def console_report(tables, out, console) -> None:
                 escape(str(r["strategy"])),
                 f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
             ]
-            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) for m in shown]
+            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) + fewer_values(r, m) for m in shown]
             cells.append(_fmt(r["train_seconds_mean"], r["train_seconds_std"], pct=False, stacked=stacked))
             table.add_row(*cells)
         console.print(table)

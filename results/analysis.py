@@ -21,9 +21,10 @@ import pandas as pd
 
 from clbench.errors import UserError
 
+from .metrics import forgetting_terms
 from .schema import COST, metric_columns
 from .store import Tables
-from .summary import accuracy_matrix, aggregate, with_variants
+from .summary import accuracy_matrix, aggregate, drop_repeated_seeds, with_variants
 
 #: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
 METRICS = ("acc", "bwt", "fwt", "forgetting")
@@ -88,29 +89,80 @@ def accuracy_curves(tables: Tables) -> pd.DataFrame:
 
 
 def forgetting_per_task(tables: Tables) -> pd.DataFrame:
-    """One row per finished cell and task j but the last: ``forgetting`` = max_{j≤l<T} R[l, j] −
-    R[T, j] (the per-task term of the ``forgetting`` metric, Chaudhry et al. 2018)."""
+    """One row per finished cell and task j but the last: ``forgetting`` = max_{l<T} R[l, j] −
+    R[T, j] (the per-task term of the ``forgetting`` metric, Chaudhry et al. 2018:
+    :func:`clbench.results.metrics.forgetting_terms`)."""
     mats = cell_matrices(tables)
     rows = []
     for _, c in ok_cells(tables).iterrows():
         R = mats[c["run_id"]]
-        T = R.shape[0]
-        for j in range(T - 1):
+        for j, f in enumerate(forgetting_terms(R)):
             rows.append({"stream": c["stream"], "variant": c["variant"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
-                         "task": j, "forgetting": float(R[j : T - 1, j].max() - R[-1, j])})
+                         "task": j, "forgetting": float(f)})
     return pd.DataFrame(rows, columns=["stream", "variant", "order", "strategy", "seed", "task", "forgetting"])
 
 
+#: The tests ``compare`` offers: ``auto`` is the paired t-test where the seeds pair up, else Welch's.
+TESTS = ("auto", "welch", "paired-t", "wilcoxon")
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values of a family of tests (NaN entries are not
+    tests): the k-th smallest of m p-values times (m − k + 1), made non-decreasing, at most 1."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    m = len(idx)
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def _test(xa: pd.Series, xb: pd.Series, test: str) -> tuple[str, float, float]:
+    """(the test run, its statistic, the two-sided p) for the values of A and B, indexed by seed."""
+    from scipy import stats  # here: importing scipy.stats takes seconds
+
+    common = xa.index.intersection(xb.index)
+    pairs = len(common) >= 2 and len(common) == len(xa) == len(xb)
+    name = ("paired-t" if pairs else "welch") if test == "auto" else test
+    with warnings.catch_warnings():  # identical values: NaN, said in the output
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if name == "welch":
+            if len(xa) < 2 or len(xb) < 2:
+                return name, float("nan"), float("nan")
+            r = stats.ttest_ind(xb.to_numpy(), xa.to_numpy(), equal_var=False)
+            return name, float(r.statistic), float(r.pvalue)
+        if not pairs:  # a paired test asked for where the seeds do not pair up
+            return name, float("nan"), float("nan")
+        a, b = xa[common].to_numpy(), xb[common].to_numpy()
+        if name == "paired-t":
+            r = stats.ttest_rel(b, a)
+            return name, float(r.statistic), float(r.pvalue)
+        if np.all(b == a):  # Wilcoxon's signed-rank test has no non-zero difference to rank
+            return name, float("nan"), float("nan")
+        r = stats.wilcoxon(b, a)
+        return name, float(r.statistic), float(r.pvalue)
+
+
 def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
-            strategy_a: str | None = None, strategy_b: str | None = None) -> pd.DataFrame:
+            strategy_a: str | None = None, strategy_b: str | None = None, test: str = "auto") -> pd.DataFrame:
     """Line up two result sets: one row per (stream, stream_params, order, strategy, metric) found
     in both, with ``variant`` (the stream's parameters that differ between its variants in the two
-    sets, "" where it has one set), mean, sd and seeds of each side, ``diff`` (B − A), and Welch's
-    t-test over seeds (``t``, ``p``; NaN with fewer than two seeds on a side, or when neither side
-    varies). With ``strategy_a``/``strategy_b``, those two strategies are compared (they may come
-    from the same result set), matched on (stream, stream_params, order).
+    sets, "" where it has one set), mean, sd and the number of seeds of each side (a seed counted
+    once: a repeated one is left out with a warning line), ``diff`` (B − A), and a two-sided test
+    over seeds (``test``, ``stat``, ``p``; NaN with fewer than two seeds on a side, or when
+    neither side varies): with ``test="auto"``, the paired t-test where the two sides have the
+    same seeds (two or more: a seed's cells share their initial model and data order), else
+    Welch's t-test; ``welch``, ``paired-t`` or ``wilcoxon`` (signed-rank, scipy's) ask for one.
+    ``p_holm`` is ``p`` adjusted by Holm's method over every test of the table (all rows, all
+    metrics). With ``strategy_a``/``strategy_b``, those two strategies are compared (they may
+    come from the same result set), matched on (stream, stream_params, order).
     """
-    from scipy import stats  # here: importing scipy.stats takes seconds
+    if test not in TESTS:
+        raise UserError(f"unknown test {test!r} (tests: {', '.join(TESTS)})")
 
     def pick(tables: Tables, strategy: str | None, side: str) -> pd.DataFrame:
         s = tables.summary[tables.summary["status"] == "ok"]
@@ -121,6 +173,7 @@ def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
         return s
 
     sa, sb = with_variants(pick(a, strategy_a, "A"), pick(b, strategy_b, "B"))  # configurations: labelled within each side
+    sa, sb = drop_repeated_seeds(sa, "compare, A"), drop_repeated_seeds(sb, "compare, B")
     known = metric_columns(c for c in sa.columns if c in sb.columns)
     for m in metrics:
         if m not in known:
@@ -131,22 +184,19 @@ def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
         raise UserError("the two result sets have no (stream, stream params, order, strategy) in common")
     rows = []
     for _, k in common.iterrows():
-        ga = sa[(sa[keys] == k.values).all(axis=1)]
-        gb = sb[(sb[keys] == k.values).all(axis=1)]
+        ga = sa[(sa[keys] == k.values).all(axis=1)].set_index("seed")
+        gb = sb[(sb[keys] == k.values).all(axis=1)].set_index("seed")
         for m in metrics:
-            xa, xb = ga[m].astype(float).dropna().to_numpy(), gb[m].astype(float).dropna().to_numpy()
-            if len(xa) > 1 and len(xb) > 1:
-                with warnings.catch_warnings():  # identical values: NaN, said in the output
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    t, p = stats.ttest_ind(xb, xa, equal_var=False)
-            else:
-                t = p = float("nan")
+            xa, xb = ga[m].astype(float).dropna(), gb[m].astype(float).dropna()
+            name, stat, p = _test(xa, xb, test)
             rows.append({**k.to_dict(), "metric": m,
                          "a_mean": xa.mean() if len(xa) else np.nan, "a_std": xa.std(ddof=1) if len(xa) > 1 else np.nan, "a_n": len(xa),
                          "b_mean": xb.mean() if len(xb) else np.nan, "b_std": xb.std(ddof=1) if len(xb) > 1 else np.nan, "b_n": len(xb),
                          "diff": (xb.mean() - xa.mean()) if len(xa) and len(xb) else np.nan,
-                         "t": float(t), "p": float(p)})
-    return pd.DataFrame(rows)
+                         "test": name, "stat": stat, "t": stat if name != "wilcoxon" else np.nan, "p": p})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["p"].to_numpy(float))
+    return out
 
 
 def train_losses(tables: Tables) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .analysis import BOARD, BOARD_COST, WHERE_MEASURED
 from .figures import Figure
+from .summary import fewer_values
 
 HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity",
             "general_ppl_change": "general ppl Δ"}
@@ -48,7 +49,7 @@ def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             "–" if pd.isna(r["rank"]) else str(int(r["rank"])),
             str(r["strategy"]),
             f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
-            *(_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_sem"]) for m in metrics),
+            *(_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_sem"]) + fewer_values(r, m) for m in metrics),
             *(_num(f, r[f"{c}_mean"], r[f"{c}_std"]) for c, _h, f in cost),
         ])
     return header, rows

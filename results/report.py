@@ -22,6 +22,8 @@ from .figures import cost_bars, curves, forgetting_bars, heatmaps, loss_curves
 from .render import leaderboard_rows, render_html, render_markdown
 from .store import Tables
 from .summary import stream_title, with_variants
+from clbench.tasks.trace import TRACE_METRICS
+
 
 def _about(tables: Tables, stream: str, order: str, variant: str) -> str:
     """The scenario and the tasks, in order, of a (stream, variant, order) group."""
@@ -62,6 +64,30 @@ def provenance(tables: Tables) -> list[list[str]]:
     return rows
 
 
+def stand_ins(tables: Tables) -> list[str]:
+    """One line for each number of these results that stands in for a paper's different
+    procedure: the general text's perplexity for TRACE's general-ability benchmarks, a TRACE task
+    scored by another metric than TRACE's (20Minuten without SARI)."""
+    lines = []
+    if (tables.measurements["metric"] == "general_ppl").any():
+        lines.append("General ability (general ppl Δ, the general text's bits per byte) is the perplexity of a held-out "
+                     "text: a stand-in for the benchmarks (MMLU, BBH, GSM8K, ...) with which TRACE (Wang et al. 2023) "
+                     "measures it, not TRACE's number.")
+    seen = set()
+    for _, c in tables.cells[tables.cells["stream"] == "trace"].iterrows():
+        try:
+            metrics = json.loads(c["stream_params"]).get("metrics") or {}
+        except (TypeError, ValueError, AttributeError):
+            continue
+        for task, metric in metrics.items():
+            short = str(task).rsplit("/", 1)[-1]
+            paper = TRACE_METRICS.get(short)
+            if paper and metric != paper and (short, metric) not in seen:
+                seen.add((short, metric))
+                lines.append(f"TRACE's {short} is scored by {metric} here, not by TRACE's {paper}.")
+    return lines
+
+
 def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     """The report as a list of blocks: ``("h1"|"h2"|"h3"|"p", text)``, ``("table", header,
     rows)`` and ``("figure", Figure)``."""
@@ -78,8 +104,10 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     out.append(("p", "Metrics in % as mean ± sd [standard error] over seeds; rank by mean ACC. "
                      "A failed cell (status failed or diverged) is counted, not averaged. "
                      "ACC: mean final accuracy; AIA: average incremental accuracy; BWT: backward transfer; FWT: forward transfer; "
-                     "forgetting: max-based (Chaudhry et al. 2018); plasticity: mean accuracy right after learning each task. Cost: training seconds, peak memory "
+                     "forgetting: max over all earlier rows minus final accuracy (Chaudhry et al. 2018, as A-GEM's code computes it); plasticity: mean accuracy right after learning each task. Cost: training seconds, peak memory "
                      f"(MB; {', '.join(kinds) or 'not measured'}), and the most parameters trained at once."))
+    for line in stand_ins(tables):
+        out.append(("p", line))
     board = leaderboard(tables.summary)
     means = mean_matrices(tables)
     curves_df = accuracy_curves(tables)

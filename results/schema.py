@@ -31,7 +31,7 @@ CELLS: dict[str, Any] = {
     "scenario": "", "tasks": "[]", "n_tasks": 0,
     "train_seconds": 0.0, "eval_seconds": 0.0, "total_seconds": 0.0,
     "peak_memory_mb": NAN, "memory_kind": "",
-    "trainable_params": 0, "total_params": 0, "buffer_size": 0,
+    "trainable_params": 0, "total_params": 0, "buffer_size": 0, "samples": "[]",
     "examples_seen": 0, "tokens_seen": 0, "padding_fraction": NAN,
     "device": "", "threads": 0, "attention": "", "versions": None, "started_at": None,
 }

@@ -166,6 +166,27 @@ def effect_plot(g: pd.DataFrame, title: str) -> Figure | None:
     return Figure(slug("tune", title), title, f"objective against each hyper-parameter: {title}", png(fig))
 
 
+def budget_notes(trials: pd.DataFrame) -> list[str]:
+    """One line per stream whose strategies did not get the same search: trials of different
+    numbers (a strategy with nothing to search gets one), or the learning rate searched for some
+    strategies and not for others (a suite's ``training.lr`` for one entry fixes it there)."""
+    from .summary import stream_title, variant_labels
+
+    variants = variant_labels(set(zip(trials["stream"], trials["stream_params"])))
+    lines = []
+    for (stream, params), g in trials.groupby(["stream", "stream_params"], sort=False):
+        where = stream_title(stream, variants[(stream, params)])
+        counts = g.groupby("strategy", sort=False).size()
+        if counts.nunique() > 1:
+            lines.append(f"Unequal budget on {where}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                         + " trials (a strategy with nothing to search runs its default once).")
+        lr = {k: any("training.lr" in json.loads(x or "{}") for x in gg["searched"]) for k, gg in g.groupby("strategy", sort=False)}
+        if len(set(lr.values())) > 1:
+            lines.append(f"Unequal search on {where}: the learning rate is searched for "
+                         f"{', '.join(k for k, v in lr.items() if v)}, not for {', '.join(k for k, v in lr.items() if not v)}.")
+    return lines
+
+
 def _pct(v: float) -> str:
     return "–" if v != v else f"{v * 100:.1f}"
 
@@ -191,6 +212,10 @@ def blocks(trials: pd.DataFrame, heading: str = "Tuning") -> list[tuple]:
                      _pct(r["default"]) if r["default_status"] in ("ok", "") else r["default_status"],
                      _pct(r["tuned"]), "–" if diff != diff else f"{diff * 100:+.1f}", r["best"] or "–"])
     out.append(("h3", "Tuned vs default"))
+    notes = budget_notes(trials)
+    out.append(("p", " ".join(notes) if notes else
+                "Equal budget: every strategy of each stream got the same number of trials, and the learning rate "
+                "was searched for all of them or for none."))
     out.append(("table", ["stream", "strategy", "trials (ok/stopped/diverged/failed)", "budget used", "default", "tuned",
                           "tuned − default", "best configuration"], rows))
     eff = effects(trials)

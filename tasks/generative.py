@@ -39,7 +39,7 @@ class TextTask:
     :param labels: the answer texts it chooses among, if it has a label set (rank
         classification scores these; ``y`` is an answer's index among them).
     :param max_new_tokens: the most tokens generated per answer (0: the longest test answer's
-        token count plus 8).
+        token count plus 8; a validation split's own longest answer for ``clbench tune``).
     """
 
     name: str
@@ -138,6 +138,25 @@ def examples_of(seqs: list[list[int]], starts: list[int], y: list[int], t: int) 
                     torch.tensor(starts, dtype=torch.long))
 
 
+def scored_bytes(tok: TextTokenizer, general: Examples) -> int:
+    """The UTF-8 bytes of the text whose tokens a general text's perplexity scores: in each
+    document (as cut to ``max_len`` tokens), the tokens after its first, which is not predicted
+    (a BOS token, or the text's first token where a tokenizer adds none). Bits per byte divide the
+    summed negative log-likelihood by this count, so that models with different tokenizers can be
+    compared. clbench's byte tokenizer counts its byte tokens; other tokenizers decode the tokens
+    (a multi-byte character cut by ``max_len`` counts as the replacement character)."""
+    rows = [row[1:n] for row, n in zip(general.x.tolist(), general.lengths.tolist())]
+    if isinstance(tok, ClbenchTextTokenizer) and getattr(tok.tok, "tok", None) is None:  # bytes: id = byte + 1
+        return sum(1 for row in rows for i in row if 0 < i < 257)
+    return sum(len(tok.decode(row).encode("utf-8")) for row in rows)
+
+
+def answer_cap(examples: Examples) -> int:
+    """The most tokens to generate for answers like ``examples``' (the split they are scored
+    on): the longest answer's tokens, its end token included, plus 8."""
+    return int((examples.lengths - examples.start).max()) + 8
+
+
 def label_index(labels: tuple[str, ...], answer: str) -> int:
     return labels.index(answer) if answer in labels else 0
 
@@ -175,10 +194,9 @@ def generative_stream(
             shortened += cut
             longest = max(longest, max(len(s) for s in seqs))
             split[part] = examples_of(seqs, starts, [label_index(task.labels, a) for _, a in pairs], pos)
-        answers = split["test"].lengths - split["test"].start
-        new = task.max_new_tokens or int(answers.max()) + 8  # the answer has its end token already
+        new = task.max_new_tokens or answer_cap(split["test"])
         built.append(Task(task.name, (), split["train"], split["test"], metric=task.metric, labels=task.labels,
-                          max_new_tokens=new))
+                          max_new_tokens=new, max_new_tokens_derived=not task.max_new_tokens))
     if shortened:
         print(f"clbench: warning: stream '{name}': {shortened} prompt(s) longer than max_len = {max_len} "
               "with their answer were shortened from the left", file=sys.stderr)

@@ -23,11 +23,11 @@ from typing import Literal
 import numpy as np
 
 from clbench import hookimpl
+from clbench.cache import cache_root
 from clbench.errors import UserError
 
 from .base import Stream
 from .text import cap_per_class, text_stream
-from .tokenizer import cache_root
 
 STARS = ["very negative", "negative", "neutral", "positive", "very positive"]
 

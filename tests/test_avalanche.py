@@ -194,7 +194,7 @@ def test_avalanche_forgetting_is_clbench_forgetting_last_and_bwt_agrees():
 
 def test_clbench_forgetting_differs_from_avalanche_where_accuracy_rose_after_learning():
     av = avalanche_stream_metrics(R)
-    # clbench's forgetting takes the max over R[j..T-1, j]: task 0 peaked at 0.95, not 0.90
+    # clbench's forgetting takes the max over R[0..T-2, j] (every earlier row): task 0 peaked at 0.95, not 0.90
     assert metrics.forgetting(R) == pytest.approx(((0.95 - 0.50) + (0.80 - 0.60)) / 2)
     assert metrics.forgetting(R) - av["forgetting"] == pytest.approx((0.95 - 0.90) / 2, abs=1e-12)
     # on a matrix where nothing rises after it is learned, the two agree

