@@ -14,7 +14,7 @@ from .analysis import BOARD, BOARD_COST, WHERE_MEASURED
 from .figures import Figure
 
 HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity",
-            "general_ppl_change": "general ppl Δ"}
+            "general_ppl_change": "general ppl Δ", "intransigence": "intransigence", "intransigence_last": "intransigence (last)"}
 
 
 def _pct(mean, std, sem) -> str:
@@ -37,11 +37,13 @@ def _num(fmt: str, mean, std) -> str:
     return s
 
 
-def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The leaderboard of one (stream, stream params, order) as a header and rows of strings."""
-    metrics = [m for m in BOARD if f"{m}_mean" in board and (m not in WHERE_MEASURED or board[f"{m}_mean"].notna().any())]
-    cost = [(c.column, c.heading, c.format) for c in BOARD_COST if f"{c.column}_mean" in board]
-    header = ["rank", "strategy", "seeds", *(HEADINGS[m] for m in metrics), *(h for _c, h, _f in cost)]
+def leaderboard_rows(board: pd.DataFrame, metrics=BOARD) -> tuple[list[str], list[list[str]]]:
+    """The leaderboard of one (stream, stream params, order) as a header and rows of strings:
+    the ``metrics`` it has (default :data:`~clbench.results.analysis.BOARD`; ``clbench show``
+    gives every metric of the summary) and the board's cost columns."""
+    metrics = [m for m in metrics if f"{m}_mean" in board and (m not in WHERE_MEASURED or board[f"{m}_mean"].notna().any())]
+    cost = [(c.column, c.heading_in(board), c.format) for c in BOARD_COST if f"{c.column}_mean" in board]
+    header = ["rank", "strategy", "seeds", *(HEADINGS.get(m, m) for m in metrics), *(h for _c, h, _f in cost)]
     rows = []
     for _, r in board.iterrows():
         rows.append([
