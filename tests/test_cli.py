@@ -157,7 +157,7 @@ def test_check_lists_cells_and_hashes_without_running(tmp_path, suite_file, host
     assert err.startswith("clbench: error: ") and "unknown strategy 'replya'" in err and err.count("\n") == 1
 
 
-# -- the command line a researcher uses (issue: run, check and tune take the same options) ----------
+# -- the command line a researcher uses: run, check and tune take the same options -----------------
 
 
 def _one_line_error(capsys, *parts: str) -> str:
