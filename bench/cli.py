@@ -49,18 +49,38 @@ def _with_data_dir(args, console: Console, fn) -> int:
 
 
 def _executor_args(args) -> tuple[str, dict]:
-    """The executor and its options: ``--workers`` alone means ``pool``, ``--address`` alone ``ray``."""
-    name = args.executor or ("ray" if args.address else "pool" if args.workers is not None else "local")
+    """The executor and its options. None given: ``auto`` (as many cells at once as the cores
+    hold, :func:`clbench.suiterun.auto_executor`); ``--workers N`` alone: N cells at once (1: in
+    this process, ``local``; more: the ``pool`` executor); ``--address`` alone: ``ray``."""
     options = {k: v for k, v in (("workers", args.workers), ("address", args.address)) if v is not None}
+    if args.executor:
+        name = args.executor
+    elif args.address:
+        name = "ray"
+    elif args.workers is None:
+        name = "auto"
+    elif args.workers == 1:
+        name, options = "local", {}
+    else:
+        name = "pool"
+    if name == "ray" and args.verbose:
+        options["verbose"] = True
     return name, options
 
 
+def _suite(args):
+    """The suite the command names, changed as its options say (``--set``, ``--strategies``,
+    ``--streams``)."""
+    from .suite import changed_suite, parse_suite
+
+    return parse_suite(*changed_suite(args.suite or DEFAULT_SUITE, args.set, args.strategies, args.streams))
+
+
 def _run(args, console: Console) -> int:
-    from .suite import load_suite
     from .suiterun import run_suite
     from clbench.results import load
 
-    suite = load_suite(args.suite or DEFAULT_SUITE, args.set)
+    suite = _suite(args)
     out = Path(args.out) if args.out else Path("clbench-results") / suite.name
     err = Console(stderr=True)
     executor, options = _executor_args(args)
@@ -89,17 +109,17 @@ def cmd_tune(args, console: Console) -> int:
 
 
 def _tune(args, console: Console) -> int:
-    from .suite import parse_suite, read_suite
+    from .suite import changed_suite, parse_suite
     from .tune import Protocol, tune_suite
     from clbench.results.tuning import tuned_vs_default
 
-    data, where = read_suite(args.suite)
+    data, where = changed_suite(args.suite, args.set, args.strategies, args.streams)
     suite = parse_suite(data, where)
     out = Path(args.out) if args.out else Path("clbench-tune") / suite.name
     protocol = Protocol(args.protocol, args.validation_fraction, args.first_tasks, args.seed)
     run = tune_suite(suite, data, out, trials=args.trials, protocol=protocol, metric=args.metric, mode=args.mode,
                      searcher=args.searcher, scheduler=args.scheduler, seed=args.seed, address=args.address,
-                     workers=args.workers, console=Console(stderr=True))
+                     workers=args.workers, console=Console(stderr=True), verbose=args.verbose)
     board = tuned_vs_default(run.trials)
     table = Table(title=f"{suite.name}: {args.metric} on the validation matrix (%), protocol {args.protocol}")
     for col in ("stream", "strategy", "trials", "default", "tuned", "best configuration"):
@@ -151,6 +171,11 @@ def _latex(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+#: What a leaderboard cell "94.3 ± 0.6 [0.5]" says: printed under the Markdown and LaTeX tables.
+LEGEND = ("Metrics in % as mean ± sd [standard error] over seeds (– where undefined); rank by mean ACC; "
+          "seeds: cells that finished (+ failed or diverged ones, not averaged).")
+
+
 def cmd_show(args, console: Console) -> int:
     from clbench.results import load
 
@@ -158,25 +183,31 @@ def cmd_show(args, console: Console) -> int:
     if args.samples:
         return _show_samples(tables, console)
     if args.format != "console":
-        from clbench.results.analysis import leaderboard
         from clbench.results.render import leaderboard_rows, render_markdown
-        from clbench.results.summary import stream_title
+        from clbench.results.schema import metric_columns
+        from clbench.results.summary import aggregate, stream_title
 
-        board = leaderboard(tables.summary)
+        board = aggregate(tables.summary)  # every metric of the summary, intransigence included
+        if not board.empty:
+            board = board.sort_values(["stream", "stream_params", "order", "rank"], na_position="last",
+                                      kind="stable").reset_index(drop=True)
         if args.format == "csv":
             print(board.drop(columns=["stream_params"], errors="ignore").to_csv(index=False), end="")
             return 0
-        header, rows = None, []
-        for (stream, _p, variant, order), b in board.groupby(["stream", "stream_params", "variant", "order"], sort=False):
-            h, rs = leaderboard_rows(b)
-            header = ["stream", "order", *h]
-            rows += [[stream_title(stream, variant), str(order), *r] for r in rs]
-        if header is None:
+        if board.empty:
             print("no results")
-        elif args.format == "markdown":
+            return 0
+        # one table for every stream: the columns of the metrics some stream has
+        h, rs = leaderboard_rows(board, metric_columns(tables.summary.columns))
+        header = ["stream", "order", *h]
+        rows = [[stream_title(b.stream, b.variant), str(b.order), *r] for b, r in zip(board.itertuples(), rs)]
+        legend = LEGEND + (" general bpb Δ: in bits per byte, not %." if "general bpb Δ" in h else "")
+        if args.format == "markdown":
             print(render_markdown([("table", header, rows)])[0].rstrip())
+            print(f"\n{legend}")
         else:
             print(_latex(header, rows))
+            print(f"% {legend}")
         return 0
     _results_table(console, tables)
     bad = tables.cells[tables.cells["status"] != "ok"]
@@ -213,18 +244,32 @@ def _show_samples(tables, console: Console) -> int:
 
 
 def cmd_check(args, console: Console) -> int:
-    from .suite import load_suite
-    from .suiterun import preflight
+    return _with_data_dir(args, console, _check)
 
-    suite = load_suite(args.suite, args.set)
+
+def _check(args, console: Console) -> int:
+    from .suiterun import auto_executor, describe_executor, make_executor, preflight
+    from clbench.results.store import done_cells
+
+    suite = _suite(args)
+    executor, options = _executor_args(args)
+    if executor != "auto":
+        make_executor(executor, options)  # its options checked as run checks them
     preflight(suite)
+    out = Path(args.out) if args.out else Path("clbench-results") / suite.name
+    done = set() if args.force else {k for k, v in done_cells(out, quarantine=False).items() if v == "ok"}
+    todo = [c for c in suite.cells if c.run_id not in done]
     table = Table(title=f"suite {suite.name}: {len(suite.cells)} cells (checked, not run)")
-    for col in ("stream", "order", "strategy", "seed", "run_id (config hash)"):
-        table.add_column(col, justify="right" if col == "seed" else "left")
+    for col in ("stream", "order", "strategy", "seed", "run_id (config hash)", f"in {out}"):
+        table.add_column(escape(col), justify="right" if col == "seed" else "left")
     for c in suite.cells:
-        table.add_row(escape(c.stream), escape(str(c.order)), escape(c.strategy.label), str(c.seed), c.run_id)
+        table.add_row(escape(c.stream), escape(str(c.order)), escape(c.strategy.label), str(c.seed), c.run_id,
+                      "done" if c.run_id in done else "to run")
     console.print(table)
     _describe_strategies(suite, console)
+    how = auto_executor(todo)[2] if executor == "auto" else describe_executor(executor, options)
+    console.print(f"clbench run would run {len(todo)} of {len(suite.cells)} cells into {out}; executor: {escape(how)}",
+                  soft_wrap=True)
     return 0
 
 
@@ -262,6 +307,10 @@ def cmd_compare(args, console: Console) -> int:
     from clbench.results.summary import config_differences, stream_title
 
     a, b = load(args.a), load(args.b)
+    failed = [f"{side} = {where} ({len(t.cells)} cells, all failed or diverged)" for side, where, t in
+              (("A", args.a, a), ("B", args.b, b)) if not (t.cells["status"] == "ok").any()]
+    if failed:
+        raise UserError(f"no cell succeeded in {' nor in '.join(failed)}: nothing to compare")
     df = compare(a, b, tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b,
                  test=args.test)
     differ = config_differences(a.cells, b.cells)
@@ -332,6 +381,7 @@ def _model_overrides(pairs: list[str]):
     checked as a suite's [model] table is."""
     from .config import dataclass_from
     from .models.transformer import ModelConfig
+    from .suite import set_value
 
     fields = ModelConfig.field_names()
     values = {}
@@ -340,10 +390,7 @@ def _model_overrides(pairs: list[str]):
         key = key.strip()
         if not sep or key not in fields:
             raise UserError(f"--set {pair!r}: expected FIELD=VALUE with a model field ({', '.join(fields)})")
-        try:
-            values[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key] = raw.strip()  # a bare word: a string
+        values[key] = set_value(pair, raw)
     return dataclass_from(ModelConfig, values, "--set", "model")
 
 
@@ -379,6 +426,14 @@ def cmd_pretrain(args, console: Console) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    """``--strategies naive,replay``: the comma-separated names (each one non-empty)."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -386,21 +441,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"clbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run a suite (the built-in 'quick' suite when none is given)")
+    # what names a suite and changes it: run, check and tune take the same
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--data-dir", help="data folder of text streams that set none (default: $CLBENCH_DATA)")
+    chosen.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                        help="change the suite (repeatable): seeds=[0], training.epochs=2, model.init=hf:Qwen/Qwen2.5-0.5B, "
+                             "streams.max_len=128")
+    chosen.add_argument("--strategies", type=_names, action="extend", metavar="NAME,...",
+                        help="run only these strategies of the suite (their labels, comma-separated; repeatable)")
+    chosen.add_argument("--streams", type=_names, action="extend", metavar="NAME,...",
+                        help="run only these streams of the suite (comma-separated; repeatable)")
+    chosen.add_argument("--verbose", action="store_true", help="let Ray print its own messages (quiet by default)")
+    # where and how cells run: run and check take the same
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--out", help="results folder (default: clbench-results/<suite name>)")
+    running.add_argument("--executor", help="how cells run: local, pool, ray (default: as many cells at once as "
+                                            "the cores hold; see docs/executors.md)")
+    running.add_argument("--workers", type=int, help="cells at a time (alone: 1 runs them in this process, more in "
+                                                     "a pool of N processes)")
+    running.add_argument("--address", help="address of a Ray cluster (alone: the ray executor); default: a local Ray")
+    running.add_argument("--force", action="store_true", help="run cells again even if they have results")
+    running.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("run", parents=[chosen, running], help="run a suite (the built-in 'quick' suite when none is given)")
     r.add_argument("suite", nargs="?", help="a suite file (.toml) or the name of a built-in suite")
-    r.add_argument("--out", help="results folder (default: clbench-results/<suite name>)")
-    r.add_argument("--executor", help="how cells run: local (default), pool, ray (see docs/executors.md)")
-    r.add_argument("--workers", type=int, help="cells at a time (alone: the pool executor with N processes)")
-    r.add_argument("--address", help="address of a Ray cluster (alone: the ray executor); default: a local Ray")
-    r.add_argument("--force", action="store_true", help="run cells again even if they have results")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--data-dir", help="data folder of text streams that set none (default: $CLBENCH_DATA)")
-    r.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                   help="change the suite: model.init=hf:Qwen/Qwen2.5-0.5B, training.epochs=2, streams.max_len=128 (repeatable)")
     r.set_defaults(fn=cmd_run)
 
     t = sub.add_parser(
-        "tune", help="search every strategy's hyper-parameters with the same budget (Ray Tune); write the best as a suite",
+        "tune", parents=[chosen],
+        help="search every strategy's hyper-parameters with the same budget (Ray Tune); write the best as a suite",
         description="Tune every (stream, strategy) of SUITE on Ray Tune; run again on OUT to resume. See docs/tuning.md.",
     )
     t.add_argument("suite", help="a suite file (.toml) or the name of a built-in suite")
@@ -417,7 +486,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seeds the searchers and the validation split (default 0)")
     t.add_argument("--workers", type=int, help="trials at a time (a local Ray instance with N CPUs)")
     t.add_argument("--address", help="address of a Ray cluster (default: a local Ray instance)")
-    t.add_argument("--data-dir", help="data folder of text streams that set none (default: $CLBENCH_DATA)")
     t.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("show", help="print the summary of a results folder")
@@ -430,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the examples the generative-replay strategies wrote (lamol, ssr) instead of the summary")
     s.set_defaults(fn=cmd_show)
 
-    ck = sub.add_parser("check", help="check a suite and list its cells and config hashes, without running them")
+    ck = sub.add_parser("check", parents=[chosen, running],
+                        help="check a suite as run would, and list its cells and config hashes, without running them")
     ck.add_argument("suite", help="a suite file (.toml) or the name of a built-in suite")
-    ck.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="change the suite, as for run")
     ck.set_defaults(fn=cmd_check)
 
     rp = sub.add_parser("report", help="write report.md and a self-contained report.html from results folders")

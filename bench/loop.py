@@ -22,6 +22,8 @@ diverging loss: those become ``status = "failed"`` / ``"diverged"`` in the cell'
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import json
 import math
 import platform
@@ -186,10 +188,75 @@ def train_task(cell: CellContext, index: int, task: Task, tally: Tally | None = 
 # --------------------------------------------------------------------------------------------
 
 
-def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+def _status_mb(key: str) -> float | None:
+    """A ``/proc/self/status`` value in MB (``VmRSS``, ``VmHWM``), None where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _malloc_trim() -> None:
+    """Give the heap's free memory back to the system (glibc's ``malloc_trim``), so that memory
+    an earlier cell freed does not count in the next cell's resident memory; nothing elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_start(device: torch.device) -> tuple[float, str]:
+    """Reset the peak-memory counter as a cell on ``device`` starts; return the memory in use
+    now (MB) and what :func:`memory_peak` will measure (a key of
+    :data:`clbench.results.schema.MEMORY_KINDS`). On a GPU, torch's peak counters are reset; on
+    a CPU, the process's resident high-water mark, by writing ``5`` to ``/proc/self/clear_refs``
+    (Linux, as ``benchmarks/vs_avalanche.py`` does). Where that is refused, the peak is the
+    process's since it started (``process-rss``)."""
+    gc.collect()  # what the previous cell left in reference cycles
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process-rss"
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20, "cuda-allocated"
+    _malloc_trim()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")  # VmHWM := VmRSS
+        now = _status_mb("VmRSS")
+        if now is not None:
+            return now, "cell-rss"
+    except OSError:
+        pass
+    return _status_mb("VmRSS") or float("nan"), "process-rss"
+
+
+def memory_peak(device: torch.device, kind: str) -> float:
+    """The peak memory (MB) of the kind :func:`memory_start` chose, now."""
+    if kind == "cuda-allocated":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if kind == "cell-rss":
+        peak = _status_mb("VmHWM")
+        if peak is not None:
+            return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def warm_up(config: CellConfig, device: torch.device) -> float:
+    """What a process does the first time it trains, done before a cell's training clock starts;
+    returns its seconds (the cell's ``warmup_seconds``): an optimizer of the cell's kind steps a
+    throwaway 2×2 parameter after a matrix product's backward. The first optimizer
+    a process builds imports ``torch._dynamo`` (seconds on a CPU), which counted as the first
+    cell's training time (naive on ``quick``: 9.1 s for seed 0, 4.0 s for seed 1). After the
+    first cell it takes milliseconds. It touches neither the model nor a random generator: a
+    cell's numbers are the same with or without it."""
+    t0 = time.perf_counter()
+    p = torch.zeros(2, 2, device=device, requires_grad=True)
+    opt = make_optimizer([p], config.training)
+    (p @ p).sum().backward()
+    opt.step()
+    return time.perf_counter() - t0
 
 
 #: Distributions whose release can change a cell's numbers (or whether it runs), recorded in
@@ -288,12 +355,14 @@ def run_cell(
         if device.type == "cpu":  # the same count whatever runs the cell: same sums, same numbers
             torch.set_num_threads(cell.training.threads)
         row["threads"] = torch.get_num_threads()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        row["warmup_seconds"] = warm_up(cell, device)  # before the memory and the clocks start
+        start_mb, memory_kind = memory_start(device)
+        row["start_memory_mb"], row["memory_kind"] = start_mb, memory_kind
         stream = stream if stream is not None else build_stream(cell)
         row["scenario"] = stream.scenario
         row["tasks"] = json.dumps([t.name for t in stream.tasks])
         row["n_tasks"] = stream.n_tasks
+        row["prompt_cut_fraction"] = float(stream.prompt_cut_fraction)
         tasks = [replace(t, train=t.train.to(device), test=t.test.to(device)) for t in stream.tasks]
         model = build_model(cell, stream).to(device)
         row["total_params"] = model.n_parameters()
@@ -319,7 +388,7 @@ def run_cell(
         row["padding_fraction"] = 1.0 - row["tokens_seen"] / computed if computed else float("nan")
         row["buffer_size"] = int(ctx.info.get("buffer_size", 0))
         row["samples"] = json.dumps(ctx.info.get("samples", []))
-        row["peak_memory_mb"], row["memory_kind"] = _peak_memory_mb(device)
+        row["peak_memory_mb"] = memory_peak(device, memory_kind)
     except Diverged as exc:
         row["status"], row["error"] = "diverged", str(exc)
     except UserError as exc:  # a plugin refusing this cell: the cell fails, the suite goes on

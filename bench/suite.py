@@ -215,11 +215,16 @@ def _wrap(fn, where: str):
         raise UserError(f"{where}: {exc}") from None
 
 
+#: Top-level fields of a suite that ``--set FIELD=VALUE`` sets (``--set seeds=[0]``).
+SETTABLE_TOP = ("name", "description", "seeds")
+
+
 def override(data: dict, pairs: list[str] | None) -> dict:
-    """``data`` (a parsed suite) with ``--set SECTION.FIELD=VALUE`` pairs applied: ``model.init``,
-    ``training.epochs``, or ``streams.FIELD`` for a parameter of every stream
-    (``streams.max_len=128``). Values are read as TOML (``128``, ``true``, ``"post"``); a bare
-    word is a string. The result is checked as any suite is. ``model.init`` naming a pretrained
+    """``data`` (a parsed suite) with ``--set FIELD=VALUE`` pairs applied: a top-level field
+    (:data:`SETTABLE_TOP`: ``seeds=[0]``, ``name=mine``), ``model.init``, ``training.epochs``, or
+    ``streams.FIELD`` for a parameter of every stream (``streams.max_len=128``). Values are read
+    as TOML (``128``, ``true``, ``"post"``, ``[0, 1]``); a bare word is a string; an empty value is
+    a one-line error. The result is checked as any suite is. ``model.init`` naming a pretrained
     model replaces the suite's architecture fields with the model's (a suite sized for a small
     decoder on a CPU runs a real checkpoint with one ``--set``), unless ``--set`` gives them too."""
     data = copy.deepcopy(data)
@@ -227,13 +232,14 @@ def override(data: dict, pairs: list[str] | None) -> dict:
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name or section not in ("model", "training", "streams"):
-            raise UserError(f"--set {pair!r}: expected model.FIELD=VALUE, training.FIELD=VALUE or streams.PARAM=VALUE")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        if section == "streams":
+        top = not dot and section in SETTABLE_TOP
+        if not sep or not (top or (dot and name and section in ("model", "training", "streams"))):
+            raise UserError(f"--set {pair!r}: expected model.FIELD=VALUE, training.FIELD=VALUE, streams.PARAM=VALUE "
+                            f"or a top-level FIELD=VALUE ({', '.join(SETTABLE_TOP)})")
+        value = set_value(pair, raw)
+        if top:
+            data[section] = value
+        elif section == "streams":
             for stream in data.get("streams", []):
                 if isinstance(stream, dict):
                     stream.setdefault("params", {})[name] = value
@@ -248,12 +254,65 @@ def override(data: dict, pairs: list[str] | None) -> dict:
     return data
 
 
-def load_suite(spec: str, overrides: list[str] | None = None) -> Suite:
-    """The suite ``spec`` names (a file or a built-in suite), with ``overrides`` (``--set``)."""
+def set_value(pair: str, raw: str) -> Any:
+    """The value of ``--set KEY=RAW``: RAW read as TOML, a bare word as a string; an empty RAW is
+    a one-line :class:`UserError` (``--set model.init=`` would otherwise mean "")."""
+    raw = raw.strip()
+    if not raw:
+        raise UserError(f"--set {pair!r}: empty value (give one after '=', e.g. {pair.strip()}VALUE)")
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _strategy_label(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("label"), str):
+        return entry["label"]
+    names = entry.get("name")
+    return "+".join(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else names
+
+
+def select(data: dict, strategies: list[str] | None = None, streams: list[str] | None = None) -> dict:
+    """``data`` (a parsed suite) with only the strategies labelled ``strategies`` (``--strategies
+    naive,replay``; a combination by its label, ``replay+ewc``) and the streams named ``streams``
+    (``--streams``), in the suite's order; a name the suite does not have is a one-line error."""
+    data = copy.deepcopy(data)
+    for key, one, wanted, label in (("strategies", "strategy", strategies, _strategy_label),
+                                    ("streams", "stream", streams, lambda e: e.get("name") if isinstance(e, dict) else None)):
+        entries = data.get(key)
+        if not wanted or not isinstance(entries, list):
+            continue
+        known = list(dict.fromkeys(str(label(e)) for e in entries))
+        for name in wanted:
+            _need(name in known, f"--{key} {name}", f"the suite has no {one} {name!r} ({key}: {', '.join(known)})")
+        data[key] = [e for e in entries if str(label(e)) in wanted]
+    return data
+
+
+def changed_suite(spec: str, overrides: list[str] | None = None, strategies: list[str] | None = None,
+                  streams: list[str] | None = None) -> tuple[dict, str]:
+    """The parsed suite ``spec`` names (a file or a built-in suite) changed as the command line
+    says (``--set``, ``--strategies``, ``--streams``), and where it comes from (for messages)."""
     data, where = read_suite(spec)
+    if where.endswith(".toml") and "name" not in data:
+        data["name"] = Path(where).stem  # as parse_suite would name it from the file
+    said = [*(f"--set {o}" for o in overrides or []), *(f"--{k} {','.join(v)}" for k, v in
+                                                         (("strategies", strategies), ("streams", streams)) if v)]
     if overrides:
-        data, where = override(data, overrides), f"{where} (with --set {' '.join(overrides)})"
-    return parse_suite(data, where)
+        data = override(data, overrides)
+    if strategies or streams:
+        data = select(data, strategies, streams)
+    return data, f"{where} (with {' '.join(said)})" if said else where
+
+
+def load_suite(spec: str, overrides: list[str] | None = None, strategies: list[str] | None = None,
+               streams: list[str] | None = None) -> Suite:
+    """The suite ``spec`` names (a file or a built-in suite), with ``overrides`` (``--set``) and
+    only the ``strategies`` and ``streams`` named (all when None)."""
+    return parse_suite(*changed_suite(spec, overrides, strategies, streams))
 
 
 def _toml_key(k: str) -> str:

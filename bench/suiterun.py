@@ -35,7 +35,7 @@ from .loop import build_stream, cell_row, run_cell
 from .params import check_params, device_from
 
 from clbench.results import load, write_tables
-from clbench.results.store import done_cells, prepare_out, write_cell
+from clbench.results.store import done_cells, lock_folder, prepare_out, remove_stale_tmp, write_cell
 
 #: Environment variables a worker process gets from the driver (data folders of text streams).
 WORKER_ENV = ("CLBENCH_DATA",)
@@ -213,6 +213,45 @@ def make_executor(name: str, options: dict | None = None):
         raise UserError(f"executor '{name}': {exc}") from None
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity; all the machine's where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def auto_executor(cells: list[CellConfig], cores: int | None = None) -> tuple[str, dict, str]:
+    """The default executor for ``cells`` (those about to run): as many cells at once as the
+    cores hold at ``training.threads`` threads each (the ``pool`` executor), or one cell at a
+    time in this process (``local``) where that is one, or where cells run on a GPU. Returns
+    the executor's name, its options and a line that says why. The numbers are the same either
+    way: a cell runs on ``training.threads`` threads whatever process runs it."""
+    cores = cores or usable_cores()
+    if not cells:
+        return "local", {}, "nothing to run"
+    if any(device_from(c.training.device).type == "cuda" for c in cells):
+        return "local", {}, "local, one cell at a time in this process (cells run on the GPU)"
+    threads = max(c.training.threads for c in cells)
+    n = min(len(cells), max(1, cores // threads))
+    why = f"{cores} core{'s' * (cores != 1)}, training.threads = {threads}"
+    if n == 1:
+        return "local", {}, f"local, one cell at a time in this process ({why})"
+    return "pool", {"workers": n}, f"pool, {n} cells at once in worker processes ({why}; --workers 1: one at a time in this process)"
+
+
+def describe_executor(name: str, options: dict) -> str:
+    """A line that says how cells will run on the executor ``name`` with ``options``."""
+    if name == "local":
+        return "local, one cell at a time in this process"
+    if name == "pool":
+        return f"pool, {options.get('workers', 2)} cells at once in worker processes"
+    if name == "ray":
+        where = f"the Ray cluster at {options['address']}" if options.get("address") else "a local Ray instance"
+        return f"ray, cells as Ray tasks on {where}" + (f" ({options['workers']} at once)" if options.get("workers") else "")
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+
+
 def run_suite(
     suite: Suite,
     out: Path,
@@ -224,23 +263,50 @@ def run_suite(
     progress: bool = True,
 ) -> SuiteRun:
     """Run ``suite`` into ``out``: :func:`preflight`, then every cell that has no result there
-    yet (all with ``force``) on the executor ``executor``, each cell's rows written as it ends,
-    then the suite's tables."""
+    yet (all with ``force``) on the executor ``executor`` (``"auto"``: :func:`auto_executor`,
+    what ``clbench run`` does by default), each cell's rows written as it ends, then the suite's
+    tables. The folder is locked while the suite runs (:func:`clbench.results.store.lock_folder`):
+    a second run into it is refused."""
     host = get_host()
     console = console or Console(stderr=True)
-    executor_obj = make_executor(executor, executor_options)
-    in_process = getattr(executor_obj, "in_process", False)
+    auto = executor == "auto"
+    executor_obj = None if auto else make_executor(executor, executor_options)
     streams = preflight(suite)
-    setup = None if in_process else WorkerSetup.of()
+    setup = None
+    if executor_obj is not None and not getattr(executor_obj, "in_process", False):
+        setup = WorkerSetup.of()
     out = prepare_out(Path(out))
-    console.print(f"suite [bold]{escape(suite.name)}[/bold]: {len(suite.cells)} cells → {out}", soft_wrap=True)
+    with lock_folder(out, "clbench run"):
+        remove_stale_tmp(out)
+        console.print(f"suite [bold]{escape(suite.name)}[/bold]: {len(suite.cells)} cells → {out}", soft_wrap=True)
 
-    done = {} if force else {k: v for k, v in done_cells(out).items() if v == "ok"}
-    todo = [c for c in suite.cells if c.run_id not in done]
-    run = SuiteRun(out=out, skipped=len(suite.cells) - len(todo))
-    if run.skipped:
-        console.print(f"{run.skipped} of {len(suite.cells)} cells already have results in {out} (--force runs them again)")
+        done = {} if force else {k: v for k, v in done_cells(out).items() if v == "ok"}
+        todo = [c for c in suite.cells if c.run_id not in done]
+        run = SuiteRun(out=out, skipped=len(suite.cells) - len(todo))
+        if run.skipped:
+            console.print(f"{run.skipped} of {len(suite.cells)} cells already have results in {out} (--force runs them again)")
+        if auto:
+            executor, executor_options, why = auto_executor(todo)
+            if executor != "local":
+                try:
+                    setup = WorkerSetup.of()
+                except UserError:  # plugins registered here that cannot travel: run them here
+                    executor, executor_options, why = "local", {}, "local, one cell at a time in this process (plugins that cannot be sent to worker processes)"
+            executor_obj = make_executor(executor, executor_options)
+        else:
+            why = describe_executor(executor, executor_options or {})
+        if todo:
+            console.print(f"executor: {escape(why)}", soft_wrap=True)
+        _run_cells(executor_obj, todo, streams, setup, out, run, console, progress, host)
 
+        if suite.cells:
+            tables = load(out)
+            write_tables(out, tables)
+    return run
+
+
+def _run_cells(executor_obj, todo, streams, setup, out, run, console, progress, host) -> None:
+    in_process = getattr(executor_obj, "in_process", False)
     with contextlib.ExitStack() as stack:
         watching = [stack.enter_context(e.obj(total=len(todo), console=console, quiet=not progress))
                     for e in host.registries["observers"].values()]
@@ -260,8 +326,3 @@ def run_suite(
             run.ran.append(result)
             for w in watching:
                 w.done(result)
-
-    if suite.cells:
-        tables = load(out)
-        write_tables(out, tables)
-    return run

@@ -44,6 +44,7 @@ from .suite import to_toml
 from .suiterun import WorkerSetup, make_executor, preflight, stream_key, worker_stream
 
 from clbench.results import Matrices
+from clbench.results.store import lock_folder
 from clbench.results.summary import fwt_undefined
 from clbench.results.tuning import (TRIALS, best_trials, budget_notes, read_trials, write_report, write_trial,
                                     write_trials)
@@ -412,13 +413,20 @@ def _search(job: Job, *, trials: int, workers: int | None, storage: str, callbac
 def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol: Protocol = Protocol(),
                metric: str = "acc", mode: str | None = None, searcher: str = "random", scheduler: str = "asha",
                seed: int = 0, address: str | None = None, workers: int | None = None,
-               console: Console | None = None) -> TuneRun:
+               console: Console | None = None, verbose: bool = False) -> TuneRun:
     """Tune every (stream, strategy) of ``suite`` (``data``: its parsed TOML, to write the tuned
-    suite from) with ``trials`` trials each, into ``out``; see docs/tuning.md."""
+    suite from) with ``trials`` trials each, into ``out``; see docs/tuning.md. ``verbose`` lets
+    Ray print its own messages as it starts. ``out`` is locked while the tune runs
+    (:func:`clbench.results.store.lock_folder`)."""
     console = console or Console(stderr=True)
     mode = check_options(trials=trials, protocol=protocol, metric=metric, mode=mode, searcher=searcher,
                          scheduler=scheduler)
-    executor = make_executor("ray", {k: v for k, v in (("address", address), ("workers", workers)) if v is not None})
+    try:
+        import ray.tune  # noqa: F401  (optional: clbench[tune]; its modules are imported where used)
+    except ImportError:
+        raise UserError("clbench tune needs Ray Tune, which is not installed: pip install 'clbench[tune]'") from None
+    executor = make_executor("ray", {k: v for k, v in (("address", address), ("workers", workers),
+                                                          ("verbose", verbose or None)) if v is not None})
     jobs = plan(suite, data, protocol=protocol, metric=metric, mode=mode, searcher=searcher, scheduler=scheduler,
                 seed=seed)
     out = Path(out)
@@ -426,6 +434,13 @@ def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol
         (out / "trials").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    with lock_folder(out, "clbench tune"):
+        return _tune_jobs(suite, data, out, jobs, trials=trials, protocol=protocol, metric=metric, mode=mode,
+                          searcher=searcher, scheduler=scheduler, workers=workers, executor=executor, console=console)
+
+
+def _tune_jobs(suite: Suite, data: dict, out: Path, jobs: list[Job], *, trials: int, protocol: Protocol, metric: str,
+               mode: str, searcher: str, scheduler: str, workers: int | None, executor, console: Console) -> TuneRun:
     finished = [r for r in read_trials(out).to_dict("records") if r["status"] in FINISHED]
     setup = WorkerSetup.of()
     jobs = [replace(j, setup=setup, cache={r["run_id"]: r for r in finished if r["search_key"] == j.search_key})

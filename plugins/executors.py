@@ -11,6 +11,7 @@ inside the methods that use it.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -125,11 +126,13 @@ class PoolExecutor:
 
 class RayExecutor:
     """Run each cell as a Ray task: on the cluster at ``address``, or on a local Ray instance
-    (with ``workers`` CPUs, default all) that clbench starts and stops."""
+    (with ``workers`` CPUs, default all) that clbench starts and stops. Ray's own messages as it
+    starts (its log lines below errors, e.g. "Token authentication is enabled...") are quiet
+    unless ``verbose`` (``--verbose``)."""
 
     in_process = False
 
-    def __init__(self, address: str | None = None, workers: int | None = None):
+    def __init__(self, address: str | None = None, workers: int | None = None, verbose: bool = False):
         try:
             import ray  # noqa: F401  (optional: clbench[ray]; imported where it is used)
         except ImportError:
@@ -137,6 +140,7 @@ class RayExecutor:
         require(workers is None or workers >= 1, "workers", "at least 1", workers)
         self.address = address
         self.workers = workers
+        self.verbose = verbose
 
     def start(self) -> bool:
         """Connect to (or start) Ray; True if this call started it."""
@@ -151,12 +155,17 @@ class RayExecutor:
             kw["num_cpus"] = self.workers or os.cpu_count() or 1
         main = threading.current_thread() is threading.main_thread()
         sigterm = signal.getsignal(signal.SIGTERM) if main else None
+        logger = logging.getLogger("ray")  # Ray's own handler prints its records to stderr
+        level = logger.level
+        if not self.verbose:
+            logger.setLevel(logging.ERROR)
         try:
             ray.init(**kw)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
             raise UserError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
         finally:
+            logger.setLevel(level)
             if main and sigterm is not None:  # ray.init installs its own (sys.exit): a kill says what Ctrl-C says
                 signal.signal(signal.SIGTERM, sigterm)
         return True

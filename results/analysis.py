@@ -33,7 +33,9 @@ BOARD_COST = tuple(c for c in COST if c.board)
 #: Metrics shown in the report's leaderboard (the console's too: also AIA and plasticity).
 BOARD = ("acc", "aia", "bwt", "fwt", "forgetting", "plasticity", "general_ppl_change")
 #: Shown only where some cell has a value (generative streams with a general text).
-WHERE_MEASURED = ("general_ppl_change",)
+WHERE_MEASURED = ("general_ppl_change", "general_bpb_change")
+#: Metrics shown as they are (bits per byte), not in %.
+NOT_PERCENT = ("general_bpb_change",)
 
 
 def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:

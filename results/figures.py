@@ -137,7 +137,7 @@ def forgetting_bars(stream: str, order: str, df: pd.DataFrame, variant: str = ""
 def cost_bars(stream: str, order: str, board: pd.DataFrame, variant: str = "") -> Figure:
     """Training time, peak memory and trainable parameters per strategy (mean ± sd over seeds)."""
     plt = pyplot()
-    cols = [(c.column, c.heading) for c in BOARD_COST if f"{c.column}_mean" in board]
+    cols = [(c.column, c.heading_in(board)) for c in BOARD_COST if f"{c.column}_mean" in board]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 0.4 * len(board) + 1.4), squeeze=False)
     y = np.arange(len(board))
     for ax, (c, heading) in zip(axes[0], cols):

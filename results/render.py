@@ -10,22 +10,25 @@ import html
 
 import pandas as pd
 
-from .analysis import BOARD, BOARD_COST, WHERE_MEASURED
+from .analysis import BOARD, BOARD_COST, NOT_PERCENT, WHERE_MEASURED
 from .figures import Figure
 from .summary import fewer_values
 
 HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity",
-            "general_ppl_change": "general ppl Δ"}
+            "general_ppl_change": "general ppl Δ", "intransigence": "intransigence", "intransigence_last": "intransigence (last)",
+            "forgetting_since_learned": "forgetting since learned", "general_bpb_change": "general bpb Δ"}
 
 
-def _pct(mean, std, sem) -> str:
+def _pct(mean, std, sem, pct: bool = True) -> str:
+    """mean ± sd [sem], in % (``pct``) or as they are (bits per byte)."""
     if mean is None or pd.isna(mean):
         return "–"
-    s = f"{mean * 100:.1f}"
+    f = (lambda v: f"{v * 100:.1f}") if pct else (lambda v: f"{v:.3g}")
+    s = f(mean)
     if not pd.isna(std):
-        s += f" ± {std * 100:.1f}"
+        s += f" ± {f(std)}"
     if not pd.isna(sem):
-        s += f" [{sem * 100:.1f}]"
+        s += f" [{f(sem)}]"
     return s
 
 
@@ -38,18 +41,20 @@ def _num(fmt: str, mean, std) -> str:
     return s
 
 
-def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """The leaderboard of one (stream, stream params, order) as a header and rows of strings."""
-    metrics = [m for m in BOARD if f"{m}_mean" in board and (m not in WHERE_MEASURED or board[f"{m}_mean"].notna().any())]
-    cost = [(c.column, c.heading, c.format) for c in BOARD_COST if f"{c.column}_mean" in board]
-    header = ["rank", "strategy", "seeds", *(HEADINGS[m] for m in metrics), *(h for _c, h, _f in cost)]
+def leaderboard_rows(board: pd.DataFrame, metrics=BOARD) -> tuple[list[str], list[list[str]]]:
+    """The leaderboard of one (stream, stream params, order) as a header and rows of strings:
+    the ``metrics`` it has (default :data:`~clbench.results.analysis.BOARD`; ``clbench show``
+    gives every metric of the summary) and the board's cost columns."""
+    metrics = [m for m in metrics if f"{m}_mean" in board and (m not in WHERE_MEASURED or board[f"{m}_mean"].notna().any())]
+    cost = [(c.column, c.heading_in(board), c.format) for c in BOARD_COST if f"{c.column}_mean" in board]
+    header = ["rank", "strategy", "seeds", *(HEADINGS.get(m, m) for m in metrics), *(h for _c, h, _f in cost)]
     rows = []
     for _, r in board.iterrows():
         rows.append([
             "–" if pd.isna(r["rank"]) else str(int(r["rank"])),
             str(r["strategy"]),
             f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
-            *(_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_sem"]) + fewer_values(r, m) for m in metrics),
+            *(_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_sem"], m not in NOT_PERCENT) + fewer_values(r, m) for m in metrics),
             *(_num(f, r[f"{c}_mean"], r[f"{c}_std"]) for c, _h, f in cost),
         ])
     return header, rows

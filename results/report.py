@@ -20,6 +20,7 @@ import pandas as pd
 from .analysis import accuracy_curves, forgetting_per_task, leaderboard, mean_matrices, train_losses
 from .figures import cost_bars, curves, forgetting_bars, heatmaps, loss_curves
 from .render import leaderboard_rows, render_html, render_markdown
+from .schema import MEMORY_KINDS
 from .store import Tables
 from .summary import stream_title, with_variants
 from clbench.tasks.trace import TRACE_METRICS
@@ -40,6 +41,9 @@ def _about(tables: Tables, stream: str, order: str, variant: str) -> str:
     if tasks:
         parts.append(f"tasks in order: {', '.join(map(str, tasks))}")
     parts.append(f"stream parameters: {r['stream_params']}")
+    cut = pd.to_numeric(c["prompt_cut_fraction"], errors="coerce").max() if "prompt_cut_fraction" in c else float("nan")
+    if cut == cut:  # generative streams: the share of prompts that lost tokens to max_len
+        parts.append(f"prompts shortened from the left to fit max_len: {cut:.1%}")
     return "; ".join(parts) + "."
 
 
@@ -104,8 +108,10 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     out.append(("p", "Metrics in % as mean ± sd [standard error] over seeds; rank by mean ACC. "
                      "A failed cell (status failed or diverged) is counted, not averaged. "
                      "ACC: mean final accuracy; AIA: average incremental accuracy; BWT: backward transfer; FWT: forward transfer; "
-                     "forgetting: max over all earlier rows minus final accuracy (Chaudhry et al. 2018, as A-GEM's code computes it); plasticity: mean accuracy right after learning each task. Cost: training seconds, peak memory "
-                     f"(MB; {', '.join(kinds) or 'not measured'}), and the most parameters trained at once."))
+                     "forgetting: max over all earlier rows minus final accuracy (Chaudhry et al. 2018, as A-GEM's code computes it); plasticity: mean accuracy right after learning each task. "
+                     "Cost: training seconds (after a warm-up that is not counted), peak memory in MB ("
+                     + ("; ".join(f"{MEMORY_KINDS.get(k, (k, ''))[0]}: {MEMORY_KINDS.get(k, ('', k))[1]}" for k in kinds) or "not measured")
+                     + "), and the most parameters trained at once."))
     for line in stand_ins(tables):
         out.append(("p", line))
     board = leaderboard(tables.summary)

@@ -4,8 +4,9 @@ docs/results.md (a test checks that the two list the same columns).
 * ``measurements``: :data:`MEASUREMENTS`, one row per cell × train task × eval task × metric.
 * ``cells``: :data:`CELLS`, one row per cell, each column with the value it has before the cell
   runs (:func:`new_cell_row`).
-* ``summary``: :data:`IDENTITY` (which cell a row is), :data:`COST` (what it cost), then one
-  column per registered metric (:func:`metric_columns`) and ``reference_run_id``.
+* ``summary``: :data:`IDENTITY` (which cell a row is), :data:`COST` (what it cost) and
+  :data:`COST_KINDS` (what a cost column measured), then one column per registered metric
+  (:func:`metric_columns`) and ``reference_run_id``.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ CELLS: dict[str, Any] = {
     "config": None,
     "status": "running", "error": "", "traceback": "",
     "scenario": "", "tasks": "[]", "n_tasks": 0,
-    "train_seconds": 0.0, "eval_seconds": 0.0, "total_seconds": 0.0,
-    "peak_memory_mb": NAN, "memory_kind": "",
+    "train_seconds": 0.0, "eval_seconds": 0.0, "total_seconds": 0.0, "warmup_seconds": 0.0,
+    "peak_memory_mb": NAN, "memory_kind": "", "start_memory_mb": NAN,
     "trainable_params": 0, "total_params": 0, "buffer_size": 0, "samples": "[]",
-    "examples_seen": 0, "tokens_seen": 0, "padding_fraction": NAN,
+    "examples_seen": 0, "tokens_seen": 0, "padding_fraction": NAN, "prompt_cut_fraction": NAN,
     "device": "", "threads": 0, "attention": "", "versions": None, "started_at": None,
 }
 
@@ -41,24 +42,51 @@ IDENTITY: tuple[str, ...] = ("run_id", "suite", "stream", "stream_params", "orde
                              "status", "model", "training")
 
 
+#: What ``peak_memory_mb`` measured (the ``memory_kind`` column): kind -> (its name in a column
+#: heading, what it is).
+MEMORY_KINDS: dict[str, tuple[str, str]] = {
+    "cell-rss": ("RSS", "the process's peak resident memory while the cell ran (its high-water mark reset when the cell started)"),
+    "cuda-allocated": ("CUDA", "the peak of the CUDA memory torch allocated while the cell ran (its peak counters reset when the cell started)"),
+    "process-rss": ("process RSS", "the process's peak resident memory since the process started, earlier cells included"),
+}
+
+
 @dataclass(frozen=True)
 class Cost:
     """A cost column of the summary (taken from ``cells``), and how reports show it."""
 
     column: str
-    heading: str
+    heading: str  # "{kind}" is replaced by what the column measured (:meth:`heading_in`)
     format: str
     board: bool  # shown in the leaderboard
+    kind_column: str | None = None  # the summary column that says what it measured (``memory_kind``)
+
+    def heading_in(self, table: Any = None) -> str:
+        """The heading for the rows of ``table`` (a summary or its aggregation, whose
+        :attr:`kind_column` lists what was measured, comma-separated): ``peak RSS MB``,
+        ``peak CUDA MB``, ``peak RSS/CUDA MB`` where both are there."""
+        if "{kind}" not in self.heading:
+            return self.heading
+        kinds: list[str] = []
+        if table is not None and self.kind_column is not None and self.kind_column in table:
+            for value in table[self.kind_column]:
+                for k in str(value).split(",") if isinstance(value, str) else ():
+                    if k and k not in kinds:
+                        kinds.append(k)
+        names = sorted({MEMORY_KINDS.get(k, (k, ""))[0] for k in kinds})
+        return self.heading.replace("{kind}", "/".join(names) or "memory").replace("  ", " ")
 
 
 COST: tuple[Cost, ...] = (
     Cost("train_seconds", "train s", "{:.1f}", True),
     Cost("eval_seconds", "eval s", "{:.1f}", False),
-    Cost("peak_memory_mb", "peak MB", "{:.0f}", True),
+    Cost("peak_memory_mb", "peak {kind} MB", "{:.0f}", True, kind_column="memory_kind"),
     Cost("trainable_params", "trainable params", "{:,.0f}", True),
     Cost("buffer_size", "buffer", "{:,.0f}", False),
 )
 COST_COLUMNS: tuple[str, ...] = tuple(c.column for c in COST)
+#: The summary's columns that say what a cost column measured (each cell's, from ``cells``).
+COST_KINDS: tuple[str, ...] = tuple(c.kind_column for c in COST if c.kind_column)
 
 #: Columns that the summary and its aggregation add beside identity, cost and metrics.
 DERIVED: tuple[str, ...] = ("reference_run_id", "variant")

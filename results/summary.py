@@ -11,7 +11,7 @@ import pandas as pd
 from clbench.host import get_host
 
 from .metrics import Matrices
-from .schema import COST_COLUMNS, IDENTITY, metric_columns
+from .schema import COST_COLUMNS, COST_KINDS, IDENTITY, metric_columns
 
 #: Columns that say which cells are comparable apart from the strategy (intransigence's reference):
 #: the same stream, stream parameters, order, seed and model. Not ``training``: a reference run at
@@ -100,7 +100,7 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
     ``cumulative`` cell intransigence was measured against ("" for none)."""
     if metrics is None:
         metrics = {n: e.obj for n, e in get_host().registries["metrics"].items()}
-    keep = [*IDENTITY, *COST_COLUMNS]
+    keep = [*IDENTITY, *COST_COLUMNS, *COST_KINDS]
     rows = []
     ok = cells[cells["status"] == "ok"]
     matrices = {rid: accuracy_matrix(measurements, rid) for rid in ok["run_id"]}
@@ -288,11 +288,11 @@ def fewer_values(row, col: str) -> str:
 def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
     """Mean, standard deviation and standard error over seeds per (stream, stream_params, order,
     strategy) of each of ``metrics`` (default: every registered metric in ``summary``) and each
-    cost column, with the rank by mean ACC within each (stream, stream_params, order). Failed
-    cells are left out (and counted: ``not_ok``). ``seeds`` counts the finished cells, and
-    ``<column>_n`` the values behind each mean (fewer where a metric is NaN for some cells).
-    ``variant`` labels a stream's parameters where it appears with several sets of them
-    (:func:`variant_labels`), else is empty."""
+    cost column (and what it measured: ``memory_kind``, the cells' kinds comma-separated), with
+    the rank by mean ACC within each (stream, stream_params, order). Failed cells are left out
+    (and counted: ``not_ok``). ``seeds`` counts the finished cells, and ``<column>_n`` the values
+    behind each mean (fewer where a metric is NaN for some cells). ``variant`` labels a stream's
+    parameters where it appears with several sets of them (:func:`variant_labels`), else is empty."""
     if summary.empty:
         return pd.DataFrame()
     if metrics is None:
@@ -311,6 +311,8 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
             row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
             row[f"{col}_sem"] = vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else np.nan
             row[f"{col}_n"] = len(vals)
+        for col in (c for c in COST_KINDS if c in ok):  # what the cost columns measured, comma-separated
+            row[col] = ",".join(dict.fromkeys(str(v) for v in ok[col] if isinstance(v, str) and v))
         out.append(row)
     agg = pd.DataFrame(out)
     if "acc_mean" in agg:

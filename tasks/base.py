@@ -120,6 +120,8 @@ class Stream:
     :param kind: ``"classification"`` or ``"generation"`` (:mod:`clbench.kinds`).
     :param general: generative streams: held-out general text (token sequences, ``start`` 0)
         whose perplexity measures the loss of general ability; None for none.
+    :param prompt_cut_fraction: generative streams: the share of prompts (training and test, all
+        tasks) shortened to fit ``max_len`` with their answer; NaN for streams without prompts.
     """
 
     name: str
@@ -133,6 +135,7 @@ class Stream:
     params: dict[str, Any] = field(default_factory=dict)
     kind: Kind = "classification"
     general: Examples | None = None
+    prompt_cut_fraction: float = float("nan")
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:

@@ -4,9 +4,12 @@
 ``"generation"``: each example's ``x`` is the prompt's tokens, then the answer's, then the end
 token; ``start`` marks where the answer begins; ``lengths`` counts all three. A prompt that does
 not fit ``max_len`` together with its answer loses tokens from its left (its beginning: the
-instruction's end and the input stay next to the answer), never the answer; the count of
-shortened prompts is reported once per stream. An answer that does not fit on its own is a
-one-line error.
+instruction's end and the input stay next to the answer), never the answer; the share of
+shortened prompts is reported once per stream (one warning line) and recorded as the stream's
+``prompt_cut_fraction`` (each cell's row has it). Two things are one-line errors instead: an
+answer that does not fit with its end token and one prompt token, and a stream of which more
+than :data:`HALVED_LIMIT` of the prompts would lose more than half their tokens: what the model
+would learn and be scored on is no longer the tasks.
 
 The stream factories (``algorithmic``, ``instructions``, ``trace``, ``jsonl-instructions``) build
 their :class:`TextTask` lists and call :func:`generative_stream`; a tokenizer comes from
@@ -112,21 +115,31 @@ def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000)
     return ClbenchTextTokenizer(load_tokenizer(spec))
 
 
-def _encode(tok: TextTokenizer, pairs: list[tuple[str, str]], max_len: int, where: str) -> tuple[list[list[int]], list[int], int]:
+#: The largest share of a stream's prompts (all tasks, training and test) that may lose more than
+#: half their tokens to ``max_len``; beyond it, the stream is refused (one line: raise ``max_len``).
+HALVED_LIMIT = 0.1
+
+
+def _encode(tok: TextTokenizer, pairs: list[tuple[str, str]], max_len: int,
+            where: str) -> tuple[list[list[int]], list[int], int, int]:
+    """Token sequences (prompt, answer, end token) of ``pairs`` shortened to ``max_len`` from the
+    prompt's left, their answers' starts, how many prompts were shortened, and how many of those
+    lost more than half their tokens."""
     prompts = tok.encode_prompts([p for p, _ in pairs])
     answers = tok.encode_answers([a for _, a in pairs])
-    seqs, starts, cut = [], [], 0
+    seqs, starts, cut, halved = [], [], 0, 0
     for i, (p, a) in enumerate(zip(prompts, answers)):
         a = list(a) + [tok.eos_id]
         room = max_len - len(a)
         if room < 1:
             raise UserError(f"{where}: example {i}'s answer takes {len(a)} tokens with its end token; "
-                            f"max_len = {max_len} leaves no room for its prompt (raise max_len)")
+                            f"max_len = {max_len} would cut it (it leaves no room for the prompt): raise max_len")
         if len(p) > room:
+            halved += (len(p) - room) * 2 > len(p)
             p, cut = p[len(p) - room:], cut + 1
         seqs.append(list(p) + a)
         starts.append(len(p))
-    return seqs, starts, cut
+    return seqs, starts, cut, halved
 
 
 def examples_of(seqs: list[list[int]], starts: list[int], y: list[int], t: int) -> Examples:
@@ -177,7 +190,8 @@ def generative_stream(
     if not tasks:
         raise UserError(f"stream '{name}' has no tasks")
     order = check_order(order, len(tasks))
-    built, shortened, longest = [], 0, 0
+    built, shortened, prompts, longest = [], 0, 0, 0
+    halved: dict[str, int] = {}  # task -> prompts that lost more than half their tokens
     for pos, i in enumerate(order):
         task = tasks[i]
         check_metric(task.metric, f"stream '{name}': task '{task.name}'")
@@ -190,16 +204,24 @@ def generative_stream(
             for j, (p, a) in enumerate(pairs):
                 if not a.strip():
                     raise UserError(f"stream '{name}': task '{task.name}' {part} example {j} has an empty answer")
-            seqs, starts, cut = _encode(tokenizer, pairs, max_len, f"stream '{name}': task '{task.name}' ({part})")
+            seqs, starts, cut, half = _encode(tokenizer, pairs, max_len, f"stream '{name}': task '{task.name}' ({part})")
             shortened += cut
+            prompts += len(pairs)
+            halved[task.name] = halved.get(task.name, 0) + half
             longest = max(longest, max(len(s) for s in seqs))
             split[part] = examples_of(seqs, starts, [label_index(task.labels, a) for _, a in pairs], pos)
         new = task.max_new_tokens or answer_cap(split["test"])
         built.append(Task(task.name, (), split["train"], split["test"], metric=task.metric, labels=task.labels,
                           max_new_tokens=new, max_new_tokens_derived=not task.max_new_tokens))
+    if sum(halved.values()) > HALVED_LIMIT * prompts:
+        n = sum(halved.values())
+        worst = max(halved, key=halved.get)
+        raise UserError(f"stream '{name}': {n} of {prompts} prompts ({n / prompts:.0%}) would lose more than half their "
+                        f"tokens to max_len = {max_len} ({halved[worst]} in task '{worst}'; at most {HALVED_LIMIT:.0%} "
+                        "may): raise max_len")
     if shortened:
-        print(f"clbench: warning: stream '{name}': {shortened} prompt(s) longer than max_len = {max_len} "
-              "with their answer were shortened from the left", file=sys.stderr)
+        print(f"clbench: warning: stream '{name}': {shortened} of {prompts} prompts ({shortened / prompts:.1%}) longer "
+              f"than max_len = {max_len} with their answer were shortened from the left", file=sys.stderr)
     general_ex = None
     if general:
         ids = tokenizer.encode_prompts(general)
@@ -219,4 +241,5 @@ def generative_stream(
         params=params or {},
         kind="generation",
         general=general_ex,
+        prompt_cut_fraction=shortened / prompts,
     )

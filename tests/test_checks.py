@@ -124,7 +124,7 @@ def plugins(host):
 def test_failing_init_and_user_error_in_a_hook_fail_their_cell_only(tmp_path, host, plugins, capsys):
     path = _write(tmp_path, make_suite(["bad-init", "refuses", "naive"]))
     out = tmp_path / "out"
-    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 1
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--workers", "1"]) == 1
     import pandas as pd
 
     cells = pd.read_parquet(out / "cells.parquet").set_index("strategy")
@@ -207,7 +207,7 @@ def test_report_and_show_of_a_result_set_whose_cells_all_failed(tmp_path, host, 
     data = make_suite(["naive", "ewc"], stream_params={"patch_size": 4, "n_tasks": 2},
                       training={"lr": 1e30, "grad_clip": 0.0, "optimizer": "sgd", "epochs": 1})
     out = tmp_path / "out"
-    assert main(["run", str(_write(tmp_path, data)), "--out", str(out), "--no-progress"]) == 1
+    assert main(["run", str(_write(tmp_path, data)), "--out", str(out), "--no-progress", "--workers", "1"]) == 1
     capsys.readouterr()
     rep = tmp_path / "rep"  # a folder that does not exist yet
     assert main(["report", str(out), "--out", str(rep)]) == 0

@@ -212,3 +212,46 @@ def test_executor_options_on_the_command_line(capsys, monkeypatch, tmp_path):
     assert main(["run", "--executor", "local", "--workers", "2", "--out", out]) == 2
     assert "executor 'local' has no parameter 'workers'" in capsys.readouterr().err
     assert not os.path.exists(out)  # nothing written before the mistake was reported
+
+
+# -- the default executor: the machine's cores, the same numbers ----------------------------------
+
+
+def test_the_default_executor_uses_the_cores(host):
+    from clbench.suite import parse_suite
+    from clbench.suiterun import auto_executor
+
+    cells = parse_suite(make_suite(["naive", "ewc"], seeds=[0, 1, 2], stream_params=TINY_STREAM), "t.toml").cells
+    assert auto_executor(cells, cores=4)[:2] == ("pool", {"workers": 4})
+    assert auto_executor(cells[:3], cores=8)[:2] == ("pool", {"workers": 3})  # no more workers than cells
+    assert auto_executor(cells, cores=1)[:2] == ("local", {})
+    assert auto_executor(cells[:1], cores=8)[:2] == ("local", {})
+    two = parse_suite(make_suite(["naive"], seeds=[0, 1, 2, 3], training={"threads": 2}, stream_params=TINY_STREAM),
+                      "t.toml").cells
+    name, options, why = auto_executor(two, cores=4)
+    assert (name, options) == ("pool", {"workers": 2}) and "4 cores, training.threads = 2" in why
+
+
+def test_the_default_gives_the_numbers_of_one_cell_at_a_time(tmp_path, host, monkeypatch, capsys):
+    """`clbench run` with no executor option runs as many cells at once as the cores hold (here
+    2, in worker processes) and says so; its results equal those of `--workers 1` (one cell at a
+    time in this process) value for value."""
+    import clbench.suiterun
+    from clbench.results import load
+
+    monkeypatch.setattr(clbench.suiterun, "usable_cores", lambda: 2)
+    path = tmp_path / "s.toml"
+    data = make_suite(["naive", "ewc"], stream_params=TINY_STREAM)
+    lines = [f'name = "{data["name"]}"', "seeds = [0]", "[model]", *(f"{k} = {v}" for k, v in data["model"].items()),
+             "[training]", *(f"{k} = {v}" for k, v in data["training"].items()), "[[streams]]", 'name = "split-digits"',
+             "params = { patch_size = 4, n_tasks = 3 }", "[[strategies]]", 'name = "naive"', "[[strategies]]", 'name = "ewc"']
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "default"), "--no-progress"]) == 0
+    assert "executor: pool, 2 cells at once in worker processes (2 cores, training.threads = 1" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(tmp_path / "one"), "--no-progress", "--workers", "1"]) == 0
+    assert "executor: local, one cell at a time in this process" in capsys.readouterr().err
+    a, b = load(tmp_path / "default"), load(tmp_path / "one")
+    key = ["run_id", "train_task", "eval_task", "metric"]
+    ma, mb = (t.measurements.sort_values(key).reset_index(drop=True) for t in (a, b))
+    assert len(ma) > 0 and ma[key].equals(mb[key]) and np.array_equal(ma["value"].to_numpy(), mb["value"].to_numpy())
+    assert sorted(a.cells["threads"]) == sorted(b.cells["threads"]) == [1, 1]

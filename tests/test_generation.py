@@ -77,7 +77,7 @@ def test_prompts_are_shortened_from_the_left_never_the_answer(capsys):
     assert ex.lengths.tolist() == [8, 8] and ex.start.tolist() == [5, 5]
     assert tok.decode(ex.x[0, :5].tolist()) == "fghij" and tok.decode(ex.x[0, 5:7].tolist()) == "xy"
     assert int(ex.x[0, 7]) == tok.eos_id
-    assert "2 prompt(s) longer than max_len = 8" in capsys.readouterr().err
+    assert "2 of 3 prompts (66.7%) longer than max_len = 8" in capsys.readouterr().err
     with pytest.raises(UserError, match="answer takes 5 tokens"):
         generative_stream("s", [TextTask("t", train=[("a", "wxyz")], test=[("a", "b")])], tok, max_len=5)
     with pytest.raises(UserError, match="empty answer"):

@@ -19,7 +19,7 @@ STREAM = {"patch_size": 4, "n_tasks": 2}
 def _run(tmp_path, data, out, name="s.toml"):
     path = tmp_path / name
     path.write_text(_toml(data))
-    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
 
 
 def _shown(capsys, out):

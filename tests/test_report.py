@@ -223,7 +223,7 @@ def test_html_report_is_self_contained_with_leaderboard_and_images(tables, tmp_p
     assert len(boards) == 1
     header, *rows = boards[0]
     assert header == ["rank", "strategy", "seeds", "ACC", "AIA", "BWT", "FWT", "forgetting", "plasticity",
-                      "train s", "peak MB", "trainable params"]
+                      "train s", "peak process RSS MB", "trainable params"]
     assert [r[:3] for r in rows] == [["1", "cumulative", "2 (+1 failed)"], ["2", "naive", "3"]]
     assert rows[1][3] == "30.0 ± 3.3 [1.9]"  # ACC: mean ± sd [standard error], in %
     assert rows[1][8].startswith("83.3")  # plasticity: mean diagonal, (0.9 + 0.8 + (0.9, 0.8, 0.7)) / 3
@@ -244,7 +244,7 @@ def test_markdown_report_links_its_figures(tables, tmp_path):
     for link in links:
         assert (tmp_path / "rep" / link).read_bytes().startswith(PNG)
     assert "| 2 | naive | 3 | 30.0 ± 3.3 [1.9] |" in text
-    assert "| rank | strategy | seeds | ACC | AIA | BWT | FWT | forgetting | plasticity | train s | peak MB | trainable params |" in text
+    assert "| rank | strategy | seeds | ACC | AIA | BWT | FWT | forgetting | plasticity | train s | peak process RSS MB | trainable params |" in text
     # a section says which scenario and tasks it is about; one word for cells that did not finish
     assert "tasks in order: 0-1, 2-3, 4-5; stream parameters:" in text
     assert "6 cells (5 ok, 1 failed)" in text and "## Failed cells" in text
@@ -400,14 +400,17 @@ def test_show_formats_and_filters(host, tmp_path, capsys):
     capsys.readouterr()
     assert main(["show", str(d), "--format", "markdown"]) == 0
     md = capsys.readouterr().out.splitlines()
-    assert md[0] == "| stream | order | rank | strategy | seeds | ACC | AIA | BWT | FWT | forgetting | plasticity | train s | peak MB | trainable params |"
+    assert md[0] == ("| stream | order | rank | strategy | seeds | ACC | AIA | BWT | FWT | forgetting | "
+                     "forgetting since learned | intransigence | intransigence (last) | plasticity | train s | "
+                     "peak process RSS MB | trainable params |")  # general bpb Δ: not measured, not shown
     assert md[3].startswith("| split-digits | default | 2 | naive | 3 | 30.0 ± 3.3 [1.9] |")
     assert main(["show", str(d), "--format", "csv", "--strategy", "naive"]) == 0
     df = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert list(df["strategy"]) == ["naive"] and df["acc_mean"].iloc[0] == pytest.approx(0.3)
     assert main(["show", str(d), "--format", "latex"]) == 0
     tex = capsys.readouterr().out
-    assert tex.startswith(r"\begin{tabular}{llrlr") and tex.rstrip().endswith(r"\end{tabular}")
+    assert tex.startswith(r"\begin{tabular}{llrlr") and tex.rstrip().splitlines()[-2] == r"\end{tabular}"
+    assert tex.rstrip().splitlines()[-1].startswith("% Metrics in % as mean ± sd [standard error] over seeds")
     assert r"30.0 $\pm$ 3.3 [1.9]" in tex and r"2 (+1 failed)" in tex
     assert main(["show", str(d), "--stream", "split-digits", "--strategy", "cumulative"]) == 0
     out = capsys.readouterr().out

@@ -64,7 +64,7 @@ def test_a_suite_killed_after_its_first_cell_resumes_where_it_stopped(tmp_path, 
     cells = out / "cells"
 
     log = tmp_path / "killed.log"
-    proc = _clbench("run", str(suite), "--out", str(out), "--no-progress", log=log)
+    proc = _clbench("run", str(suite), "--out", str(out), "--no-progress", "--workers", "1", log=log)  # one cell at a time
     deadline = time.monotonic() + 300
     while not list(cells.glob("*.cell.parquet")):
         assert proc.poll() is None, f"clbench run ended before it was killed: {log.read_text()}"

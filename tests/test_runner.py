@@ -177,3 +177,66 @@ def test_finished_cells_are_not_run_again(run_suite_dict, tmp_path):
     assert t1.measurements.equals(t2.measurements)
     forced, _ = run_suite_dict(data, out=out, force=True)
     assert len(forced.ran) == 2
+
+
+# -- cost columns: each cell's own peak memory; training time after a warm-up --------------------
+
+
+class Hog:
+    """Holds about 160 MB from the first task's start to its end."""
+
+    @clbench.hookimpl
+    def before_task(self, cell, task):
+        if cell.task_index == 0:
+            self.block = torch.ones(40_000_000)
+
+    @clbench.hookimpl
+    def after_task(self, cell, task):
+        self.block = None
+
+
+class HogPlugin:
+    @clbench.hookimpl
+    def register_strategies(self, register):
+        register("hog", Hog)
+
+
+def _clear_refs_works() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _clear_refs_works(), reason="the resident high-water mark cannot be reset here (not Linux)")
+def test_peak_memory_is_each_cells_own(run_suite_dict, host):
+    """A cell that holds 160 MB, then a cell that does not, in one process: the second cell's
+    peak is its own (the process's peak since it started would be the first's), and the rows
+    say what the number is."""
+    host.register(HogPlugin(), name="hog-plugin")
+    run, t = run_suite_dict(make_suite(["hog", "naive"], stream_params={"patch_size": 4, "n_tasks": 2}))
+    cells = t.cells.set_index("strategy")
+    assert list(cells["status"]) == ["ok", "ok"] and set(cells["memory_kind"]) == {"cell-rss"}
+    assert [r.row["strategy"] for r in run.ran] == ["hog", "naive"]  # hog first
+    assert cells.loc["hog", "peak_memory_mb"] - cells.loc["hog", "start_memory_mb"] > 140
+    assert cells.loc["naive", "peak_memory_mb"] < cells.loc["hog", "peak_memory_mb"] - 100
+    assert (cells["start_memory_mb"] <= cells["peak_memory_mb"]).all()
+
+
+def test_the_warm_up_is_outside_the_cell_and_changes_no_number(run_suite_dict, tmp_path, monkeypatch):
+    """The warm-up runs once per cell before its clocks start, is recorded apart, and leaves
+    every measurement as it would be without it."""
+    import clbench.loop
+
+    data = make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 2})
+    _, warm = run_suite_dict(data, out=tmp_path / "warm")
+    assert (warm.cells["warmup_seconds"] > 0).all()
+    calls = []
+    monkeypatch.setattr(clbench.loop, "warm_up", lambda config, device: calls.append(config.seed) or 0.0)
+    _, cold = run_suite_dict(data, out=tmp_path / "cold")
+    assert calls == [0] and (cold.cells["warmup_seconds"] == 0.0).all()
+    key = ["train_task", "eval_task", "metric"]
+    va, vb = (t.measurements.sort_values(key)["value"].to_numpy() for t in (warm, cold))
+    assert np.array_equal(va, vb)
