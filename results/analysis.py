@@ -23,7 +23,7 @@ from clbench.errors import UserError
 
 from .schema import COST, metric_columns
 from .store import Tables
-from .summary import accuracy_matrix, aggregate, with_variants
+from .summary import accuracy_matrix, aggregate, general_series, with_variants
 
 #: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
 METRICS = ("acc", "bwt", "fwt", "forgetting")
@@ -101,6 +101,22 @@ def forgetting_per_task(tables: Tables) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stream", "variant", "order", "strategy", "seed", "task", "forgetting"])
 
 
+def general_curves(tables: Tables) -> pd.DataFrame:
+    """One row per finished cell with a general text and per point of its series: ``after_task``
+    (0: before training, then 1-based), ``general_ppl`` (the general text's perplexity) and
+    ``change`` = (ppl_k − ppl_0) / ppl_0 (the ``general_ppl_change`` metric after the last task)."""
+    cols = ["stream", "variant", "order", "strategy", "seed", "after_task", "general_ppl", "change"]
+    rows = []
+    for _, c in ok_cells(tables).iterrows():
+        g = general_series(tables.measurements, c["run_id"])
+        if g is None or len(g) < 2 or not np.isfinite(g[0]) or g[0] <= 0:
+            continue
+        for k, ppl in enumerate(g):
+            rows.append({"stream": c["stream"], "variant": c["variant"], "order": c["order"], "strategy": c["strategy"],
+                         "seed": c["seed"], "after_task": k, "general_ppl": float(ppl), "change": float((ppl - g[0]) / g[0])})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def compare(a: Tables, b: Tables, metrics: tuple[str, ...] = METRICS, *,
             strategy_a: str | None = None, strategy_b: str | None = None) -> pd.DataFrame:
     """Line up two result sets: one row per (stream, stream_params, order, strategy, metric) found
@@ -172,3 +188,4 @@ def task_names(tables: Tables, stream: str, order: str, variant: str = "") -> li
     if c.empty:
         return None
     return json.loads(c["tasks"].iloc[0]) if "tasks" in c else None
+

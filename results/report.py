@@ -1,6 +1,7 @@
 """The comparison report: for each (stream, stream params, order), a leaderboard, accuracy-matrix
-heatmaps, accuracy over tasks, forgetting per task, training loss and cost, after the results'
-provenance, as Markdown (with PNG files) and as one self-contained HTML page.
+heatmaps, accuracy over tasks, forgetting per task, training loss, the change of general ability
+(generative streams with a general text) and cost, after the results' provenance, as Markdown
+(with PNG files) and as one self-contained HTML page.
 
 The report is assembled here from the numbers of :mod:`clbench.results.analysis`, the figures of
 :mod:`clbench.results.figures`, and written by :mod:`clbench.results.render`::
@@ -17,8 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import accuracy_curves, forgetting_per_task, leaderboard, mean_matrices, train_losses
-from .figures import cost_bars, curves, forgetting_bars, heatmaps, loss_curves
+from .analysis import (
+    accuracy_curves,
+    forgetting_per_task,
+    general_curves,
+    leaderboard,
+    mean_matrices,
+    train_losses,
+)
+from .figures import cost_bars, curves, forgetting_bars, general_curves as general_figure, heatmaps, loss_curves
 from .render import leaderboard_rows, render_html, render_markdown
 from .store import Tables
 from .summary import stream_title, with_variants
@@ -84,6 +92,8 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     means = mean_matrices(tables)
     curves_df = accuracy_curves(tables)
     forget_df = forgetting_per_task(tables)
+    loss = train_losses(tables)
+    general = general_curves(tables)
     for (stream, _params, variant, order), b in board.groupby(["stream", "stream_params", "variant", "order"], sort=False):
         out.append(("h2", f"{stream_title(stream, variant)} · order {order}"))
         about = _about(tables, stream, order, variant)
@@ -97,14 +107,24 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
             out.append(("figure", heatmaps(tables, stream, order, means[(stream, variant, order)], variant)))
         if not sel(curves_df).empty:
             out.append(("h3", "Accuracy over tasks"))
-            out.append(("figure", curves(stream, order, sel(curves_df), variant)))
+            out.append(("figure", curves(stream, order, sel(curves_df), variant, tables)))
         if not sel(forget_df).empty:
             out.append(("h3", "Forgetting per task"))
-            out.append(("figure", forgetting_bars(stream, order, sel(forget_df), variant)))
-        loss = train_losses(tables)
+            out.append(("figure", forgetting_bars(stream, order, sel(forget_df), variant, tables)))
+            why = negative_forgetting(b, sel(forget_df))
+            if why:
+                out.append(("p", why))
         if not sel(loss).empty:
             out.append(("h3", "Training loss"))
-            out.append(("figure", loss_curves(stream, order, sel(loss), variant)))
+            out.append(("figure", loss_curves(stream, order, sel(loss), variant, tables)))
+            out.append(("p", "Each strategy on its own y axis: the loss a strategy trains on includes its own terms "
+                             "(EWC's and SI's penalties, LwF's and DER's distillation), which can be far larger than the task's loss."))
+        if not sel(general).empty:
+            out.append(("h3", "General ability"))
+            out.append(("figure", general_figure(stream, order, sel(general), variant, tables)))
+            out.append(("p", "The perplexity of the stream's held-out general text after each task, divided by its perplexity "
+                             "before training: above ×1, the model lost general ability (the leaderboard's general ppl Δ is the last "
+                             "point minus 1, in %)."))
         ok = b[b["seeds"] > 0]
         if not ok.empty:
             out.append(("h3", "Cost"))
@@ -117,6 +137,24 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
                     [[stream_title(r["stream"], r["variant"]), str(r["order"]), str(r["strategy"]), str(r["seed"]), str(r["status"]), str(r["error"])]
                      for _, r in bad.iterrows()]))
     return out
+
+
+def negative_forgetting(board: pd.DataFrame, forget: pd.DataFrame) -> str:
+    """A paragraph that explains forgetting below zero, naming the strategies that have it (in the
+    leaderboard or on a task), or "" when none has."""
+    below = []
+    for _, r in board.iterrows():
+        per_task = forget[forget["strategy"] == r["strategy"]].groupby("task")["forgetting"].mean()
+        if pd.notna(r.get("forgetting_mean")) and r["forgetting_mean"] < -0.0005:
+            below.append(f"{r['strategy']} ({r['forgetting_mean'] * 100:.1f} %)")
+        elif (per_task < -0.0005).any():
+            below.append(f"{r['strategy']} (on {int((per_task < -0.0005).sum())} task(s))")
+    if not below:
+        return ""
+    return ("Forgetting below zero: " + ", ".join(below) + ". A task's forgetting is the best accuracy it had before the last "
+            "task minus its accuracy at the end (Chaudhry et al. 2018); below zero, the task was not forgotten but kept "
+            "improving after it was trained: cumulative and joint train on it again, replay revisits its examples, and a "
+            "later task can transfer backwards to it.")
 
 
 def write_markdown(tables: Tables, out: str | Path) -> Path:
