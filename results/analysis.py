@@ -21,6 +21,8 @@ import pandas as pd
 
 from clbench.errors import UserError
 
+from .registry import builtin_suite_entry
+from .registry import entry as published_entry
 from .schema import COST, metric_columns
 from .store import Tables
 from .summary import accuracy_matrix, aggregate, general_series, with_variants
@@ -189,3 +191,59 @@ def task_names(tables: Tables, stream: str, order: str, variant: str = "") -> li
         return None
     return json.loads(c["tasks"].iloc[0]) if "tasks" in c else None
 
+
+#: The columns of :func:`beside_published`.
+BESIDE = ["suite", "published", "stream", "variant", "strategy", "source", "method", "metric", "value", "spread", "spread_kind",
+          "n", "model", "paper", "table", "note"]
+
+
+def _model_words(model_json) -> str:
+    """A cell's model in a few words: its checkpoint, or the Transformer's size from scratch."""
+    try:
+        m = json.loads(model_json)
+    except (TypeError, ValueError):
+        return "–"
+    init = m.get("init", "random")
+    if init and init != "random":
+        return str(init)
+    n = m.get("n_layers")
+    return f"clbench Transformer (d_model {m.get('d_model')}, {n} layer{'' if n == 1 else 's'}) from scratch"
+
+
+def beside_published(tables: Tables) -> pd.DataFrame:
+    """Measured rows beside the published rows of the registry entry their suite names
+    (``published = "..."``, the cells' ``published`` column; :mod:`clbench.results.registry`).
+    One row per (suite, stream, variant, strategy or published method, source, metric): ``source``
+    is ``measured`` (``value`` = the mean over the suite's finished cells of that strategy, every
+    order and seed, in %; ``spread`` their sd; ``n`` the cells) or ``published`` (the paper's
+    value, in the paper's unit, with its provenance). Empty when no suite names an entry."""
+    cells = ok_cells(tables)
+    if cells.empty:
+        return pd.DataFrame(columns=BESIDE)
+    if "published" not in cells:  # written before cells recorded it: the built-in suite of that name says
+        cells = cells.assign(published=cells["suite"].map(builtin_suite_entry))
+    cells = cells[cells["published"].fillna("").astype(str) != ""]
+    rows = []
+    summary = tables.summary.set_index("run_id")
+    for (suite, name, stream, variant), g in cells.groupby(["suite", "published", "stream", "variant"], sort=False):
+        entry = published_entry(name)
+        metrics = list(dict.fromkeys(r["metric"] for r in entry.rows))
+        base = {"suite": suite, "published": name, "stream": stream, "variant": variant}
+        for strategy, gs in g.groupby("strategy", sort=False):
+            s = summary.loc[summary.index.intersection(gs["run_id"])]
+            for m in metrics:
+                if m not in s:
+                    continue
+                x = s[m].astype(float).dropna().to_numpy() * 100
+                if not len(x):
+                    continue
+                rows.append({**base, "strategy": strategy, "source": "measured", "method": strategy, "metric": m,
+                             "value": float(x.mean()), "spread": float(x.std(ddof=1)) if len(x) > 1 else np.nan,
+                             "spread_kind": "sd" if len(x) > 1 else "", "n": len(x),
+                             "model": " | ".join(dict.fromkeys(_model_words(v) for v in gs["model"])),
+                             "paper": "", "table": "", "note": ""})
+        for r in entry.rows:
+            rows.append({**base, "strategy": r["strategy"], "source": "published", "method": r["method"], "metric": r["metric"],
+                         "value": r["value"], "spread": r.get("spread", np.nan), "spread_kind": r.get("spread_kind", ""),
+                         "n": np.nan, "model": r["model"], "paper": r["paper"], "table": r["table"], "note": r["own_note"]})
+    return pd.DataFrame(rows, columns=BESIDE)

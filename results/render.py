@@ -15,7 +15,9 @@ from .figures import Figure
 
 #: Columns of text (left-aligned); the others hold numbers (right-aligned).
 TEXT_COLUMNS = frozenset({"strategy", "stream", "order", "status", "error", "what", "value", "model", "source", "dimension",
-                          "best configuration", "best value"})
+                          "best configuration", "best value", "method", "note"})
+#: How a report labels a row of published results (clbench.results.registry) beside measured ones.
+PUBLISHED = "published, not run here"
 HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity",
             "general_ppl_change": "general ppl Δ"}
 
@@ -96,6 +98,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: righ
 th.text, td.text { text-align: left; }
 .leaderboard td, .leaderboard th { white-space: nowrap; }
 th { background: #f4f4f4; }
+tr.published td { color: #555; font-style: italic; background: #fafafa; }
 img { max-width: 100%; }
 h2 { border-top: 2px solid #ccc; padding-top: 1rem; margin-top: 2rem; }
 """
@@ -116,7 +119,8 @@ def render_html(bl: list[tuple]) -> str:
             cls = ['class="text"' if h in TEXT_COLUMNS else "" for h in header]
             parts.append('<div class="scroll"><table class="leaderboard">' if header[0] == "rank" else '<div class="scroll"><table>')
             parts.append("<thead><tr>" + "".join(f"<th {k}>{e(h)}</th>".replace("<th >", "<th>") for k, h in zip(cls, header)) + "</tr></thead><tbody>")
-            parts += ["<tr>" + "".join(f"<td {k}>{e(c)}</td>".replace("<td >", "<td>") for k, c in zip(cls, r)) + "</tr>" for r in rows]
+            parts += [("<tr class=\"published\">" if any(str(c).startswith(PUBLISHED) for c in r) else "<tr>")
+                      + "".join(f"<td {k}>{e(c)}</td>".replace("<td >", "<td>") for k, c in zip(cls, r)) + "</tr>" for r in rows]
             parts.append("</tbody></table></div>")
         elif b[0] == "figure":
             f: Figure = b[1]
