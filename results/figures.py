@@ -216,6 +216,7 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
         ax.axis("off")
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy %")
+    declutter(fig)
     _fit_titles(fig, flat[:n])
     name, on = _names("matrices", stream, order, variant)
     alt = f"accuracy matrices of {', '.join(means)} on {on}"

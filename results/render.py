@@ -96,7 +96,7 @@ table { border-collapse: collapse; font-size: 0.9rem; }
 .leaderboard td, .leaderboard th { padding: 0.3rem 0.4rem; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; vertical-align: top; }
 th.text, td.text { text-align: left; }
-.leaderboard td, .leaderboard th { white-space: nowrap; }
+.leaderboard td { white-space: nowrap; }  /* a value never wraps; a heading may */
 th { background: #f4f4f4; }
 tr.published td { color: #555; font-style: italic; background: #fafafa; }
 img { max-width: 100%; }
