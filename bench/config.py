@@ -76,6 +76,7 @@ class CellConfig:
     training: TrainingConfig
     init_digest: str = ""  # a hash of the initial weights when model.init is a backbone
     tasks: tuple[int, ...] | None = None  # the positions of the (ordered) stream's tasks the cell runs on; None: all
+    published: str = ""  # the registry entry of published results its suite names (not hashed: reports only)
 
     def config(self) -> dict[str, Any]:
         model = asdict(self.model)
@@ -120,6 +121,8 @@ class Suite:
     path: str
     description: str
     cells: list[CellConfig] = field(default_factory=list)
+    #: the registry entry of published results the suite names (``published = "..."``), or ""
+    published: str = ""
     #: strategy label -> what the suite says about searching it (``clbench tune``; clbench.search)
     search: dict[str, Any] = field(default_factory=dict)
 

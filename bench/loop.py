@@ -287,6 +287,7 @@ def cell_row(cell: CellConfig) -> dict[str, Any]:
         "run_id": cell.run_id,
         "config_hash": cell.config_hash,
         "suite": cell.suite,
+        "published": cell.published,
         "stream": cell.stream,
         "stream_params": json.dumps(cell.stream_params, sort_keys=True),
         "order": cell.order,

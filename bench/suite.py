@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from clbench.results.registry import entry as published_entry
+
 from .config import CellConfig, StrategySpec, Suite, TrainingConfig, dataclass_from, order_label
 from .errors import UserError
 from .host import get_host
@@ -26,7 +28,7 @@ from .models.transformer import ModelConfig
 from .params import check_params
 from .search import SearchRequest, resolve_space
 
-TOP_KEYS = {"name", "description", "seeds", "model", "training", "streams", "strategies", "search"}
+TOP_KEYS = {"name", "description", "published", "seeds", "model", "training", "streams", "strategies", "search"}
 
 
 def builtin_suites() -> dict[str, str]:
@@ -82,6 +84,10 @@ def parse_suite(data: dict, where: str) -> Suite:
     )
     description = data.get("description", "")
     _need(isinstance(description, str), where, "field 'description' must be a string")
+    published = data.get("published", "")
+    _need(isinstance(published, str), where, f"field 'published' must be the name of a registry entry (a string), got {published!r}")
+    if published:
+        _wrap(lambda: published_entry(published), where)
     seeds = data.get("seeds", [0])
     _need(
         isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds),
@@ -204,8 +210,8 @@ def parse_suite(data: dict, where: str) -> Suite:
             for strat, tcfg in strategy_specs:
                 for seed in seeds:
                     cells.append(CellConfig(name, sname, sparams, order_label(order, tasks), order, strat, seed, model,
-                                      tcfg, init_digest, None if tasks is None else tuple(tasks)))
-    return Suite(name=name, path=where, description=description, cells=cells, search=searches)
+                                      tcfg, init_digest, None if tasks is None else tuple(tasks), published))
+    return Suite(name=name, path=where, description=description, cells=cells, search=searches, published=published)
 
 
 def _wrap(fn, where: str):

@@ -22,9 +22,11 @@ import pandas as pd
 from clbench.errors import UserError
 
 from .metrics import forgetting_terms
+from .registry import builtin_suite_entry
+from .registry import entry as published_entry
 from .schema import COST, metric_columns
 from .store import Tables
-from .summary import accuracy_matrix, aggregate, drop_repeated_seeds, with_variants
+from .summary import accuracy_matrix, aggregate, drop_repeated_seeds, general_series, with_variants
 
 #: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
 METRICS = ("acc", "bwt", "fwt", "forgetting")
@@ -102,6 +104,22 @@ def forgetting_per_task(tables: Tables) -> pd.DataFrame:
             rows.append({"stream": c["stream"], "variant": c["variant"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
                          "task": j, "forgetting": float(f)})
     return pd.DataFrame(rows, columns=["stream", "variant", "order", "strategy", "seed", "task", "forgetting"])
+
+
+def general_curves(tables: Tables) -> pd.DataFrame:
+    """One row per finished cell with a general text and per point of its series: ``after_task``
+    (0: before training, then 1-based), ``general_ppl`` (the general text's perplexity) and
+    ``change`` = (ppl_k − ppl_0) / ppl_0 (the ``general_ppl_change`` metric after the last task)."""
+    cols = ["stream", "variant", "order", "strategy", "seed", "after_task", "general_ppl", "change"]
+    rows = []
+    for _, c in ok_cells(tables).iterrows():
+        g = general_series(tables.measurements, c["run_id"])
+        if g is None or len(g) < 2 or not np.isfinite(g[0]) or g[0] <= 0:
+            continue
+        for k, ppl in enumerate(g):
+            rows.append({"stream": c["stream"], "variant": c["variant"], "order": c["order"], "strategy": c["strategy"],
+                         "seed": c["seed"], "after_task": k, "general_ppl": float(ppl), "change": float((ppl - g[0]) / g[0])})
+    return pd.DataFrame(rows, columns=cols)
 
 
 #: The tests ``compare`` offers: ``auto`` is the paired t-test where the seeds pair up, else Welch's.
@@ -224,3 +242,60 @@ def task_names(tables: Tables, stream: str, order: str, variant: str = "") -> li
     if c.empty:
         return None
     return json.loads(c["tasks"].iloc[0]) if "tasks" in c else None
+
+
+#: The columns of :func:`beside_published`.
+BESIDE = ["suite", "published", "stream", "variant", "strategy", "source", "method", "metric", "value", "spread", "spread_kind",
+          "n", "model", "paper", "table", "note"]
+
+
+def _model_words(model_json) -> str:
+    """A cell's model in a few words: its checkpoint, or the Transformer's size from scratch."""
+    try:
+        m = json.loads(model_json)
+    except (TypeError, ValueError):
+        return "–"
+    init = m.get("init", "random")
+    if init and init != "random":
+        return str(init)
+    n = m.get("n_layers")
+    return f"clbench Transformer (d_model {m.get('d_model')}, {n} layer{'' if n == 1 else 's'}) from scratch"
+
+
+def beside_published(tables: Tables) -> pd.DataFrame:
+    """Measured rows beside the published rows of the registry entry their suite names
+    (``published = "..."``, the cells' ``published`` column; :mod:`clbench.results.registry`).
+    One row per (suite, stream, variant, strategy or published method, source, metric): ``source``
+    is ``measured`` (``value`` = the mean over the suite's finished cells of that strategy, every
+    order and seed, in %; ``spread`` their sd; ``n`` the cells) or ``published`` (the paper's
+    value, in the paper's unit, with its provenance). Empty when no suite names an entry."""
+    cells = ok_cells(tables)
+    if cells.empty:
+        return pd.DataFrame(columns=BESIDE)
+    if "published" not in cells:  # written before cells recorded it: the built-in suite of that name says
+        cells = cells.assign(published=cells["suite"].map(builtin_suite_entry))
+    cells = cells[cells["published"].fillna("").astype(str) != ""]
+    rows = []
+    summary = tables.summary.set_index("run_id")
+    for (suite, name, stream, variant), g in cells.groupby(["suite", "published", "stream", "variant"], sort=False):
+        entry = published_entry(name)
+        metrics = list(dict.fromkeys(r["metric"] for r in entry.rows))
+        base = {"suite": suite, "published": name, "stream": stream, "variant": variant}
+        for strategy, gs in g.groupby("strategy", sort=False):
+            s = summary.loc[summary.index.intersection(gs["run_id"])]
+            for m in metrics:
+                if m not in s:
+                    continue
+                x = s[m].astype(float).dropna().to_numpy() * 100
+                if not len(x):
+                    continue
+                rows.append({**base, "strategy": strategy, "source": "measured", "method": strategy, "metric": m,
+                             "value": float(x.mean()), "spread": float(x.std(ddof=1)) if len(x) > 1 else np.nan,
+                             "spread_kind": "sd" if len(x) > 1 else "", "n": len(x),
+                             "model": " | ".join(dict.fromkeys(_model_words(v) for v in gs["model"])),
+                             "paper": "", "table": "", "note": ""})
+        for r in entry.rows:
+            rows.append({**base, "strategy": r["strategy"], "source": "published", "method": r["method"], "metric": r["metric"],
+                         "value": r["value"], "spread": r.get("spread", np.nan), "spread_kind": r.get("spread_kind", ""),
+                         "n": np.nan, "model": r["model"], "paper": r["paper"], "table": r["table"], "note": r["own_note"]})
+    return pd.DataFrame(rows, columns=BESIDE)

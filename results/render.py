@@ -14,21 +14,32 @@ from .analysis import BOARD, BOARD_COST, NOT_PERCENT, WHERE_MEASURED
 from .figures import Figure
 from .summary import fewer_values
 
+#: Columns of text (left-aligned); the others hold numbers (right-aligned).
+TEXT_COLUMNS = frozenset({"strategy", "stream", "order", "status", "error", "what", "value", "model", "source", "dimension",
+                          "best configuration", "best value", "method", "note"})
+#: How a report labels a row of published results (clbench.results.registry) beside measured ones.
+PUBLISHED = "published, not run here"
 HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity",
             "general_ppl_change": "general ppl Δ", "intransigence": "intransigence", "intransigence_last": "intransigence (last)",
             "forgetting_since_learned": "forgetting since learned", "general_bpb_change": "general bpb Δ"}
 
 
 def _pct(mean, std, sem, pct: bool = True) -> str:
-    """mean ± sd [sem], in % (``pct``) or as they are (bits per byte)."""
+    """``mean ± sd [sem]``: in % (``pct``) with one decimal (none from 1000 % on: a perplexity can
+    grow a thousandfold, and the decimals would only widen the column), or as they are (bits per
+    byte) to three significant digits."""
     if mean is None or pd.isna(mean):
         return "–"
-    f = (lambda v: f"{v * 100:.1f}") if pct else (lambda v: f"{v:.3g}")
+    if pct:
+        fmt = "{:.0f}" if abs(mean) >= 10 else "{:.1f}"
+        f = lambda v: fmt.format(v * 100)  # noqa: E731
+    else:
+        f = "{:.3g}".format
     s = f(mean)
     if not pd.isna(std):
-        s += f" ± {f(std)}"
+        s += " ± " + f(std)
     if not pd.isna(sem):
-        s += f" [{f(sem)}]"
+        s += " [" + f(sem) + "]"
     return s
 
 
@@ -75,7 +86,7 @@ def render_markdown(bl: list[tuple], figures_dir: str = "figures") -> tuple[str,
         elif b[0] == "table":
             header, rows = b[1], b[2]
             lines.append("| " + " | ".join(map(_md_cell, header)) + " |")
-            lines.append("|" + "|".join("---" if h in ("strategy", "stream", "order", "status", "error", "what", "value") else "---:" for h in header) + "|")
+            lines.append("|" + "|".join("---" if h in TEXT_COLUMNS else "---:" for h in header) + "|")
             lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
             lines.append("")
         elif b[0] == "figure":
@@ -87,11 +98,16 @@ def render_markdown(bl: list[tuple], figures_dir: str = "figures") -> tuple[str,
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
-th:nth-child(2), td:nth-child(2) { text-align: left; }
+body { font-family: system-ui, sans-serif; max-width: 86rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+.scroll { overflow-x: auto; margin: 0.5rem 0 1.5rem; }
+table { border-collapse: collapse; font-size: 0.9rem; }
+.leaderboard { font-size: 0.85rem; }
+.leaderboard td, .leaderboard th { padding: 0.3rem 0.4rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; vertical-align: top; }
+th.text, td.text { text-align: left; }
+.leaderboard td { white-space: nowrap; }  /* a value never wraps; a heading may */
 th { background: #f4f4f4; }
+tr.published td { color: #555; font-style: italic; background: #fafafa; }
 img { max-width: 100%; }
 h2 { border-top: 2px solid #ccc; padding-top: 1rem; margin-top: 2rem; }
 """
@@ -109,10 +125,12 @@ def render_html(bl: list[tuple]) -> str:
             parts.append(f"<p>{e(b[1])}</p>")
         elif b[0] == "table":
             header, rows = b[1], b[2]
-            parts.append('<table class="leaderboard">' if header[0] == "rank" else "<table>")
-            parts.append("<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
-            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
-            parts.append("</tbody></table>")
+            cls = ['class="text"' if h in TEXT_COLUMNS else "" for h in header]
+            parts.append('<div class="scroll"><table class="leaderboard">' if header[0] == "rank" else '<div class="scroll"><table>')
+            parts.append("<thead><tr>" + "".join(f"<th {k}>{e(h)}</th>".replace("<th >", "<th>") for k, h in zip(cls, header)) + "</tr></thead><tbody>")
+            parts += [("<tr class=\"published\">" if any(str(c).startswith(PUBLISHED) for c in r) else "<tr>")
+                      + "".join(f"<td {k}>{e(c)}</td>".replace("<td >", "<td>") for k, c in zip(cls, r)) + "</tr>" for r in rows]
+            parts.append("</tbody></table></div>")
         elif b[0] == "figure":
             f: Figure = b[1]
             data = base64.b64encode(f.png).decode("ascii")

@@ -1,6 +1,8 @@
 """The comparison report: for each (stream, stream params, order), a leaderboard, accuracy-matrix
-heatmaps, accuracy over tasks, forgetting per task, training loss and cost, after the results'
-provenance, as Markdown (with PNG files) and as one self-contained HTML page.
+heatmaps, accuracy over tasks, forgetting per task, training loss, the change of general ability
+(generative streams with a general text) and cost, after the results' provenance; then, for a
+suite that names an entry of the registry of published results, the published rows beside the
+measured ones; as Markdown (with PNG files) and as one self-contained HTML page.
 
 The report is assembled here from the numbers of :mod:`clbench.results.analysis`, the figures of
 :mod:`clbench.results.figures`, and written by :mod:`clbench.results.render`::
@@ -17,9 +19,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import accuracy_curves, forgetting_per_task, leaderboard, mean_matrices, train_losses
-from .figures import cost_bars, curves, forgetting_bars, heatmaps, loss_curves
-from .render import leaderboard_rows, render_html, render_markdown
+from .analysis import (
+    accuracy_curves,
+    beside_published,
+    forgetting_per_task,
+    general_curves,
+    leaderboard,
+    mean_matrices,
+    train_losses,
+)
+from .figures import cost_bars, curves, forgetting_bars, general_curves as general_figure, heatmaps, loss_curves
+from .registry import METRICS as PUBLISHED_METRICS
+from .registry import entry as published_entry
+from .render import HEADINGS, PUBLISHED, leaderboard_rows, render_html, render_markdown
 from .schema import MEMORY_KINDS
 from .store import Tables
 from .summary import stream_title, with_variants
@@ -118,6 +130,8 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
     means = mean_matrices(tables)
     curves_df = accuracy_curves(tables)
     forget_df = forgetting_per_task(tables)
+    loss = train_losses(tables)
+    general = general_curves(tables)
     for (stream, _params, variant, order), b in board.groupby(["stream", "stream_params", "variant", "order"], sort=False):
         out.append(("h2", f"{stream_title(stream, variant)} · order {order}"))
         about = _about(tables, stream, order, variant)
@@ -131,18 +145,29 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
             out.append(("figure", heatmaps(tables, stream, order, means[(stream, variant, order)], variant)))
         if not sel(curves_df).empty:
             out.append(("h3", "Accuracy over tasks"))
-            out.append(("figure", curves(stream, order, sel(curves_df), variant)))
+            out.append(("figure", curves(stream, order, sel(curves_df), variant, tables)))
         if not sel(forget_df).empty:
             out.append(("h3", "Forgetting per task"))
-            out.append(("figure", forgetting_bars(stream, order, sel(forget_df), variant)))
-        loss = train_losses(tables)
+            out.append(("figure", forgetting_bars(stream, order, sel(forget_df), variant, tables)))
+            why = negative_forgetting(b, sel(forget_df))
+            if why:
+                out.append(("p", why))
         if not sel(loss).empty:
             out.append(("h3", "Training loss"))
-            out.append(("figure", loss_curves(stream, order, sel(loss), variant)))
+            out.append(("figure", loss_curves(stream, order, sel(loss), variant, tables)))
+            out.append(("p", "Each strategy on its own y axis: the loss a strategy trains on includes its own terms "
+                             "(EWC's and SI's penalties, LwF's and DER's distillation), which can be far larger than the task's loss."))
+        if not sel(general).empty:
+            out.append(("h3", "General ability"))
+            out.append(("figure", general_figure(stream, order, sel(general), variant, tables)))
+            out.append(("p", "The perplexity of the stream's held-out general text after each task, divided by its perplexity "
+                             "before training: above ×1, the model lost general ability (the leaderboard's general ppl Δ is the last "
+                             "point minus 1, in %)."))
         ok = b[b["seeds"] > 0]
         if not ok.empty:
             out.append(("h3", "Cost"))
             out.append(("figure", cost_bars(stream, order, ok, variant)))
+    out += published_blocks(tables)
     labelled = with_variants(cells)
     bad = labelled[labelled["status"] != "ok"]
     if not bad.empty:
@@ -150,6 +175,82 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
         out.append(("table", ["stream", "order", "strategy", "seed", "status", "error"],
                     [[stream_title(r["stream"], r["variant"]), str(r["order"]), str(r["strategy"]), str(r["seed"]), str(r["status"]), str(r["error"])]
                      for _, r in bad.iterrows()]))
+    return out
+
+
+def negative_forgetting(board: pd.DataFrame, forget: pd.DataFrame) -> str:
+    """A paragraph that explains forgetting below zero, naming the strategies that have it (in the
+    leaderboard or on a task), or "" when none has."""
+    below = []
+    for _, r in board.iterrows():
+        per_task = forget[forget["strategy"] == r["strategy"]].groupby("task")["forgetting"].mean()
+        if pd.notna(r.get("forgetting_mean")) and r["forgetting_mean"] < -0.0005:
+            below.append(f"{r['strategy']} ({r['forgetting_mean'] * 100:.1f} %)")
+        elif (per_task < -0.0005).any():
+            below.append(f"{r['strategy']} (on {int((per_task < -0.0005).sum())} task(s))")
+    if not below:
+        return ""
+    return ("Forgetting below zero: " + ", ".join(below) + ". A task's forgetting is the best accuracy it had before the last "
+            "task minus its accuracy at the end (Chaudhry et al. 2018); below zero, the task was not forgotten but kept "
+            "improving after it was trained: cumulative and joint train on it again, replay revisits its examples, and a "
+            "later task can transfer backwards to it.")
+
+
+def _published_value(v: float, spread: float, kind: str) -> str:
+    s = f"{v:.1f}" if abs(v) >= 0.1 or v == 0 else f"{v:.2f}"
+    if pd.notna(spread) and kind:
+        s += f" ± {spread:.1f}" + (" (s.e.m.)" if kind == "sem" else "")
+    return s
+
+
+def published_blocks(tables: Tables) -> list[tuple]:
+    """For each suite that names an entry of the registry of published results, a table of its
+    measured rows, each followed by the published rows of the same strategy, labelled
+    "published, not run here", with their sources and notes below."""
+    df = beside_published(tables)
+    out: list[tuple] = []
+    for (suite, name, stream, variant), g in df.groupby(["suite", "published", "stream", "variant"], sort=False):
+        entry = published_entry(name)
+        metrics = [m for m in PUBLISHED_METRICS if m in set(g["metric"])]
+        heading = [HEADINGS.get(m, m) if m != "general_ability_delta" else "general ability Δ (TRACE)" for m in metrics]
+        out.append(("h2", f"Published results beside measured ones: {entry.title}"))
+        out.append(("p", f"Suite {suite} names the registry entry {name} (published = \"{name}\"), about {entry.benchmark}. "
+                         f"Measured on the stream {stream_title(stream, variant)}. The rows marked \"{PUBLISHED}\" are numbers printed in "
+                         "papers: their model, data and training differ from this suite's. "
+                         f"How: {entry.note}. Measured rows: mean ± sd over the suite's finished cells of the strategy "
+                         "(every task order and seed), in %."))
+        sources: dict[tuple, int] = {}
+        notes = []
+
+        def line(r0: pd.DataFrame, what: str, source: str, model: str) -> list[str]:
+            vals = {x["metric"]: _published_value(x["value"], x["spread"], x["spread_kind"]) for _, x in r0.iterrows()}
+            first = r0.iloc[0]
+            return [first["strategy"] or "–", what, *(vals.get(m, "–") for m in metrics), model, source]
+
+        rows = []
+        measured = g[g["source"] == "measured"]
+        published = g[g["source"] == "published"]
+        order = list(dict.fromkeys(measured["strategy"]))
+        order += [s for s in dict.fromkeys(published["strategy"]) if s and s not in order]
+        order += [""]
+        for strategy in order:
+            m = measured[measured["strategy"] == strategy]
+            if len(m):
+                rows.append(line(m, f"measured here ({int(m['n'].max())} cells)", "this report", m.iloc[0]["model"]))
+            p = published[published["strategy"] == strategy]
+            for (method, paper, table), pr in p.groupby(["method", "paper", "table"], sort=False):
+                k = sources.setdefault((paper, table), len(sources) + 1)
+                rows.append(line(pr, f"{PUBLISHED}: {method}", f"[{k}]", pr.iloc[0]["model"]))
+                for own in dict.fromkeys(n for n in pr["note"] if n):
+                    notes.append([method, f"[{k}]", own])
+        out.append(("table", ["strategy", "what", *heading, "model", "source"], rows))
+        rows_by = {(r["paper"], r["table"]): r for r in entry.rows}
+        for (paper, table), k in sources.items():
+            r = rows_by[(paper, table)]
+            out.append(("p", f"[{k}] {paper}, {table}. {r['url']}. Model: {r['model']}. Protocol: {r['protocol']}. "
+                             f"Checked: {r['checked']}."))
+        if notes:
+            out.append(("table", ["method", "source", "note"], notes))
     return out
 
 

@@ -25,7 +25,7 @@ MEASUREMENTS: tuple[str, ...] = (
 
 #: The ``cells`` table: column -> its value before the cell runs (``None``: set from the cell).
 CELLS: dict[str, Any] = {
-    "run_id": None, "config_hash": None, "suite": None, "stream": None, "stream_params": None, "order": None,
+    "run_id": None, "config_hash": None, "suite": None, "published": None, "stream": None, "stream_params": None, "order": None,
     "strategy": None, "strategies": None, "params": None, "seed": None, "model": None, "training": None,
     "config": None,
     "status": "running", "error": "", "traceback": "",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .figures import Figure, png, pyplot, slug
+from .figures import MAX_WIDTH, Figure, declutter, png, pyplot, slug
 from .render import render_html, render_markdown
 from .store import atomic_parquet
 from .summary import stream_title, variant_labels
@@ -125,44 +125,127 @@ def effects(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stream", "stream_params", "strategy", "dimension", "spearman", "ok_trials", "best_value"])
 
 
+#: Metrics whose values lie in [0, 1] (the others, differences of accuracies, in [-1, 1]).
+FRACTIONS = frozenset({"acc", "aia", "plasticity"})
+
+
+def _integral(values) -> bool:
+    """Whether every value of a dimension is a whole number (an integer parameter, or a choice of
+    them): such values print and plot as integers, not as 8.0."""
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return bool(vals) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in vals)
+
+
+def fmt_value(v, integral: bool = False) -> str:
+    """A searched value as the report prints it: integers as integers, other numbers to three
+    significant digits (3.19, 0.000151), anything else as JSON."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return json.dumps(v)
+    if integral or isinstance(v, int):
+        return str(int(round(v)))
+    return f"{v:.3g}"
+
+
+def fmt_config(searched: str, integral: dict[str, bool] | None = None) -> str:
+    """A trial's ``searched`` JSON as ``rank 8, training.lr 0.00383`` (see :func:`fmt_value`)."""
+    values = json.loads(searched) if isinstance(searched, str) and searched else {}
+    return ", ".join(f"{k} {fmt_value(v, (integral or {}).get(k, False))}" for k, v in values.items()) or "–"
+
+
+def _y_range(done: np.ndarray, metric: str) -> tuple[float, float]:
+    """The objective axis, in %: the finished trials with a margin, at least 10 points tall, within
+    the metric's range (0 to 100, or -100 to 100)."""
+    lo_end, hi_end = (0.0, 100.0) if metric in FRACTIONS else (-100.0, 100.0)
+    if not len(done):
+        return lo_end, hi_end
+    lo, hi = float(np.min(done)), float(np.max(done))
+    pad = max(0.1 * (hi - lo), (10.0 - (hi - lo)) / 2, 0.0)
+    lo, hi = lo - pad, hi + pad
+    if lo < lo_end:
+        lo, hi = lo_end, min(hi_end, hi + (lo_end - lo))
+    if hi > hi_end:
+        lo, hi = max(lo_end, lo - (hi - hi_end)), hi_end
+    return lo, hi
+
+
 def effect_plot(g: pd.DataFrame, title: str) -> Figure | None:
-    """The objective against each searched dimension of one strategy's trials: trials that ran
-    every task (dots; the default a star); trials the scheduler stopped (hollow circles), diverged
-    or failed ones (crosses), whose objectives do not compare, along the bottom."""
+    """The objective (in %, as the tables) against each searched dimension of one strategy's
+    trials: trials that ran every task as dots, the default as a star. The trials whose objective
+    does not compare (stopped by the scheduler after fewer tasks, diverged, failed) are drawn in a
+    strip of their own under each panel, by status, never on the objective's axis. Integer
+    dimensions have integer ticks; a dimension spanning a factor of 20 or more is drawn on a log
+    scale."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
     wide = searched(g)
     dims = sorted({k for s in g["searched"] for k in json.loads(s or "{}")})
     if not dims:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims), 3.0), squeeze=False)
-    obj = wide["objective"].astype(float)
-    done = obj[wide["status"] == "ok"]
-    lo, hi = (np.nanmin(done), np.nanmax(done)) if np.isfinite(done).any() else (0.0, 0.0)
-    floor = lo - 0.1 * ((hi - lo) or 0.1)  # below every finished trial
-    for ax, dim in zip(axes[0], dims):
+    metric = str(g["metric"].iloc[0])
+    obj = wide["objective"].astype(float) * 100
+    ok = wide["status"] == "ok"
+    others = [s for s in STATUSES[1:] if (wide["status"] == s).any()]
+    fig = plt.figure(figsize=(min(MAX_WIDTH, 3.3 * len(dims) + 2.6), 3.9 if others else 3.3), layout="constrained")
+    grid = fig.add_gridspec(2 if others else 1, len(dims), height_ratios=[4, 0.35 + 0.3 * len(others)] if others else [1])
+    lo, hi = _y_range(obj[ok & np.isfinite(obj)].to_numpy(), metric)
+    main = None
+    styles = {"ok": ("ran every task", dict(c="C0", marker="o")),
+              "stopped": ("stopped early (fewer tasks)", dict(facecolors="none", edgecolors="0.35", marker="o")),
+              "diverged": ("diverged", dict(c="C3", marker="x")), "failed": ("failed", dict(c="C3", marker="+"))}
+    for k, dim in enumerate(dims):
+        ax = fig.add_subplot(grid[0, k], sharey=main)
+        main = main or ax
         x = wide[dim]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x.dropna())
         if not numeric:
             cats = sorted({json.dumps(v) for v in x})
             x = x.map(lambda v: cats.index(json.dumps(v)))
-            ax.set_xticks(range(len(cats)), cats, rotation=30)
-        elif (x > 0).all() and x.max() / x.min() >= 50:
-            ax.set_xscale("log")
-        for status, label, style in (("ok", "ran every task", dict(c="C0", marker="o")),
-                                     ("stopped", "stopped early", dict(facecolors="none", edgecolors="0.4", marker="o")),
-                                     ("diverged", "diverged", dict(c="C3", marker="x")), ("failed", "failed", dict(c="C3", marker="+"))):
-            sel = wide["status"] == status
-            if sel.any():  # only finished trials' objectives compare: the others are drawn at the bottom
-                y = obj[sel] if status == "ok" else np.full(int(sel.sum()), floor)
-                ax.scatter(x[sel], y, s=28, label=label, **style)
-        d = wide["trial"] == 0
-        if d.any() and wide.loc[d, "status"].iloc[0] == "ok":
+        strip = fig.add_subplot(grid[1, k], sharex=ax) if others else None
+        label, style = styles["ok"]
+        if ok.any():
+            ax.scatter(x[ok], obj[ok], s=28, label=label, **style)
+        d = (wide["trial"] == 0) & ok
+        if d.any():
             ax.scatter(x[d], obj[d], marker="*", s=140, c="C1", label="default", zorder=3)
-        ax.set_xlabel(dim)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{g['metric'].iloc[0]} (validation)")
-    axes[0][0].legend(fontsize=7)
+        for row, status in enumerate(others):
+            sel = wide["status"] == status
+            label, style = styles[status]
+            strip.scatter(x[sel], np.full(int(sel.sum()), row), s=28, label=label, **style)
+        for a in (ax, strip):
+            if a is None:
+                continue
+            a.grid(alpha=0.3)
+            a.tick_params(labelsize=8)
+        if not numeric:
+            (strip or ax).set_xticks(range(len(cats)), cats)
+        elif (x > 0).all() and x.max() / x.min() >= 20:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif _integral(x):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(lo, hi)
+        ax.tick_params(labelleft=k == 0)
+        if strip is not None:
+            ax.tick_params(which="both", labelbottom=False)
+            strip.set_ylim(-0.6, len(others) - 0.4)
+            strip.set_yticks(range(len(others)), others if k == 0 else [""] * len(others))
+            strip.tick_params(axis="y", length=0)
+        (strip or ax).set_xlabel(dim, fontsize=9)
+    main.set_ylabel(f"{metric} on validation, %", fontsize=9)
     fig.suptitle(title, fontsize=10)
+    handles, labels = [], []
+    for a in fig.axes:
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    declutter(fig)
     return Figure(slug("tune", title), title, f"objective against each hyper-parameter: {title}", png(fig))
 
 
@@ -204,13 +287,18 @@ def blocks(trials: pd.DataFrame, heading: str = "Tuning") -> list[tuple]:
         "Budget used: tasks trained × epochs, summed over the trials."))]
     variants = variant_labels(set(zip(trials["stream"], trials["stream_params"])))
     board = tuned_vs_default(trials)
+    integral = {}  # (stream, params, strategy) -> dimension -> whether its values are whole numbers
+    for key, g in trials.groupby(["stream", "stream_params", "strategy"], sort=False):
+        wide = searched(g)
+        integral[key] = {d: _integral(wide[d]) for d in {k for s in g["searched"] for k in json.loads(s or "{}")}}
     rows = []
     for _, r in board.iterrows():
         diff = r["tuned"] - r["default"]
         rows.append([stream_title(r["stream"], variants[(r["stream"], r["stream_params"])]), r["strategy"],
                      f"{r['trials']} ({r['ok']}/{r['stopped']}/{r['diverged']}/{r['failed']})", str(r["budget_used"]),
                      _pct(r["default"]) if r["default_status"] in ("ok", "") else r["default_status"],
-                     _pct(r["tuned"]), "–" if diff != diff else f"{diff * 100:+.1f}", r["best"] or "–"])
+                     _pct(r["tuned"]), "–" if diff != diff else f"{diff * 100:+.1f}",
+                     fmt_config(r["best"], integral[(r["stream"], r["stream_params"], r["strategy"])])])
     out.append(("h3", "Tuned vs default"))
     notes = budget_notes(trials)
     out.append(("p", " ".join(notes) if notes else
@@ -226,7 +314,8 @@ def blocks(trials: pd.DataFrame, heading: str = "Tuning") -> list[tuple]:
         out.append(("table", ["stream", "strategy", "dimension", "spearman ρ", "trials", "best value"],
                     [[stream_title(r["stream"], variants[(r["stream"], r["stream_params"])]), r["strategy"], r["dimension"],
                       "–" if r["spearman"] != r["spearman"] else f"{r['spearman']:+.2f}", str(r["ok_trials"]),
-                      json.dumps(r["best_value"])] for _, r in eff.iterrows()]))
+                      fmt_value(r["best_value"], integral[(r["stream"], r["stream_params"], r["strategy"])].get(r["dimension"], False))]
+                     for _, r in eff.iterrows()]))
         for (stream, params, strategy), g in trials.groupby(["stream", "stream_params", "strategy"], sort=False):
             fig = effect_plot(g, f"{stream_title(stream, variants[(stream, params)])} · {strategy}")
             if fig is not None:

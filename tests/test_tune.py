@@ -7,6 +7,7 @@ again, and the first-tasks protocol."""
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tomllib
@@ -405,6 +406,40 @@ def test_the_tuned_suite_runs_with_the_best_trial(tuned, ray_and_probe, tmp_path
     assert "### Tuned vs default" in report and "### Each hyper-parameter's effect on the objective" in report
     assert "Unequal budget on split-digits: probe 8, naive 1 trials" in report  # the suite fixed the learning rate
     assert (out / "report.html").exists() and len(list((out / "figures").glob("*.png"))) == 1  # probe has a plot
+
+
+def test_the_tune_reports_plots_are_readable_in_percent_with_unfinished_trials_apart(tuned, monkeypatch):
+    """The effect plots of the real trials above (one dimension; and two, with an integer
+    dimension added): no text overlaps or leaves the figure; the objective in % as the tables;
+    stopped, diverged and failed trials in a strip of their own, never on the objective's axis; the
+    best configuration rounded and integers printed as integers."""
+    from clbench.results import tuning
+    from figcheck import problems
+
+    _, _, _, trials = tuned
+    probe = trials[trials["strategy"] == "probe"]
+    two = probe.assign(strategy="probe2", searched=[json.dumps({**json.loads(s), "rank": float(2 ** (t % 4 + 1))})
+                                                    for s, t in zip(probe["searched"], probe["trial"])])
+    drawn = []
+    monkeypatch.setattr(tuning, "png", lambda fig: drawn.append((fig, problems(fig))) or b"")
+    blocks = tuning.blocks(pd.concat([probe, two], ignore_index=True))
+    assert len(drawn) == 2
+    ok = probe[probe["status"] == "ok"]
+    for fig, found in drawn:
+        assert found == []
+        main = fig.axes[0]
+        lo, hi = main.get_ylim()
+        assert 0 <= lo and hi <= 100 and hi - lo >= 10 - 1e-9  # % (not 0.16..0.17), at least 10 points tall
+        assert lo <= ok["objective"].min() * 100 and ok["objective"].max() * 100 <= hi
+        on_main = sum(len(c.get_offsets()) for c in main.collections)
+        assert on_main == len(ok) + 1  # the finished trials, and the default's star over its dot
+        strips = [ax for ax in fig.axes if [t.get_text() for t in ax.get_yticklabels()] == ["stopped", "diverged", "failed"]]
+        assert strips and sum(len(c.get_offsets()) for c in strips[0].collections) == int((probe["status"] != "ok").sum())
+    table = next(b for b in blocks if b[0] == "table" and "best configuration" in b[1])
+    best = {r[1]: r[-1] for r in table[2]}
+    assert re.fullmatch(r"x \d\.\d{1,3}", best["probe"])  # three significant digits at most
+    assert re.fullmatch(r"x [\d.]+, rank (2|4|8|16)", best["probe2"])  # not "rank 8.0"
+    assert tuning.fmt_config('{"rank": 8.0, "lr": 0.003831018071444645}', {"rank": True}) == "rank 8, lr 0.00383"
 
 
 def test_tpe_searches_with_optunas_seeded_sampler(ray_and_probe, tmp_path):
