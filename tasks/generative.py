@@ -11,6 +11,12 @@ one-line error.
 The stream factories (``algorithmic``, ``instructions``, ``trace``, ``jsonl-instructions``) build
 their :class:`TextTask` lists and call :func:`generative_stream`; a tokenizer comes from
 :func:`text_tokenizer`.
+
+Prompt formats (every factory's ``prompt_format``): ``plain`` tokenizes the prompt and the answer
+as text; ``chat`` renders them as a user's and an assistant's turn with the tokenizer's chat
+template (:class:`clbench.models.hf.HFTextTokenizer`); ``auto`` is ``chat`` when the tokenizer has
+a template, else ``plain``. A suite resolves ``auto`` before its cells are hashed
+(:func:`record_prompt_format`).
 """
 
 from __future__ import annotations
@@ -51,11 +57,18 @@ class TextTokenizer(Protocol):
     and Hugging Face tokenizers to it)."""
 
     vocab_size: int  # ids are < vocab_size
-    eos_id: int  # ends every answer
+    eos_id: int  # ends every answer (generation stops there)
+    prompt_format: str  # "plain" or "chat"
 
-    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]: ...  # with the model's leading specials (BOS)
+    def encode_text(self, texts: Sequence[str]) -> list[list[int]]: ...  # plain text (the general text), with the model's leading specials (BOS)
 
-    def encode_answers(self, texts: Sequence[str]) -> list[list[int]]: ...  # no special tokens
+    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]: ...  # what the model reads before it answers
+
+    def encode_answers(self, texts: Sequence[str]) -> list[list[int]]: ...  # an answer's tokens, without the end token
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], where: str) -> list[tuple[list[int], list[int]]]: ...  # prompt, answer + end
+
+    def shorten(self, prompt: str, answer: str, room: int, where: str) -> tuple[list[int], list[int]]: ...  # prompt cut to room tokens
 
     def decode(self, ids: Sequence[int]) -> str: ...  # specials (the end token) dropped
 
@@ -67,6 +80,7 @@ class ClbenchTextTokenizer:
     truncation, and id 0 (padding, which no text ever encodes to) as the end token."""
 
     eos_id = 0
+    prompt_format = "plain"  # clbench's tokenizers have no chat template
 
     def __init__(self, tok):
         self.tok = tok
@@ -80,7 +94,15 @@ class ClbenchTextTokenizer:
         inner.no_truncation()
         return [e.ids for e in inner.encode_batch(list(texts), add_special_tokens=False)]
 
-    encode_prompts = encode_answers = _ids
+    encode_text = encode_prompts = encode_answers = _ids
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], where: str = "") -> list[tuple[list[int], list[int]]]:
+        prompts, answers = self._ids([p for p, _ in pairs]), self._ids([a for _, a in pairs])
+        return [(p, a + [self.eos_id]) for p, a in zip(prompts, answers)]
+
+    def shorten(self, prompt: str, answer: str, room: int, where: str = "") -> tuple[list[int], list[int]]:
+        (p, a), = self.encode_pairs([(prompt, answer)])
+        return p[len(p) - room:], a
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids if int(i) != self.eos_id]
@@ -93,12 +115,64 @@ class ClbenchTextTokenizer:
         return {**self.tok.describe(), "eos_id": self.eos_id}
 
 
-def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000) -> TextTokenizer:
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+def _hf_tokenizer(spec: str):
+    """The transformers tokenizer of a Hugging Face causal LM ``spec`` names, else None."""
+    if spec in ("bytes", "bpe"):
+        return None
+    from clbench.models.backbones import resolve
+
+    backbone = resolve(spec, what="tokenizer")
+    if backbone.kind != "hf-causal":
+        return None
+    from clbench.models.hf import tokenizer_of
+
+    return tokenizer_of(backbone.folder)
+
+
+def resolve_prompt_format(prompt_format: str, tokenizer: str) -> str:
+    """``chat`` or ``plain``: ``auto`` is ``chat`` when the tokenizer ``tokenizer`` names has a chat
+    template; ``chat`` on one without is a one-line error."""
+    from clbench.models.hf import has_chat_template
+
+    if prompt_format not in PROMPT_FORMATS:
+        raise UserError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+    if prompt_format == "plain":
+        return "plain"
+    hf = _hf_tokenizer(tokenizer)
+    has = hf is not None and has_chat_template(hf)
+    if prompt_format == "chat" and not has:
+        whose = "clbench's own tokenizers have none" if hf is None else "its tokenizer has none"
+        raise UserError(f"prompt_format = 'chat' needs a chat template, and tokenizer {tokenizer!r} has none ({whose}); "
+                        "use prompt_format = 'plain' (or 'auto')")
+    return "chat" if has else "plain"
+
+
+def record_prompt_format(params: dict) -> dict:
+    """A generative stream's parameters (defaults filled in) as a cell records and hashes them:
+    ``prompt_format`` resolved (``auto`` becomes ``chat`` or ``plain``), and left out where the
+    tokenizer has no chat template (``plain`` is then the only format, as it was before prompt
+    formats existed, and such a cell keeps its config hash)."""
+    if "prompt_format" not in params:
+        return params
+    tokenizer = params.get("tokenizer", "bytes")
+    resolved = resolve_prompt_format(params["prompt_format"], tokenizer)
+    if resolve_prompt_format("auto", tokenizer) == "plain":  # no template
+        return {k: v for k, v in params.items() if k != "prompt_format"}
+    return {**params, "prompt_format": resolved}
+
+
+def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000,
+                   prompt_format: str = "plain") -> TextTokenizer:
     """The tokenizer ``spec`` names, for generative tasks: ``bytes``; ``bpe`` (trained on
     ``texts``, cached); a clbench checkpoint folder; or a Hugging Face causal LM (``hf:<name>``
-    or its folder), whose own tokenizer is used."""
+    or its folder), whose own tokenizer is used, with its chat template when ``prompt_format``
+    (``auto``, ``chat`` or ``plain``) resolves to ``chat``."""
     from .tokenizer import ByteTokenizer, load_tokenizer, train_bpe
 
+    fmt = resolve_prompt_format(prompt_format, spec)
     if spec == "bytes":
         return ClbenchTextTokenizer(ByteTokenizer())
     if spec == "bpe":
@@ -109,22 +183,20 @@ def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000)
     if backbone.kind == "hf-causal":
         from clbench.models.hf import HFTextTokenizer
 
-        return HFTextTokenizer.load(backbone)
+        return HFTextTokenizer.load(backbone, fmt)
     return ClbenchTextTokenizer(load_tokenizer(spec))
 
 
 def _encode(tok: TextTokenizer, pairs: list[tuple[str, str]], max_len: int, where: str) -> tuple[list[list[int]], list[int], int]:
-    prompts = tok.encode_prompts([p for p, _ in pairs])
-    answers = tok.encode_answers([a for _, a in pairs])
     seqs, starts, cut = [], [], 0
-    for i, (p, a) in enumerate(zip(prompts, answers)):
-        a = list(a) + [tok.eos_id]
+    for i, (p, a) in enumerate(tok.encode_pairs(pairs, where)):  # the answer ends with its end token
         room = max_len - len(a)
         if room < 1:
             raise UserError(f"{where}: example {i}'s answer takes {len(a)} tokens with its end token; "
                             f"max_len = {max_len} leaves no room for its prompt (raise max_len)")
         if len(p) > room:
-            p, cut = p[len(p) - room:], cut + 1
+            p, a = tok.shorten(*pairs[i], room, f"{where} example {i}")
+            cut += 1
         seqs.append(list(p) + a)
         starts.append(len(p))
     return seqs, starts, cut
@@ -188,7 +260,7 @@ def generative_stream(
               "with their answer were shortened from the left", file=sys.stderr)
     general_ex = None
     if general:
-        ids = tokenizer.encode_prompts(general)
+        ids = tokenizer.encode_text(general)  # plain text, whatever the prompts' format
         seqs = [s[:max_len] for s in ids if len(s) > 1]
         if not seqs:
             raise UserError(f"stream '{name}': the general text has no document of two tokens or more")
