@@ -1,4 +1,8 @@
-"""The ``clbench`` command line."""
+"""The ``clbench`` command line.
+
+Each command imports what it runs inside its function, not at the top of this module: ``clbench
+--help`` and a mistyped command answer in a tenth of a second instead of the seconds that
+importing torch and pandas takes."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 from rich.console import Console
@@ -14,13 +19,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
+from .host import get_host  # light: pluggy and the hook specs
 
 DEFAULT_SUITE = "quick"
 
 
 def _results_table(console: Console, tables, reporter: str = "console") -> None:
-    from .host import get_host
-
     get_host().get("reporters", reporter).obj(tables, None, console)
 
 
@@ -52,13 +56,11 @@ def _executor_args(args) -> tuple[str, dict]:
 
 
 def _run(args, console: Console) -> int:
-    from .host import get_host
     from .suite import load_suite
     from .suiterun import run_suite
     from clbench.results import load
 
-    host = get_host()
-    suite = load_suite(args.suite or DEFAULT_SUITE, host, args.set)
+    suite = load_suite(args.suite or DEFAULT_SUITE, args.set)
     out = Path(args.out) if args.out else Path("clbench-results") / suite.name
     err = Console(stderr=True)
     executor, options = _executor_args(args)
@@ -70,15 +72,14 @@ def _run(args, console: Console) -> int:
         force=args.force,
         console=err,
         progress=not args.no_progress,
-        host=host,
     )
     tables = load(out)
     mine = set(c.run_id for c in suite.cells)
     tables.summary = tables.summary[tables.summary["run_id"].isin(mine)]
     _results_table(console, tables)
     for r in run.not_ok:
-        err.print(f"[red]failed[/red] ({r.status}) {escape(str(r.cell['strategy']))} seed {r.cell['seed']} on "
-                  f"{escape(str(r.cell['stream']))}: {escape(str(r.cell['error']))}")
+        err.print(f"[red]failed[/red] ({r.status}) {escape(str(r.row['strategy']))} seed {r.row['seed']} on "
+                  f"{escape(str(r.row['stream']))}: {escape(str(r.row['error']))}")
     console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)", soft_wrap=True)
     return 1 if run.not_ok else 0
 
@@ -88,19 +89,17 @@ def cmd_tune(args, console: Console) -> int:
 
 
 def _tune(args, console: Console) -> int:
-    from .host import get_host
     from .suite import parse_suite, read_suite
     from .tune import Protocol, tune_suite
     from clbench.results.tuning import tuned_vs_default
 
-    host = get_host()
     data, where = read_suite(args.suite)
-    suite = parse_suite(data, where, host)
+    suite = parse_suite(data, where)
     out = Path(args.out) if args.out else Path("clbench-tune") / suite.name
     protocol = Protocol(args.protocol, args.validation_fraction, args.first_tasks, args.seed)
     run = tune_suite(suite, data, out, trials=args.trials, protocol=protocol, metric=args.metric, mode=args.mode,
                      searcher=args.searcher, scheduler=args.scheduler, seed=args.seed, address=args.address,
-                     workers=args.workers, console=Console(stderr=True), host=host)
+                     workers=args.workers, console=Console(stderr=True))
     board = tuned_vs_default(run.trials)
     table = Table(title=f"{suite.name}: {args.metric} on the validation matrix (%), protocol {args.protocol}")
     for col in ("stream", "strategy", "trials", "default", "tuned", "best configuration"):
@@ -157,7 +156,8 @@ def cmd_show(args, console: Console) -> int:
 
     tables = _only(_only(load(args.dir), "strategy", args.strategy), "stream", args.stream)
     if args.format != "console":
-        from clbench.results.report import leaderboard, leaderboard_rows, render_markdown
+        from clbench.results.analysis import leaderboard
+        from clbench.results.render import leaderboard_rows, render_markdown
         from clbench.results.summary import stream_title
 
         board = leaderboard(tables.summary)
@@ -185,13 +185,11 @@ def cmd_show(args, console: Console) -> int:
 
 
 def cmd_check(args, console: Console) -> int:
-    from .host import get_host
     from .suite import load_suite
     from .suiterun import preflight
 
-    host = get_host()
-    suite = load_suite(args.suite, host, args.set)
-    preflight(suite, host)
+    suite = load_suite(args.suite, args.set)
+    preflight(suite)
     table = Table(title=f"suite {suite.name}: {len(suite.cells)} cells (checked, not run)")
     for col in ("stream", "order", "strategy", "seed", "run_id (config hash)"):
         table.add_column(col, justify="right" if col == "seed" else "left")
@@ -202,7 +200,6 @@ def cmd_check(args, console: Console) -> int:
 
 
 def cmd_report(args, console: Console) -> int:
-    from .host import get_host
     from clbench.results import load
 
     tables = load(*args.dirs)
@@ -213,7 +210,7 @@ def cmd_report(args, console: Console) -> int:
 
 def cmd_compare(args, console: Console) -> int:
     from clbench.results import load
-    from clbench.results.report import METRICS, compare
+    from clbench.results.analysis import METRICS, compare
     from clbench.results.summary import config_differences, stream_title
 
     a, b = load(args.a), load(args.b)
@@ -241,24 +238,21 @@ def cmd_compare(args, console: Console) -> int:
 
 
 def cmd_list(args, console: Console) -> int:
-    from .host import get_host
     from .suite import builtin_suites
 
     host = get_host()
-    for kind in ("streams", "strategies"):
-        table = Table(title=kind, show_header=True)
+    for category in ("streams", "strategies"):
+        table = Table(title=category, show_header=True)
         table.add_column("name")
         table.add_column("description")
         table.add_column("plugin")
-        for name in host.names(kind):
-            e = host.get(kind, name)
+        for name in host.names(category):
+            e = host.get(category, name)
             table.add_row(name, e.description, e.plugin)
         console.print(table)
     table = Table(title="suites")
     table.add_column("name")
     table.add_column("description")
-    import tomllib
-
     for name, text in sorted(builtin_suites().items()):
         table.add_row(name, tomllib.loads(text).get("description", ""))
     console.print(table)
@@ -266,22 +260,18 @@ def cmd_list(args, console: Console) -> int:
 
 
 def cmd_plugins(args, console: Console) -> int:
-    from .host import get_host
-
     for name, what in get_host().plugins():
         console.print(f"[bold]{name}[/bold]")
-        for kind, names in what.items():
-            console.print(f"  {kind}: {', '.join(names)}")
+        for category, names in what.items():
+            console.print(f"  {category}: {', '.join(names)}")
     return 0
 
 
 def _model_overrides(pairs: list[str]):
     """``--set key=value`` pairs as a ModelConfig (values parsed as TOML: 128, true, "post"),
     checked as a suite's [model] table is."""
-    import tomllib
-
+    from .config import dataclass_from
     from .models.transformer import ModelConfig
-    from .suite import _dataclass_from
 
     fields = ModelConfig.field_names()
     values = {}
@@ -294,13 +284,13 @@ def _model_overrides(pairs: list[str]):
             values[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             values[key] = raw.strip()  # a bare word: a string
-    return _dataclass_from(ModelConfig, values, "--set", "model")
+    return dataclass_from(ModelConfig, values, "--set", "model")
 
 
 def cmd_pretrain(args, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .models.pretrain import PretrainConfig, pretrain
+    from .pretrain import PretrainConfig, pretrain
 
     model = _model_overrides(args.set)
     if args.init:

@@ -4,6 +4,9 @@ into scores.
 The loop (:mod:`clbench.loop`) never looks inside a batch: it asks the stream's kind
 (``Stream.kind``). A kind has:
 
+* ``class_logits``: True when a batch's outputs are one row of logits over the stream's label
+  space per example (classification), False when they are next-token logits at the answer
+  tokens (generation): what a strategy that works on class logits branches on;
 * ``check(config, stream)``: a one-line :class:`~clbench.errors.UserError` if the cell's model
   cannot do the stream's tasks (called by :func:`clbench.cell.refuse`, before anything runs);
 * ``build_model(config, stream)``: the cell's model, seeded with the cell's seed;
@@ -31,17 +34,25 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .models.backbones import is_pretrained, load_into, resolve
+from .models.hf import load_causal_lm
+from .models.transformer import Transformer
+
+from clbench.tasks.generative import examples_of
+from clbench.tasks.scoring import SCORERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cell import CellContext
-    from .suite import Cell
+    from .config import CellConfig
     from clbench.tasks import Batch, Examples, Stream, Task
 
 
 class Kind(Protocol):
-    def check(self, config: Cell, stream: Stream) -> None: ...
+    class_logits: bool
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module: ...
+    def check(self, config: CellConfig, stream: Stream) -> None: ...
+
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module: ...
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor: ...
 
@@ -52,9 +63,7 @@ class Kind(Protocol):
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]: ...
 
 
-def _backbone(config: Cell):
-    from .models.backbones import is_pretrained, resolve
-
+def _backbone(config: CellConfig):
     return resolve(config.model.init) if is_pretrained(config.model.init) else None
 
 
@@ -63,13 +72,12 @@ class Classification:
     label space (masked to the example's task in task-incremental streams), cross-entropy, and
     accuracy (``acc``) and mean cross-entropy (``loss``) on the test split."""
 
-    def check(self, config: Cell, stream: Stream) -> None:
+    class_logits = True
+
+    def check(self, config: CellConfig, stream: Stream) -> None:
         pass
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
-        from .models.backbones import load_into
-        from .models.transformer import Transformer
-
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         backbone = _backbone(config)
         torch.manual_seed(config.seed)
         model = Transformer(
@@ -143,20 +151,17 @@ class Generation:
     or ``accuracy`` by the likelihood of each of the task's label texts after the prompt. Every
     task also gets ``loss``, the cross-entropy of its reference answers."""
 
-    def check(self, config: Cell, stream: Stream) -> None:
+    class_logits = False
+
+    def check(self, config: CellConfig, stream: Stream) -> None:
         backbone = _backbone(config)
-        if not config.model.causal and (backbone is None or backbone.kind != "hf-causal"):
+        if not config.model.causal and (backbone is None or backbone.family != "hf-causal"):
             raise UserError(f"stream '{stream.name}' has generative tasks: they need a causal model "
                             "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
-        from .models.backbones import load_into
-        from .models.transformer import Transformer
-
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         backbone = _backbone(config)
-        if backbone is not None and backbone.kind == "hf-causal":
-            from .models.hf import load_causal_lm
-
+        if backbone is not None and backbone.family == "hf-causal":
             torch.manual_seed(config.seed)
             return load_causal_lm(backbone)
         self.check(config, stream)
@@ -191,8 +196,6 @@ class Generation:
 
     @torch.inference_mode()
     def evaluate(self, cell: CellContext, task_index: int, task: Task) -> dict[str, float]:
-        from clbench.tasks.scoring import SCORERS
-
         data = task.test
         bs = cell.config.training.eval_batch_size
         nll = torch.zeros((), dtype=torch.float64, device=cell.device)
@@ -225,8 +228,6 @@ class Generation:
         """Accuracy of choosing, for each prompt, the label text the model finds likeliest
         (summed log-probability of the label's tokens and the end token). A prompt that would not
         fit the model with the longest label loses tokens from its left, the same for every label."""
-        from clbench.tasks.generative import _examples
-
         data, tok = task.test, cell.stream.tokenizer
         bs = cell.config.training.eval_batch_size
         labels = tok.encode_answers(list(task.labels))
@@ -240,7 +241,7 @@ class Generation:
                 for lab in labels:
                     seqs.append(prompt + list(lab) + [tok.eos_id])
                     starts.append(len(prompt))
-            cand = _examples(seqs, starts, [0] * len(seqs), 0).to(cell.device)
+            cand = examples_of(seqs, starts, [0] * len(seqs), 0).to(cell.device)
             scores = -self._nll(cell, cand).view(len(idx), L)
             correct += int((scores.argmax(1) == data.y[idx]).sum())
         return correct / max(len(data), 1)
@@ -264,9 +265,14 @@ def _prompts(data: Examples) -> Examples:
 KINDS: dict[str, Kind] = {"classification": Classification(), "generation": Generation()}
 
 
+def kind_name(stream: Stream) -> str:
+    """The name of ``stream``'s kind of task (``stream.kind``; "classification" by default)."""
+    return getattr(stream, "kind", "classification")
+
+
 def kind_of(stream: Stream) -> Kind:
     """The kind of ``stream``'s tasks (``stream.kind``, "classification" by default)."""
-    name = getattr(stream, "kind", "classification")
+    name = kind_name(stream)
     if name not in KINDS:
         raise ValueError(f"stream {stream.name!r} has tasks of an unknown kind {name!r} (known: {', '.join(KINDS)})")
     return KINDS[name]

@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from clbench.host import get_host
 from clbench.results import aggregate, load
 from clbench.suite import parse_suite, read_suite
 from clbench.suiterun import run_suite
@@ -47,7 +46,6 @@ from clbench.tune import tune_suite
 def speed(args) -> None:
     import ray
 
-    host = get_host()
     data = {
         "name": "tune-speed", "seeds": [0],
         "model": {"d_model": 64, "n_layers": 2, "n_heads": 4},
@@ -55,20 +53,20 @@ def speed(args) -> None:
         "streams": [{"name": "split-digits", "params": {"patch_size": 4}}],
         "strategies": [{"name": "ewc"}],
     }
-    suite = parse_suite(data, "benchmarks/tuning.py", host)
+    suite = parse_suite(data, "benchmarks/tuning.py")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run = run_suite(suite, Path(tmp) / "run", progress=False, host=host)
+        run = run_suite(suite, Path(tmp) / "run", progress=False)
         run_wall = time.perf_counter() - t0
-        run_cell_s = run.ran[0].cell["total_seconds"]
+        run_cell_s = run.ran[0].row["total_seconds"]
         for workers in (1, 2):
             t0 = time.perf_counter()
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
             init = time.perf_counter() - t0
             t0 = time.perf_counter()
             tuned = tune_suite(suite, data, Path(tmp) / f"tune-{workers}", trials=args.trials, scheduler="fifo",
-                               workers=workers, host=host)
+                               workers=workers)
             wall = time.perf_counter() - t0
             t0 = time.perf_counter()
             ray.shutdown()
@@ -91,7 +89,6 @@ def _acc(out: Path) -> dict[str, tuple[float, float, int]]:
 
 
 def strategies(args) -> None:
-    host = get_host()
     data, where = read_suite("strategies")
     if args.epochs:
         data["training"]["epochs"] = args.epochs
@@ -101,18 +98,18 @@ def strategies(args) -> None:
                               if s.get("label", "+".join([s["name"]] if isinstance(s["name"], str) else s["name"])) in keep]
     if args.search_lr:
         data["search"] = {"lr": {"log-uniform": [1e-4, 1e-2]}}
-    suite = parse_suite(data, where, host)
+    suite = parse_suite(data, where)
     out = Path(args.out or tempfile.mkdtemp(prefix="clbench-bench-tuning-"))
     t0 = time.perf_counter()
-    tuned = tune_suite(suite, data, out / "tune", trials=args.trials, workers=args.workers, host=host)
+    tuned = tune_suite(suite, data, out / "tune", trials=args.trials, workers=args.workers)
     tune_wall = time.perf_counter() - t0
     executor = {"executor": "pool", "executor_options": {"workers": args.workers}} if args.workers > 1 else {}
     t0 = time.perf_counter()
-    ran = run_suite(suite, out / "default", progress=False, host=host, **executor).ran  # cells already there: kept
+    ran = run_suite(suite, out / "default", progress=False, **executor).ran  # cells already there: kept
     default_wall = time.perf_counter() - t0
     best_data, best_where = read_suite(str(tuned.suites[0]))
     t0 = time.perf_counter()
-    run_suite(parse_suite(best_data, best_where, host), out / "tuned", progress=False, host=host, **executor)
+    run_suite(parse_suite(best_data, best_where), out / "tuned", progress=False, **executor)
     tuned_wall = time.perf_counter() - t0
     default, after = _acc(out / "default"), _acc(out / "tuned")
     trials = tuned.trials

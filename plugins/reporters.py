@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 
 from clbench import hookimpl
+from clbench.errors import UserError
+from clbench.results.report import write_html, write_markdown
 from clbench.results.summary import aggregate, stream_title
 
 SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity", "general_ppl_change")
@@ -61,12 +64,8 @@ def console_report(tables, out, console) -> None:
 
 
 def _need_out(out, name: str):
-    from clbench.errors import UserError
-
     if out is None:
         raise UserError(f"the {name} reporter writes files: give an output folder (--out)")
-    from pathlib import Path
-
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -75,14 +74,10 @@ def _need_out(out, name: str):
 
 
 def markdown_report(tables, out, console) -> None:
-    from clbench.results.report import write_markdown
-
     console.print(f"wrote {write_markdown(tables, _need_out(out, 'markdown'))}", soft_wrap=True)
 
 
 def html_report(tables, out, console) -> None:
-    from clbench.results.report import write_html
-
     console.print(f"wrote {write_html(tables, _need_out(out, 'html'))}", soft_wrap=True)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from clbench.host import get_host
+
 NAN = float("nan")
 
 MEASUREMENTS: tuple[str, ...] = (
@@ -75,8 +77,6 @@ def metric_columns(columns: Iterable[str], metrics: Iterable[str] | None = None)
     """The metric columns among a summary's ``columns``, in their order: those named by a
     registered metric (``metrics``: by default the loaded host's)."""
     if metrics is None:
-        from clbench.host import get_host
-
         metrics = get_host().names("metrics")
     known = set(metrics)
     return [c for c in columns if c in known]

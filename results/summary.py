@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
+
+from clbench.host import get_host
 
 from .metrics import Matrices
 from .schema import COST_COLUMNS, IDENTITY, metric_columns
@@ -96,8 +99,6 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
     for metrics undefined for the cell: see :func:`fwt_undefined`), and ``reference_run_id``, the
     ``cumulative`` cell intransigence was measured against ("" for none)."""
     if metrics is None:
-        from clbench.host import get_host
-
         metrics = {n: e.obj for n, e in get_host().registries["metrics"].items()}
     keep = [*IDENTITY, *COST_COLUMNS]
     rows = []
@@ -259,8 +260,6 @@ def drop_repeated_seeds(df: pd.DataFrame, what: str = "results") -> pd.DataFrame
     """``df`` (summary or cells rows, strategies labelled by :func:`config_labels`) without a seed
     counted twice: a second row of the same configuration and seed (another run id: e.g. cells run
     by an earlier clbench whose hash differs) is left out with a one-line warning."""
-    import sys
-
     if df.empty:
         return df
     cols = [c for c in ("stream", "stream_params", "order", "strategy", "seed") if c in df]
@@ -307,6 +306,3 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
         agg["rank"] = agg.groupby(["stream", "stream_params", "order"], sort=False)["acc_mean"].rank(ascending=False, method="min")
     return agg
 
-
-def params_of(cell_row: pd.Series) -> list:
-    return json.loads(cell_row["params"])

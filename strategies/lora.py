@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from clbench import hookimpl
 from clbench.errors import UserError
+from clbench.models.backbones import is_pretrained, resolve
 from clbench.params import require
 
 Mode = Literal["per-task", "seq", "inc", "olora"]
@@ -185,9 +186,7 @@ def _named_linears(model: nn.Module, targets) -> list[tuple[str, nn.Module, dict
 
 
 def _on_hf_model(config) -> bool:
-    from clbench.models.backbones import is_pretrained, resolve
-
-    return is_pretrained(config.model.init) and resolve(config.model.init).kind == "hf-causal"
+    return is_pretrained(config.model.init) and resolve(config.model.init).family == "hf-causal"
 
 
 def _check_targets(targets) -> None:

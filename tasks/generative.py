@@ -28,8 +28,13 @@ from typing import Protocol, Sequence
 import torch
 
 from clbench.errors import UserError
+from clbench.models.backbones import resolve
+from clbench.models.hf import HFTextTokenizer, has_chat_template, tokenizer_of
 
 from .base import Examples, Stream, Task
+from .digits import check_order
+from .scoring import check_metric
+from .tokenizer import ByteTokenizer, load_tokenizer, pad, train_bpe
 
 
 @dataclass
@@ -122,21 +127,13 @@ def _hf_tokenizer(spec: str):
     """The transformers tokenizer of a Hugging Face causal LM ``spec`` names, else None."""
     if spec in ("bytes", "bpe"):
         return None
-    from clbench.models.backbones import resolve
-
     backbone = resolve(spec, what="tokenizer")
-    if backbone.kind != "hf-causal":
-        return None
-    from clbench.models.hf import tokenizer_of
-
-    return tokenizer_of(backbone.folder)
+    return tokenizer_of(backbone.folder) if backbone.family == "hf-causal" else None
 
 
 def resolve_prompt_format(prompt_format: str, tokenizer: str) -> str:
     """``chat`` or ``plain``: ``auto`` is ``chat`` when the tokenizer ``tokenizer`` names has a chat
     template; ``chat`` on one without is a one-line error."""
-    from clbench.models.hf import has_chat_template
-
     if prompt_format not in PROMPT_FORMATS:
         raise UserError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
     if prompt_format == "plain":
@@ -170,19 +167,13 @@ def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000,
     ``texts``, cached); a clbench checkpoint folder; or a Hugging Face causal LM (``hf:<name>``
     or its folder), whose own tokenizer is used, with its chat template when ``prompt_format``
     (``auto``, ``chat`` or ``plain``) resolves to ``chat``."""
-    from .tokenizer import ByteTokenizer, load_tokenizer, train_bpe
-
     fmt = resolve_prompt_format(prompt_format, spec)
     if spec == "bytes":
         return ClbenchTextTokenizer(ByteTokenizer())
     if spec == "bpe":
         return ClbenchTextTokenizer(train_bpe(list(texts), vocab_size=vocab_size))
-    from clbench.models.backbones import resolve
-
     backbone = resolve(spec, what="tokenizer")
-    if backbone.kind == "hf-causal":
-        from clbench.models.hf import HFTextTokenizer
-
+    if backbone.family == "hf-causal":
         return HFTextTokenizer.load(backbone, fmt)
     return ClbenchTextTokenizer(load_tokenizer(spec))
 
@@ -202,9 +193,9 @@ def _encode(tok: TextTokenizer, pairs: list[tuple[str, str]], max_len: int, wher
     return seqs, starts, cut
 
 
-def _examples(seqs: list[list[int]], starts: list[int], y: list[int], t: int) -> Examples:
-    from .tokenizer import pad
-
+def examples_of(seqs: list[list[int]], starts: list[int], y: list[int], t: int) -> Examples:
+    """Token sequences (prompt, answer, end token) as :class:`Examples` of task position ``t``:
+    padded, with each answer's ``start`` and label ``y``."""
     x, lengths = pad(seqs)
     n = len(seqs)
     return Examples(x, torch.tensor(y, dtype=torch.long), lengths, torch.full((n,), t, dtype=torch.long),
@@ -228,9 +219,6 @@ def generative_stream(
 ) -> Stream:
     """A generative :class:`Stream` of ``tasks`` in ``order`` (indices), tokenized by
     ``tokenizer``; ``general`` texts (documents) are the held-out general text."""
-    from clbench.tasks.digits import check_order
-    from .scoring import check_metric
-
     if not tasks:
         raise UserError(f"stream '{name}' has no tasks")
     order = check_order(order, len(tasks))
@@ -250,7 +238,7 @@ def generative_stream(
             seqs, starts, cut = _encode(tokenizer, pairs, max_len, f"stream '{name}': task '{task.name}' ({part})")
             shortened += cut
             longest = max(longest, max(len(s) for s in seqs))
-            split[part] = _examples(seqs, starts, [label_index(task.labels, a) for _, a in pairs], pos)
+            split[part] = examples_of(seqs, starts, [label_index(task.labels, a) for _, a in pairs], pos)
         answers = split["test"].lengths - split["test"].start
         new = task.max_new_tokens or int(answers.max()) + 8  # the answer has its end token already
         built.append(Task(task.name, (), split["train"], split["test"], metric=task.metric, labels=task.labels,
@@ -264,7 +252,7 @@ def generative_stream(
         seqs = [s[:max_len] for s in ids if len(s) > 1]
         if not seqs:
             raise UserError(f"stream '{name}': the general text has no document of two tokens or more")
-        general_ex = _examples(seqs, [0] * len(seqs), [0] * len(seqs), -1)
+        general_ex = examples_of(seqs, [0] * len(seqs), [0] * len(seqs), -1)
     return Stream(
         name=name,
         scenario=scenario,

@@ -59,7 +59,7 @@ def _sentence(row: dict, src: dict) -> str:
 
 def _build_task(folder: Path, task: str, src: dict, train_per_class: int, test_size: int, seed: int) -> None:
     try:
-        import datasets
+        import datasets  # optional: clbench[hub]
     except ImportError:
         raise UserError(
             "stream 'standard-cl' needs the 'datasets' package (pip install datasets) and a network; "

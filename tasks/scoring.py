@@ -43,7 +43,7 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean ROUGE-L F-measure (Lin 2004) of each answer against its reference, by the
     ``rouge-score`` package (Google Research's implementation) with Porter stemming, as
     Super-NaturalInstructions' ``compute_metrics.py`` configures it."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # here: it imports nltk, which takes seconds
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return _mean((scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)), references)

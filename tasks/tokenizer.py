@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import tokenizers
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from clbench.errors import UserError
+from clbench.models.backbones import resolve
 
 PAD = 0
 _CUT = re.compile(r"(?<=\w) ")  # a space after a word character: a safe place to cut a text
@@ -130,9 +135,6 @@ def train_bpe(
 
     ``max_len`` only truncates; it is not part of the cache key.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    import tokenizers
-
     settings = {
         "kind": "bytelevel-bpe",
         "vocab_size": vocab_size,
@@ -192,10 +194,6 @@ class PretrainedTokenizer:
 
 def load_tokenizer(spec: str, max_len: int = 256):
     """The tokenizer of the backbone ``spec`` names (``minilm``, a checkpoint folder, ``hf:<name>``)."""
-    from clbench.models.backbones import resolve
-    from clbench.errors import UserError
-    from tokenizers import Tokenizer
-
     if spec not in ("minilm",) and not spec.startswith("hf:") and not Path(spec).expanduser().exists():
         raise UserError(f"tokenizer {spec!r}: not 'bytes', 'bpe', 'minilm', 'hf:<name>' or a checkpoint folder")
     backbone = resolve(spec, what="tokenizer")

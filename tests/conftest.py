@@ -27,14 +27,11 @@ def isolated_data(tmp_path, monkeypatch):
 
 @pytest.fixture
 def host():
-    """A freshly loaded plugin host, installed as the process-wide one for the test."""
-    from clbench import host as host_mod
+    """A freshly loaded plugin host, installed as the process's host for the test."""
+    from clbench.host import Host, use_host
 
-    h = host_mod.Host().load(os.environ.get("CLBENCH_PLUGINS"))
-    old = host_mod._host
-    host_mod._host = h
-    yield h
-    host_mod._host = old
+    with use_host(Host().load(os.environ.get("CLBENCH_PLUGINS"))) as h:
+        yield h
 
 
 TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2}
@@ -75,9 +72,9 @@ def run_suite_dict(tmp_path, host):
     from clbench.suiterun import run_suite
 
     def run(data: dict, out: Path | None = None, **kw):
-        suite = parse_suite(data, "test-suite.toml", host)
+        suite = parse_suite(data, "test-suite.toml")
         out = out or tmp_path / "results"
-        r = run_suite(suite, out, progress=False, host=host, **kw)
+        r = run_suite(suite, out, progress=False, **kw)
         return r, load(out)
 
     return run

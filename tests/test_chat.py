@@ -167,7 +167,7 @@ def test_rank_classification_scores_each_label_as_the_assistant_s_reply(chat_lm)
 
 def test_prompt_format_is_resolved_recorded_and_hashed(chat_lm, tiny_causal_lm, host, run_suite_dict):
     def cell(folder, **params):
-        return parse_suite(chat_suite(folder, **params), "s.toml", host).cells[0]
+        return parse_suite(chat_suite(folder, **params), "s.toml").cells[0]
 
     chat, plain = cell(chat_lm()), cell(chat_lm(), prompt_format="plain")
     assert chat.stream_params["prompt_format"] == "chat" == cell(chat_lm(), prompt_format="chat").stream_params["prompt_format"]
@@ -176,17 +176,17 @@ def test_prompt_format_is_resolved_recorded_and_hashed(chat_lm, tiny_causal_lm, 
     for folder in (tiny_causal_lm("llama"), None):
         s = chat_suite(folder) if folder else make_suite(["naive"], stream="algorithmic", stream_params={"tasks": ["reverse"]},
                                                        model={"d_model": 32, "n_layers": 1, "n_heads": 2, "causal": True, "max_len": 32})
-        c = parse_suite(s, "s.toml", host).cells[0]
+        c = parse_suite(s, "s.toml").cells[0]
         assert "prompt_format" not in c.config()["stream_params"]
         s["streams"][0]["params"]["prompt_format"] = "plain"
-        assert parse_suite(s, "s.toml", host).cells[0].config_hash == c.config_hash
+        assert parse_suite(s, "s.toml").cells[0].config_hash == c.config_hash
 
     small = chat_suite(chat_lm(), n_train=8, n_test=2)
     _, t = run_suite_dict(small)
     row = t.cells.iloc[0]
     assert row["status"] == "ok", row["error"]
     assert '"prompt_format": "chat"' in row["stream_params"]
-    assert row["run_id"] == parse_suite(small, "s.toml", host).cells[0].config_hash
+    assert row["run_id"] == parse_suite(small, "s.toml").cells[0].config_hash
     m = t.measurements
     assert set(m[(m.train_task == -1) & (m.eval_task == 0)].metric) >= {"acc", "exact_match", "loss"}  # zero-shot
 
@@ -215,4 +215,4 @@ def test_bad_chat_input_is_one_line_exit_2_and_writes_nothing(what, message, cha
         with pytest.raises(UserError, match="drops the answer"):
             HFTextTokenizer.load(resolve(str(folder)), "chat")
         with pytest.raises(UserError, match="drops the answer"):
-            preflight(parse_suite(chat_suite(folder), "s.toml", host), host)
+            preflight(parse_suite(chat_suite(folder), "s.toml"))

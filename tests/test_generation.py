@@ -95,7 +95,7 @@ def test_rank_classification_picks_the_likeliest_label(host):
     tok = text_tokenizer("bytes")
     pairs = [(f"is {w}?", lab) for w, lab in [("ab", "yes"), ("cd", "no"), ("ef", "yes"), ("gh", "no")]]
     stream = generative_stream("s", [TextTask("yn", pairs, pairs, metric="accuracy", labels=("yes", "no"))], tok, max_len=16)
-    (cell,) = parse_suite(make_suite(["naive"], model=DECODER), "t.toml", host).cells
+    (cell,) = parse_suite(make_suite(["naive"], model=DECODER), "t.toml").cells
     torch.manual_seed(3)
     model = Transformer(cell.model, input_kind="tokens", input_dim=257, n_classes=0, lm_head=True).eval()
     ctx = CellContext(cell, stream, model, torch.device("cpu"))
@@ -142,16 +142,18 @@ def test_strategies_run_on_a_language_model(run_suite_dict, strategy):
     assert cell["status"] == "ok", cell["traceback"]
 
 
-def test_der_and_a_bidirectional_model_are_refused_before_anything_runs(tmp_path):
+def test_der_and_a_bidirectional_model_are_refused_before_anything_runs(tmp_path, capsys):
     from clbench.cli import main
 
     base = ('name = "s"\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nmax_len = 32\n{causal}'
             '[[streams]]\nname = "algorithmic"\n[[strategies]]\nname = "{strategy}"\n')
-    for causal, strategy, why in (("causal = true\n", "der", "whole vocabulary at every answer token"),
+    for causal, strategy, why in (("causal = true\n", "der", "serves classification streams only"),
                                   ("", "naive", "need a causal model")):
         path = tmp_path / f"{strategy}.toml"
         path.write_text(base.format(causal=causal, strategy=strategy))
         assert main(["run", str(path), "--out", str(tmp_path / strategy), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
         assert not (tmp_path / strategy).exists()
 
 
@@ -161,8 +163,8 @@ def test_lwf_distils_the_vocabulary_at_answer_tokens(host):
     from clbench.suite import parse_suite
 
     (cell,) = parse_suite(make_suite(["lwf"], stream="algorithmic", stream_params={**TWO, "n_train": 20, "n_test": 8},
-                                     model=DECODER), "t.toml", host).cells
-    stream = build_stream(cell, host)
+                                     model=DECODER), "t.toml").cells
+    stream = build_stream(cell)
     ctx = CellContext(cell, stream, build_model(cell, stream), torch.device("cpu"))
     lwf = host.get("strategies", "lwf").obj()
     ctx.task_index = 1
@@ -178,7 +180,7 @@ def test_a_causal_checkpoint_generates_with_its_pretrained_head(tmp_path, run_su
     from safetensors.torch import load_file
 
     from clbench.loop import build_model, build_stream
-    from clbench.models.pretrain import PretrainConfig, pretrain
+    from clbench.pretrain import PretrainConfig, pretrain
     from clbench.suite import parse_suite
 
     text = tmp_path / "text.txt"
@@ -186,8 +188,8 @@ def test_a_causal_checkpoint_generates_with_its_pretrained_head(tmp_path, run_su
     ckpt = pretrain(tmp_path / "ckpt", text, model=ModelConfig(**DECODER), config=PretrainConfig(steps=5, batch_size=4, seq_len=32))
     suite = make_suite(["naive"], stream="algorithmic", stream_params={**TWO, "n_train": 20, "n_test": 8},
                        model={"init": str(tmp_path / "ckpt")}, training={"epochs": 1})
-    (config,) = parse_suite(suite, "t.toml", host).cells
-    model = build_model(config, build_stream(config, host))
+    (config,) = parse_suite(suite, "t.toml").cells
+    model = build_model(config, build_stream(config))
     saved = load_file(str(ckpt / "model.safetensors"))
     assert saved["lm_head.bias"].abs().sum() > 0
     for name in ("lm_head.bias", "lm_head.dense.weight", "embed.weight"):  # the pre-trained head, and the rest
@@ -209,7 +211,7 @@ def test_rank_classification_fits_the_longest_label_into_the_model(host):
     pairs = [("x" * 25, "no"), ("y" * 20, "yes")]
     stream = generative_stream("s", [TextTask("yn", pairs, pairs, metric="accuracy", labels=("no", "a much longer label"))],
                                tok, max_len=28)
-    (cell,) = parse_suite(make_suite(["naive"], model={**DECODER, "max_len": 28}), "t.toml", host).cells
+    (cell,) = parse_suite(make_suite(["naive"], model={**DECODER, "max_len": 28}), "t.toml").cells
     model = Transformer(cell.model, input_kind="tokens", input_dim=257, n_classes=0, lm_head=True).eval()
     ctx = CellContext(cell, stream, model, torch.device("cpu"))
     assert 0.0 <= Generation().evaluate(ctx, 0, ctx.tasks[0])["accuracy"] <= 1.0
@@ -217,7 +219,7 @@ def test_rank_classification_fits_the_longest_label_into_the_model(host):
 
 def test_a_checkpoint_pretrained_on_shorter_sequences_is_warned_about(tmp_path, host, capsys):
     """Positions past the pre-training's --seq-len have untrained position embeddings: one line."""
-    from clbench.models.pretrain import PretrainConfig, pretrain
+    from clbench.pretrain import PretrainConfig, pretrain
     from clbench.suite import parse_suite
     from clbench.suiterun import preflight
 
@@ -226,6 +228,6 @@ def test_a_checkpoint_pretrained_on_shorter_sequences_is_warned_about(tmp_path, 
     pretrain(tmp_path / "ckpt", text, model=ModelConfig(**DECODER), config=PretrainConfig(steps=2, batch_size=2, seq_len=8))
     suite = make_suite(["naive"], stream="algorithmic", stream_params={**TWO, "n_train": 10, "n_test": 4},
                        model={"init": str(tmp_path / "ckpt")})
-    preflight(parse_suite(suite, "t.toml", host), host)
+    preflight(parse_suite(suite, "t.toml"))
     err = capsys.readouterr().err
     assert err.count("pre-trained on sequences of at most 8 tokens") == 1, err

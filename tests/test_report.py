@@ -13,14 +13,8 @@ import pytest
 from clbench.cli import main
 from clbench.errors import UserError
 from clbench.results import Tables, load, summarize
-from clbench.results.report import (
-    accuracy_curves,
-    compare,
-    forgetting_per_task,
-    leaderboard,
-    write_html,
-    write_markdown,
-)
+from clbench.results.analysis import accuracy_curves, compare, forgetting_per_task, leaderboard
+from clbench.results.report import write_html, write_markdown
 from clbench.results.store import MEASUREMENT_COLUMNS, prepare_out, write_cell
 from clbench.loop import cell_row
 from clbench.suite import parse_suite
@@ -44,7 +38,7 @@ def build(host, matrices: dict, failed=(), seconds=None, stream_params=None) -> 
     strategies = sorted({s for s, _ in matrices} | {s for s, _ in failed})
     seeds = sorted({d for _, d in matrices} | {d for _, d in failed})
     stream_params = {"patch_size": 4, "n_tasks": 3, **(stream_params or {})}
-    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params=stream_params), "t.toml", host)
+    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params=stream_params), "t.toml")
     out = []
     for cell in suite.cells:
         key = (cell.strategy.label, cell.seed)
@@ -312,12 +306,12 @@ def test_file_reporters_need_an_output_folder(host):
 
 
 def test_cost_error_bars_stop_at_zero(tables, monkeypatch):
-    from clbench.results import report
+    from clbench.results import figures
 
     figs = []
-    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    monkeypatch.setattr(figures, "png", lambda fig: figs.append(fig) or b"")
     board = leaderboard(tables.summary).assign(train_seconds_mean=[1.0, 2.0], train_seconds_std=[5.0, 1.0])
-    report.cost_bars("split-digits", "default", board)
+    figures.cost_bars("split-digits", "default", board)
     ax = figs[0].axes[0]
     lows = [seg[:, 0].min() for coll in ax.collections for seg in coll.get_segments()]
     assert lows and min(lows) >= 0  # mean 1 ± sd 5: the bar starts at 0, not at -4
@@ -325,7 +319,7 @@ def test_cost_error_bars_stop_at_zero(tables, monkeypatch):
 
 
 def test_training_loss_is_plotted(host, tmp_path, run_suite_dict):
-    from clbench.results.report import train_losses
+    from clbench.results.analysis import train_losses
 
     _, t = run_suite_dict(make_suite(["naive", "ewc"], stream_params={"patch_size": 4, "n_tasks": 2},
                                      training={"epochs": 2}))
@@ -385,12 +379,12 @@ def test_show_fits_100_columns(host, tmp_path, capsys, monkeypatch):
 
 
 def test_matrix_axes_show_task_names(tables, monkeypatch):
-    from clbench.results import report
+    from clbench.results import analysis, figures
 
     figs = []
-    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    monkeypatch.setattr(figures, "png", lambda fig: figs.append(fig) or b"")
     tables.cells = tables.cells.assign(tasks='["positive-negative", "2-3", "4-5"]')
-    report.heatmaps(tables, "split-digits", "default", report.mean_matrices(tables)[("split-digits", "", "default")])
+    figures.heatmaps(tables, "split-digits", "default", analysis.mean_matrices(tables)[("split-digits", "", "default")])
     ax = figs[0].axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["positive-ne…", "2-3", "4-5"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["positive-ne…", "2-3", "4-5"]

@@ -47,9 +47,9 @@ def _space(host, entry: dict, suite_search: dict | None = None):
     data = make_suite([entry], stream_params=DIGITS)
     if suite_search is not None:
         data["search"] = suite_search
-    suite = parse_suite(data, "t.toml", host)
+    suite = parse_suite(data, "t.toml")
     c = suite.cells[0]
-    return resolve_space(c.strategy, c.training, suite.search[c.strategy.label], host)
+    return resolve_space(c.strategy, c.training, suite.search[c.strategy.label])
 
 
 def test_every_builtin_default_space_is_valid(host):
@@ -59,7 +59,7 @@ def test_every_builtin_default_space_is_valid(host):
             spaces[name] = _space(host, {"name": name}).dims  # each dimension checked against the strategy
     assert spaces["ewc"] == {("ewc", "lambda_"): Dim("log-uniform", (1.0, 1e6))}
     assert ("replay", "memory_size") not in spaces["replay"]  # the memory is the suite's budget, not searched
-    assert spaces["inc-lora"][("training", "lr")].kind == "log-uniform"  # LoRA's rank and learning rate
+    assert spaces["inc-lora"][("training", "lr")].distribution == "log-uniform"  # LoRA's rank and learning rate
     assert ("o-lora", "lambda_orth") in spaces["o-lora"]
 
 

@@ -149,14 +149,14 @@ def test_a_cell_on_the_validation_split_never_reads_the_test_split(host):
     from clbench.loop import build_stream, run_cell
     from clbench.tasks.validation import validation_split
 
-    cell = parse_suite(make_suite(["replay"], stream_params=DIGITS), "t.toml", host).cells[0]
-    stream = build_stream(cell, host)
+    cell = parse_suite(make_suite(["replay"], stream_params=DIGITS), "t.toml").cells[0]
+    stream = build_stream(cell)
     t = stream.tasks[0].test
     poisoned = replace(stream, tasks=[replace(task, test=Poisoned(t.x, t.y, t.lengths, t.t)) for task in stream.tasks])
     with pytest.raises(AssertionError, match="the test split was read"):
         len(poisoned.tasks[0].test)
-    result = run_cell(cell, stream=validation_split(poisoned, 0.2, 0), host=host)
-    assert result.status == "ok", result.cell["error"]
+    result = run_cell(cell, stream=validation_split(poisoned, 0.2, 0))
+    assert result.status == "ok", result.row["error"]
 
 
 def test_the_objective_is_the_metric_of_the_matrix_so_far():
@@ -175,9 +175,9 @@ def test_the_tuned_suite_takes_each_strategys_best_trial(host):
     data = make_suite([{"name": "ewc", "params": {"fisher_samples": 50}, "search": {"gamma": 1.0}}, "naive",
                        {"name": "seq-lora", "label": "lora"}], stream_params=DIGITS)
     data["search"] = {"epochs": {"int": [1, 3]}}
-    suite = parse_suite(data, "t.toml", host)
+    suite = parse_suite(data, "t.toml")
     jobs = plan(suite, data, protocol=Protocol("first-tasks", first_tasks=1), metric="acc", mode="max",
-                searcher="random", scheduler="asha", seed=0, host=host)
+                searcher="random", scheduler="asha", seed=0)
     assert [j.n_tasks for j in jobs] == [1, 1, 1] and jobs[0].report_tasks == (1,)
 
     def row(strategy, trial, objective, status, ewc=None, lora=None, epochs=1):
@@ -200,7 +200,7 @@ def test_the_tuned_suite_takes_each_strategys_best_trial(host):
     assert ewc["params"] == {"fisher_samples": 50, "lambda": 10.0, "gamma": 1.0} and ewc["training"] == {"epochs": 3}
     assert naive["training"] == {"epochs": 2}  # the suite's [search] covers every strategy
     assert lora["params"] == {"rank": 2} and lora["training"] == {"epochs": 1, "lr": 0.003}
-    cells = parse_suite(tuned, "tuned.toml", host).cells  # a suite clbench run takes
+    cells = parse_suite(tuned, "tuned.toml").cells  # a suite clbench run takes
     assert dict(cells[0].strategy.parts)["ewc"]["lambda_"] == 10.0 and cells[0].training.epochs == 3
 
 
@@ -231,16 +231,14 @@ def test_asha_never_stops_the_default_configuration():
 def ray_and_probe():
     """A local Ray instance with 2 CPUs for the module, and a host with the probe strategy."""
     ray = pytest.importorskip("ray")
-    from clbench import host as host_mod
+    from clbench.host import DEFAULT_PLUGINS, Host, use_host
 
-    h = host_mod.Host().load(",".join(host_mod.DEFAULT_PLUGINS))
+    h = Host().load(",".join(DEFAULT_PLUGINS))
     h.register(ProbePlugin(), name="probe")
-    old = host_mod._host
-    host_mod._host = h
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield h
-    ray.shutdown()
-    host_mod._host = old
+    with use_host(h):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        yield h
+        ray.shutdown()
 
 
 THRESHOLDS = {"skip_below": 0.1, "diverge_above": 0.7, "fail_above": 0.76, "die_at": 0.248}
@@ -314,8 +312,8 @@ def test_the_tuned_suite_runs_with_the_best_trial(tuned, ray_and_probe, tmp_path
     assert "search" not in data and all("search" not in s for s in data["strategies"])
     assert data["strategies"][0]["params"]["x"] == json.loads(best["searched"])["x"]
     assert data["strategies"][0]["params"]["log"] == tomllib.loads(Path(path).read_text())["strategies"][0]["params"]["log"]
-    suite = parse_suite(data, str(out / "best.toml"), ray_and_probe)
-    run = run_suite(suite, tmp_path / "res", progress=False, host=ray_and_probe)
+    suite = parse_suite(data, str(out / "best.toml"))
+    run = run_suite(suite, tmp_path / "res", progress=False)
     assert [r.status for r in run.ran] == ["ok", "ok"]
     assert set(load(tmp_path / "res").summary["strategy"]) == {"probe", "naive"}
     report = (out / "report.md").read_text()

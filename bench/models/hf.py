@@ -3,7 +3,8 @@
 ``model.init = "hf:<name>"`` (downloaded from the Hub) or a folder holding a causal LM saved by
 the Hugging Face libraries (``config.json`` whose ``model_type`` transformers maps to a causal
 LM, safetensors weights, possibly sharded, and the tokenizer's files) resolves to a
-:class:`~clbench.models.backbones.Backbone` of kind ``"hf-causal"`` (:func:`hf_backbone`).
+:class:`~clbench.models.backbones.Backbone` of family ``"hf-causal"`` (:func:`hf_architecture`
+reads its architecture).
 :func:`load_causal_lm` loads it with transformers' own modeling code (no architecture is
 re-implemented here) and wraps it in :class:`HFCausalLM`, which offers what the generation kind
 asks of a model: ``hidden_states``, ``lm_logits``, ``generate``, ``n_parameters``. Attention runs
@@ -23,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .hf_attention import NAME, register
 
 EXTRA = "pip install 'clbench[llm]'"
 #: clbench's names of a Transformer's projections (LoRA's ``target_modules``) and the layers of
@@ -32,13 +34,14 @@ HF_TARGETS = {
     "attn.proj": ("o_proj", "attn.c_proj"), "mlp.proj": ("down_proj", "mlp.c_proj"),
     "fc": ("gate_proj", "up_proj", "mlp.c_fc"),
 }
+CONFIG = "config.json"  # a Hugging Face checkpoint's configuration
 FUSED_QKV = "c_attn"  # GPT-2's query, key and value: one transformers Conv1D, a third of its outputs each
 
 
 def transformers():
     """The ``transformers`` module; a one-line :class:`UserError` naming the extra when missing."""
     try:
-        import transformers as tf
+        import transformers as tf  # optional: clbench[llm]
     except ImportError:
         raise UserError(f"Hugging Face causal LMs need the transformers package: {EXTRA}") from None
     return tf
@@ -70,14 +73,13 @@ def tokenizer_of(folder: Path):
     return _tokenizer(str(folder), stamp)
 
 
-def hf_backbone(folder: Path, spec: str, at: str, cfg: dict):
-    """The :class:`Backbone` of a Hugging Face causal LM in ``folder`` (``cfg``: its parsed
+def hf_architecture(folder: Path, at: str, cfg: dict) -> tuple[dict, int]:
+    """The architecture fields (of :class:`~clbench.models.transformer.ModelConfig`) and the
+    vocabulary size of a Hugging Face causal LM in ``folder`` (``cfg``: its parsed
     ``config.json``); a one-line :class:`UserError` when it is not one, has no safetensors
     weights, or its tokenizer lacks a pad or an end token."""
-    from .backbones import CONFIG, Backbone
-
     tf = transformers()
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # optional: clbench[llm]
 
     kind = cfg.get("model_type")
     if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -102,7 +104,7 @@ def hf_backbone(folder: Path, spec: str, at: str, cfg: dict):
         raise UserError(f"{at}: its tokenizer has {len(tok)} ids, the model's embedding only {text.vocab_size}")
     arch = {"d_model": text.hidden_size, "n_layers": text.num_hidden_layers, "n_heads": text.num_attention_heads,
             "causal": True, "max_len": int(max_len)}
-    return Backbone(spec, "hf-causal", folder, arch, "tokens", text.vocab_size, {"kind": "hf", "path": str(folder)})
+    return arch, text.vocab_size
 
 
 # -- the tokenizer -----------------------------------------------------------------------------
@@ -334,7 +336,7 @@ class HFCausalLM(nn.Module):
         :func:`clbench.strategies.lora.inject`): clbench's generic names through
         :data:`HF_TARGETS` (``q``, ``k``, ``v`` are thirds of GPT-2's fused ``c_attn``; ``qkv``
         is all of it), any other name a module name of this model (its last parts)."""
-        from transformers.pytorch_utils import Conv1D
+        from transformers.pytorch_utils import Conv1D  # optional: clbench[llm]
 
         wanted = []
         for t in targets:
@@ -372,8 +374,6 @@ class HFCausalLM(nn.Module):
 def load_causal_lm(backbone, attn_implementation: str = "clbench", dtype: torch.dtype = torch.float32) -> HFCausalLM:
     """The backbone's model (float32 by default), with clbench's attention where this
     transformers can take it (``"sdpa"`` otherwise, with a warning)."""
-    from .hf_attention import NAME, register
-
     tf = transformers()
     if attn_implementation == NAME and not register():
         warnings.warn(f"transformers {tf.__version__} has no AttentionInterface: the model runs with 'sdpa'", stacklevel=2)
