@@ -27,6 +27,7 @@ from .models.backbones import is_pretrained, resolve
 from .models.transformer import ModelConfig
 from .params import check_params
 from .search import SearchRequest, resolve_space
+from clbench.tasks.generative import record_prompt_format
 
 TOP_KEYS = {"name", "description", "published", "seeds", "model", "training", "streams", "strategies", "search"}
 
@@ -139,6 +140,8 @@ def parse_suite(data: dict, where: str) -> Suite:
         full = _wrap(lambda: check_params(entry.obj, params, what=f"stream '{s['name']}'", exclude=("order",)), where)
         if is_pretrained(model.init) and "tokenizer" not in params and "tokenizer" in full:
             full = {**full, "tokenizer": model.init}  # text in the backbone's own tokens
+        if "prompt_format" in full:  # a generative stream: "auto" resolved here, so the hash says what runs
+            full = _wrap(lambda: record_prompt_format(full), where)
         orders = s.get("orders", [None])
         _need(isinstance(orders, list) and orders, where, f"field '{at}.orders' must be a non-empty list")
         for o in orders:

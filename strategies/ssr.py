@@ -29,7 +29,10 @@ separated by a blank line (more newlines where a demonstration holds a blank lin
 model continues with a new instance. An instance's input is its text up to the demonstrations'
 common ending (``=``, ``\\nAnswer:``, ``\\nOutput: ``: the common suffix of their prompts, from its
 last line break, or without its leading letters and digits); where the prompts have no common
-ending, each answer is put after ``\\nOutput: `` and the input is the text before it.
+ending, each answer is put after ``\\nOutput: `` and the input is the text before it. Where the
+stream's prompts go through a chat template (``prompt_format = "chat"``), the demonstrations are
+the prompts' own texts, the in-context prompt is plain text (a document the base model
+continues), and each input it writes becomes a user's turn, as the stream's prompts are.
 """
 
 from __future__ import annotations
@@ -202,8 +205,10 @@ class SSR:
         definition, rest, ending, sep = layout(demos)
         texts = [demo_text(r, d["answer"], ending, sep) for r, d in zip(rest, demos)]
         longest = max(len(tok.encode_answers([t])[0]) for t in texts)
-        contexts = tok.encode_prompts([definition + "".join(texts[a] for a in order)
-                                       for order in permutations(range(len(demos)), min(self.shots, len(demos)))])
+        # a document the base model continues: plain text, also where the stream's prompts go
+        # through a chat template (the inputs it writes go into the user's turn below)
+        contexts = tok.encode_text([definition + "".join(texts[a] for a in order)
+                                    for order in permutations(range(len(demos)), min(self.shots, len(demos)))])
         contexts = [c for c in contexts if len(c) + longest <= max_len]  # room for one instance at least
         if not contexts:
             warn(f"ssr: no in-context prompt of task '{task.name}' leaves room for an instance within "
@@ -212,8 +217,9 @@ class SSR:
                         INSTANCES_PER_CONTINUATION * longest, self.sampling) if contexts else []
         inputs = list(dict.fromkeys(x for ids, ended in runs for x in inputs_of(tok.decode(ids), ended, ending, sep)))
         answer_room = max(len(a) for a in tok.encode_answers([d["answer"] for d in demos])) + 1  # with its end token
-        prompts = [p[max(0, len(p) + answer_room - max_len):]  # shortened from the left, as the stream does
-                   for p in (tok.encode_prompts([definition + x for x in inputs]) if inputs else [])]
+        prompts = [p if len(p) + answer_room <= max_len  # else shortened from the left, as the stream does
+                   else tok.shorten(definition + x, demos[0]["answer"], max_len - answer_room, f"ssr: task '{task.name}'")[0]
+                   for x, p in zip(inputs, tok.encode_prompts([definition + x for x in inputs]) if inputs else [])]
 
         # 2. a diverse subset
         keep = kmeans_select(embed(cell, self.base, prompts), self.memory_size, self.clusters,

@@ -136,8 +136,10 @@ def to_examples(cell, pairs: list[tuple[list[int], list[int]]], task_index: int)
 
 
 def decode_example(tok, ex: Examples, i: int) -> dict[str, str]:
+    """Example ``i`` of ``ex`` as texts: its prompt as the user wrote it (with a chat template,
+    the template's own text left out) and its answer without the end token."""
     start, length = int(ex.start[i]), int(ex.lengths[i])
-    return {"prompt": tok.decode(ex.x[i, :start].tolist()), "answer": tok.decode(ex.x[i, start : length - 1].tolist())}
+    return {"prompt": tok.decode_prompt(ex.x[i, :start].tolist()), "answer": tok.decode(ex.x[i, start : length - 1].tolist())}
 
 
 def record(cell, strategy: str, task_index: int, generated: int, kept: Examples, train_task: int, **counts: int) -> None:

@@ -18,7 +18,7 @@ Scored by exact match. Train and test strings are drawn apart (no test string is
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Callable, Literal
 
 from clbench import hookimpl
 from clbench.params import require
@@ -66,6 +66,7 @@ def algorithmic(
     tokenizer: str = "bytes",
     max_len: int = 32,
     general: bool = True,
+    prompt_format: Literal["auto", "chat", "plain"] = "auto",
     order: list[int] | None = None,
 ) -> Stream:
     """Algorithmic text tasks (reverse, sort, shift, count, add, copy), generated from ``seed``.
@@ -75,6 +76,9 @@ def algorithmic(
     :param length: characters of each input string (digits of the two numbers, for ``add``).
     :param general: a held-out general text (``copy`` prompts, never trained on) whose
         perplexity measures general ability.
+    :param prompt_format: with a Hugging Face causal LM's tokenizer, ``chat`` renders each
+        prompt as a user's turn and its answer as the assistant's with the tokenizer's chat
+        template; ``plain`` as text; ``auto`` (default): ``chat`` when the tokenizer has one.
     """
     for name in tasks:
         require(name in RULES, "tasks", f"a list of {', '.join(RULES)}", tasks)
@@ -87,9 +91,9 @@ def algorithmic(
     if general:
         g = make_task("copy", 0, 200, length + 2, alphabet, seed + 1)
         general_text = [p + a for p, a in g.test]
-    tok = text_tokenizer(tokenizer, [p + a for t in text_tasks for p, a in t.train])
+    tok = text_tokenizer(tokenizer, [p + a for t in text_tasks for p, a in t.train], prompt_format=prompt_format)
     params = dict(tasks=list(tasks), n_train=n_train, n_test=n_test, length=length, alphabet=alphabet, seed=seed,
-                  tokenizer=tokenizer, max_len=max_len, general=general)
+                  tokenizer=tokenizer, max_len=max_len, general=general, prompt_format=tok.prompt_format)
     return generative_stream("algorithmic", text_tasks, tok, max_len=max_len, order=order, general=general_text, params=params)
 
 

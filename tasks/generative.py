@@ -14,6 +14,12 @@ would learn and be scored on is no longer the tasks.
 The stream factories (``algorithmic``, ``instructions``, ``trace``, ``jsonl-instructions``) build
 their :class:`TextTask` lists and call :func:`generative_stream`; a tokenizer comes from
 :func:`text_tokenizer`.
+
+Prompt formats (every factory's ``prompt_format``): ``plain`` tokenizes the prompt and the answer
+as text; ``chat`` renders them as a user's and an assistant's turn with the tokenizer's chat
+template (:class:`clbench.models.hf.HFTextTokenizer`); ``auto`` is ``chat`` when the tokenizer has
+a template, else ``plain``. A suite resolves ``auto`` before its cells are hashed
+(:func:`record_prompt_format`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 
 from clbench.errors import UserError
 from clbench.models.backbones import resolve
-from clbench.models.hf import HFTextTokenizer
+from clbench.models.hf import HFTextTokenizer, has_chat_template, tokenizer_of
 
 from .base import Examples, Stream, Task
 from .digits import check_order
@@ -59,13 +65,22 @@ class TextTokenizer(Protocol):
     and Hugging Face tokenizers to it)."""
 
     vocab_size: int  # ids are < vocab_size
-    eos_id: int  # ends every answer
+    eos_id: int  # ends every answer (generation stops there)
+    prompt_format: str  # "plain" or "chat"
 
-    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]: ...  # with the model's leading specials (BOS)
+    def encode_text(self, texts: Sequence[str]) -> list[list[int]]: ...  # plain text (the general text), with the model's leading specials (BOS)
 
-    def encode_answers(self, texts: Sequence[str]) -> list[list[int]]: ...  # no special tokens
+    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]: ...  # what the model reads before it answers
+
+    def encode_answers(self, texts: Sequence[str]) -> list[list[int]]: ...  # an answer's tokens, without the end token
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], where: str) -> list[tuple[list[int], list[int]]]: ...  # prompt, answer + end
+
+    def shorten(self, prompt: str, answer: str, room: int, where: str) -> tuple[list[int], list[int]]: ...  # prompt cut to room tokens
 
     def decode(self, ids: Sequence[int]) -> str: ...  # specials (the end token) dropped
+
+    def decode_prompt(self, ids: Sequence[int]) -> str: ...  # a prompt's own text (a chat template's tokens dropped)
 
     def describe(self) -> dict: ...
 
@@ -75,6 +90,7 @@ class ClbenchTextTokenizer:
     truncation, and id 0 (padding, which no text ever encodes to) as the end token."""
 
     eos_id = 0
+    prompt_format = "plain"  # clbench's tokenizers have no chat template
 
     def __init__(self, tok):
         self.tok = tok
@@ -88,7 +104,15 @@ class ClbenchTextTokenizer:
         inner.no_truncation()
         return [e.ids for e in inner.encode_batch(list(texts), add_special_tokens=False)]
 
-    encode_prompts = encode_answers = _ids
+    encode_text = encode_prompts = encode_answers = _ids
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], where: str = "") -> list[tuple[list[int], list[int]]]:
+        prompts, answers = self._ids([p for p, _ in pairs]), self._ids([a for _, a in pairs])
+        return [(p, a + [self.eos_id]) for p, a in zip(prompts, answers)]
+
+    def shorten(self, prompt: str, answer: str, room: int, where: str = "") -> tuple[list[int], list[int]]:
+        (p, a), = self.encode_pairs([(prompt, answer)])
+        return p[len(p) - room:], a
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids if int(i) != self.eos_id]
@@ -97,21 +121,68 @@ class ClbenchTextTokenizer:
             return bytes(i - 1 for i in ids if 0 < i < 257).decode("utf-8", errors="replace")
         return inner.decode(ids)
 
+    def decode_prompt(self, ids: Sequence[int]) -> str:
+        return self.decode(ids)  # plain text: no template to drop
+
     def describe(self) -> dict:
         return {**self.tok.describe(), "eos_id": self.eos_id}
 
 
-def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000) -> TextTokenizer:
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+def _hf_tokenizer(spec: str):
+    """The transformers tokenizer of a Hugging Face causal LM ``spec`` names, else None."""
+    if spec in ("bytes", "bpe"):
+        return None
+    backbone = resolve(spec, what="tokenizer")
+    return tokenizer_of(backbone.folder) if backbone.family == "hf-causal" else None
+
+
+def resolve_prompt_format(prompt_format: str, tokenizer: str) -> str:
+    """``chat`` or ``plain``: ``auto`` is ``chat`` when the tokenizer ``tokenizer`` names has a chat
+    template; ``chat`` on one without is a one-line error."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise UserError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+    if prompt_format == "plain":
+        return "plain"
+    hf = _hf_tokenizer(tokenizer)
+    has = hf is not None and has_chat_template(hf)
+    if prompt_format == "chat" and not has:
+        whose = "clbench's own tokenizers have none" if hf is None else "its tokenizer has none"
+        raise UserError(f"prompt_format = 'chat' needs a chat template, and tokenizer {tokenizer!r} has none ({whose}); "
+                        "use prompt_format = 'plain' (or 'auto')")
+    return "chat" if has else "plain"
+
+
+def record_prompt_format(params: dict) -> dict:
+    """A generative stream's parameters (defaults filled in) as a cell records and hashes them:
+    ``prompt_format`` resolved (``auto`` becomes ``chat`` or ``plain``), and left out where the
+    tokenizer has no chat template (``plain`` is then the only format, as it was before prompt
+    formats existed, and such a cell keeps its config hash)."""
+    if "prompt_format" not in params:
+        return params
+    tokenizer = params.get("tokenizer", "bytes")
+    resolved = resolve_prompt_format(params["prompt_format"], tokenizer)
+    if resolve_prompt_format("auto", tokenizer) == "plain":  # no template
+        return {k: v for k, v in params.items() if k != "prompt_format"}
+    return {**params, "prompt_format": resolved}
+
+
+def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000,
+                   prompt_format: str = "plain") -> TextTokenizer:
     """The tokenizer ``spec`` names, for generative tasks: ``bytes``; ``bpe`` (trained on
     ``texts``, cached); a clbench checkpoint folder; or a Hugging Face causal LM (``hf:<name>``
-    or its folder), whose own tokenizer is used."""
+    or its folder), whose own tokenizer is used, with its chat template when ``prompt_format``
+    (``auto``, ``chat`` or ``plain``) resolves to ``chat``."""
+    fmt = resolve_prompt_format(prompt_format, spec)
     if spec == "bytes":
         return ClbenchTextTokenizer(ByteTokenizer())
     if spec == "bpe":
         return ClbenchTextTokenizer(train_bpe(list(texts), vocab_size=vocab_size))
     backbone = resolve(spec, what="tokenizer")
     if backbone.family == "hf-causal":
-        return HFTextTokenizer.load(backbone)
+        return HFTextTokenizer.load(backbone, fmt)
     return ClbenchTextTokenizer(load_tokenizer(spec))
 
 
@@ -125,18 +196,16 @@ def _encode(tok: TextTokenizer, pairs: list[tuple[str, str]], max_len: int,
     """Token sequences (prompt, answer, end token) of ``pairs`` shortened to ``max_len`` from the
     prompt's left, their answers' starts, how many prompts were shortened, and how many of those
     lost more than half their tokens."""
-    prompts = tok.encode_prompts([p for p, _ in pairs])
-    answers = tok.encode_answers([a for _, a in pairs])
     seqs, starts, cut, halved = [], [], 0, 0
-    for i, (p, a) in enumerate(zip(prompts, answers)):
-        a = list(a) + [tok.eos_id]
+    for i, (p, a) in enumerate(tok.encode_pairs(pairs, where)):  # the answer ends with its end token
         room = max_len - len(a)
         if room < 1:
             raise UserError(f"{where}: example {i}'s answer takes {len(a)} tokens with its end token; "
                             f"max_len = {max_len} would cut it (it leaves no room for the prompt): raise max_len")
         if len(p) > room:
             halved += (len(p) - room) * 2 > len(p)
-            p, cut = p[len(p) - room:], cut + 1
+            p, a = tok.shorten(*pairs[i], room, f"{where} example {i}")
+            cut += 1
         seqs.append(list(p) + a)
         starts.append(len(p))
     return seqs, starts, cut, halved
@@ -224,7 +293,7 @@ def generative_stream(
               f"than max_len = {max_len} with their answer were shortened from the left", file=sys.stderr)
     general_ex = None
     if general:
-        ids = tokenizer.encode_prompts(general)
+        ids = tokenizer.encode_text(general)  # plain text, whatever the prompts' format
         seqs = [s[:max_len] for s in ids if len(s) > 1]
         if not seqs:
             raise UserError(f"stream '{name}': the general text has no document of two tokens or more")

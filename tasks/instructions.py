@@ -76,6 +76,7 @@ def instructions(
     skip_missing: bool = False,
     unknown_labels: Literal["error", "drop"] = "error",
     general: str | list[str] | None = None,
+    prompt_format: Literal["auto", "chat", "plain"] = "auto",
     order: str | list | None = None,
 ) -> Stream:
     """Classification tasks from a folder as generative tasks in O-LoRA's instruction format.
@@ -96,6 +97,9 @@ def instructions(
     :param general: held-out general text (``.txt`` files or folders, relative to the data folder);
         default: clbench's default general text (English prose); ``[]``: none.
     :param order: a named order (``order1``-``order6``), a list of names, or of positions.
+    :param prompt_format: ``chat`` renders each prompt as a user's turn and its answer as the
+        assistant's with the tokenizer's chat template; ``plain`` as text; ``auto`` (default):
+        ``chat`` when the tokenizer has a template.
     """
     check_caps(train_per_class=train_per_class, test_per_class=test_per_class)
     task_types = task_types or {}
@@ -117,7 +121,8 @@ def instructions(
         out.append(TextTask(r.name, split["train"], split["test"], metric=metric, labels=tuple(r.labels)))
     params = dict(data_dir=str(root), tasks=seq, skipped_tasks=skipped, task_types={n: types[n] for n in seq})
     return build("instructions", out, tokenizer=tokenizer, vocab_size=vocab_size, max_len=max_len,
-                 general=read_general(general, root), params=params)
+                 general=read_general(general, root), params=params,
+                 prompt_format=prompt_format)
 
 
 @hookimpl

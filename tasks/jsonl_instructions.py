@@ -90,6 +90,7 @@ def jsonl_instructions(
     max_len: int = 512,
     skip_missing: bool = False,
     general: str | list[str] | None = None,
+    prompt_format: Literal["auto", "chat", "plain"] = "auto",
     order: str | list | None = None,
 ) -> Stream:
     """Instruction tasks from JSONL files, a folder per task (``train.jsonl``, ``test.jsonl``).
@@ -107,6 +108,9 @@ def jsonl_instructions(
     :param general: held-out general text (``.txt`` files or folders, relative to the data folder);
         default: clbench's default general text (English prose); ``[]``: none.
     :param order: a list of task names or of positions into ``tasks``.
+    :param prompt_format: ``chat`` renders each prompt as a user's turn and its answer as the
+        assistant's with the tokenizer's chat template; ``plain`` as text; ``auto`` (default):
+        ``chat`` when the tokenizer has a template.
     """
     check_caps(train_per_task=train_per_task, test_per_task=test_per_task)
     metrics = metrics or {}
@@ -120,7 +124,8 @@ def jsonl_instructions(
         out.append(TextTask(n, split["train"], split["test"], metric=chosen[n]))
     params = dict(data_dir=str(root), tasks=seq, skipped_tasks=skipped, metrics=chosen)
     return build("jsonl-instructions", out, tokenizer=tokenizer, vocab_size=vocab_size, max_len=max_len,
-                 general=read_general(general, root), params=params)
+                 general=read_general(general, root), params=params,
+                 prompt_format=prompt_format)
 
 
 @hookimpl

@@ -103,15 +103,16 @@ def read_general(general: str | list[str] | None, root: Path) -> list[str] | Non
 
 
 def build(stream: str, tasks: list[TextTask], *, tokenizer: str, vocab_size: int, max_len: int,
-          general: list[str] | None, params: dict) -> Stream:
-    """Tokenize ``tasks`` (in stream order) into a generative stream. A BPE tokenizer is trained
-    on the training prompts and answers, tasks taken in name order (every order of the same
-    tasks gets the same tokenizer)."""
+          general: list[str] | None, params: dict, prompt_format: str = "auto") -> Stream:
+    """Tokenize ``tasks`` (in stream order) into a generative stream, prompts in ``prompt_format``
+    (``auto``, ``chat`` or ``plain``; see :mod:`clbench.tasks.generative`). A BPE tokenizer is
+    trained on the training prompts and answers, tasks taken in name order (every order of the
+    same tasks gets the same tokenizer)."""
     if max_len < 2:
         raise UserError(f"max_len must be at least 2, got {max_len}")
     if tokenizer == "bpe" and vocab_size < 300:
         raise UserError(f"vocab_size must be at least 300 for BPE (256 bytes + merges), got {vocab_size}")
     corpus = [p + a for t in sorted(tasks, key=lambda t: t.name) for p, a in t.train] if tokenizer == "bpe" else []
-    tok = text_tokenizer(tokenizer, corpus, vocab_size=vocab_size)
+    tok = text_tokenizer(tokenizer, corpus, vocab_size=vocab_size, prompt_format=prompt_format)
     return generative_stream(stream, tasks, tok, max_len=max_len, general=general,
-                             params={**params, "tokenizer": tok.describe()})
+                             params={**params, "tokenizer": tok.describe(), "prompt_format": tok.prompt_format})

@@ -9,6 +9,8 @@ reports for it (:data:`TRACE_METRICS`); any other task folder needs ``metrics`` 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from clbench import hookimpl
 from clbench.errors import UserError
 
@@ -45,6 +47,7 @@ def trace(
     max_len: int = 512,
     skip_missing: bool = False,
     general: str | list[str] | None = None,
+    prompt_format: Literal["auto", "chat", "plain"] = "auto",
     order: str | list | None = None,
 ) -> Stream:
     """TRACE's generative tasks from a folder in its format.
@@ -62,6 +65,9 @@ def trace(
     :param general: held-out general text (``.txt`` files or folders, relative to the data folder);
         default: clbench's default general text (English prose); ``[]``: none.
     :param order: a list of task names or of positions into ``tasks``.
+    :param prompt_format: ``chat`` renders each prompt as a user's turn and its answer as the
+        assistant's with the tokenizer's chat template; ``plain`` as text; ``auto`` (default):
+        ``chat`` when the tokenizer has a template.
     """
     check_caps(train_per_task=train_per_task, test_per_task=test_per_task)
     metrics = metrics or {}
@@ -91,7 +97,8 @@ def trace(
         out.append(TextTask(n, split["train"], split["test"], metric=chosen[n]))
     params = dict(data_dir=str(root), tasks=seq, skipped_tasks=skipped, metrics=chosen)
     return build("trace", out, tokenizer=tokenizer, vocab_size=vocab_size, max_len=max_len,
-                 general=read_general(general, root), params=params)
+                 general=read_general(general, root), params=params,
+                 prompt_format=prompt_format)
 
 
 @hookimpl

@@ -169,35 +169,176 @@ def hf_architecture(folder: Path, at: str, cfg: dict) -> tuple[dict, int]:
 
 
 class HFTextTokenizer:
-    """A Hugging Face tokenizer for generative streams (:class:`clbench.tasks.generative.TextTokenizer`):
-    prompts with the model's leading special tokens (its BOS, when it has one), answers without
-    any, ``decode`` without specials."""
+    """A Hugging Face tokenizer for generative streams (:class:`clbench.tasks.generative.TextTokenizer`).
 
-    def __init__(self, tok, source: str):
+    ``prompt_format = "plain"``: prompts with the model's leading special tokens (its BOS, when it
+    has one), answers without any, then the tokenizer's end token.
+
+    ``prompt_format = "chat"``: the prompt is the user's turn and the answer the assistant's, as
+    the tokenizer's chat template renders them. A prompt's tokens are those of the conversation
+    ``[user: prompt]`` rendered with the generation prompt (the assistant's header); its answer's
+    are those that follow them in the rendered ``[user: prompt, assistant: answer]``, up to and
+    including the token that closes the assistant's turn (``eos_id``: training learns to end
+    there, generation stops there, rank classification scores it after each label). Both
+    renderings are tokenized whole, without the tokenizer's own special tokens (the template
+    writes them), so the answer's tokens are exactly those of the rendered conversation. The
+    general text (:meth:`encode_text`) stays plain text.
+
+    ``decode`` drops every special token."""
+
+    #: the assistant's reply with which a template is probed (dropped? how does the turn close?)
+    PROBE = "clbench-probe-answer"
+
+    def __init__(self, tok, source: str, prompt_format: str = "plain"):
         self.tok = tok
         self.source = source  # the model.init it belongs to
         self.vocab_size = len(tok)
         self.eos_id = tok.eos_token_id
         self.pad_id = tok.pad_token_id
+        self.prompt_format = prompt_format
+        if prompt_format == "chat":
+            if not has_chat_template(tok):
+                raise UserError(f"prompt_format = 'chat': the tokenizer of {source!r} has no chat template "
+                                "(use prompt_format = 'plain', or give a tokenizer with one)")
+            self.eos_id = self._turn_end()
 
     @classmethod
-    def load(cls, backbone) -> HFTextTokenizer:
-        return cls(tokenizer_of(backbone.folder), backbone.spec)
+    def load(cls, backbone, prompt_format: str = "plain") -> HFTextTokenizer:
+        return cls(tokenizer_of(backbone.folder), backbone.spec, prompt_format)
+
+    # -- plain text
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tok(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+    def encode_text(self, texts: Sequence[str]) -> list[list[int]]:
+        """Plain text with the model's leading special tokens (its BOS), never an end token."""
+        ids = self.tok(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+        # a tokenizer that also appends its end token (add_eos_token) would end the prompt there
+        return [s[:-1] if s and s[-1] == self.tok.eos_token_id else s for s in ids]
+
+    # -- chat
+
+    def _render(self, where: str, prompt: str, answer: str | None = None) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+        try:
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
+        except Exception as exc:  # noqa: BLE001 - a template's own error (jinja's, or raise_exception)
+            msg = (str(exc).splitlines() or [""])[0][:160]
+            raise UserError(f"{where}: the chat template of {self.source!r} cannot render a user's and an "
+                            f"assistant's message ({type(exc).__name__}: {msg})") from None
+
+    def _turn_end(self) -> int:
+        """The token that closes the assistant's turn in the template (the first special or added
+        token after the probe answer): the one every answer ends with. A template that renders
+        no assistant's content, or closes its turn with no such token, is a one-line error."""
+        text = self._render("prompt_format = 'chat'", "Hello.", self.PROBE)
+        if self.PROBE not in text:
+            raise UserError(f"prompt_format = 'chat': the chat template of {self.source!r} drops the answer (an "
+                            "assistant's message renders without its content); fix the template or use prompt_format = 'plain'")
+        specials = set(self.tok.all_special_ids) | set(self.tok.added_tokens_decoder)  # special or added
+        tail = self._ids([text[text.index(self.PROBE) + len(self.PROBE):]])[0]
+        end = next((i for i in tail if i in specials), None)
+        if end is None:
+            raise UserError(f"prompt_format = 'chat': the chat template of {self.source!r} closes the assistant's "
+                            "turn with no special token (nothing for an answer to end with); use prompt_format = 'plain'")
+        return end
+
+    def _chat_pairs(self, pairs: Sequence[tuple[str, str]], wheres: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """Each pair's prompt tokens (the rendered ``[user: prompt]`` with the generation prompt)
+        and answer tokens (those that follow them in the rendered ``[user: prompt, assistant:
+        answer]``, through the turn's closing token ``eos_id``); ``wheres`` say where each is."""
+        heads = [self._render(w, p) for w, (p, _) in zip(wheres, pairs)]
+        fulls = [self._render(w, p, a) for w, (p, a) in zip(wheres, pairs)]
+        end = self.tok.convert_ids_to_tokens(self.eos_id)
+        out = []
+        for w, (_, answer), head, full, h, f in zip(wheres, pairs, heads, fulls, self._ids(heads), self._ids(fulls)):
+            if not full.startswith(head):
+                raise UserError(f"{w}: the chat template of {self.source!r} does not render a conversation as its "
+                                "generation prompt followed by the assistant's turn; use prompt_format = 'plain'")
+            turn = full[len(head):]
+            content = turn[: turn.index(end)] if end in turn else turn  # the assistant's turn, before it closes
+            if answer.strip() not in content:
+                raise UserError(f"{w}: the chat template of {self.source!r} drops the answer (an assistant's "
+                                "message renders without its content); fix the template or use prompt_format = 'plain'")
+            # the answer's tokens are those of the whole conversation after the prompt's; where the
+            # boundary merges tokens (rare), those that, generated after the prompt, render the same text
+            rest = f[len(h):] if f[: len(h)] == h else self._ids([turn])[0]
+            if self.eos_id not in rest:
+                raise UserError(f"{w}: the chat template of {self.source!r} does not close the assistant's turn "
+                                f"with {end!r}; use prompt_format = 'plain'")
+            out.append((h, rest[: rest.index(self.eos_id) + 1]))
+        return out
+
+    # -- what a generative stream asks
 
     def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tok(list(texts), add_special_tokens=True)["input_ids"]
-        # a tokenizer that also appends its end token (add_eos_token) would end the prompt there
-        return [s[:-1] if s and s[-1] == self.eos_id else s for s in ids]
+        """What the model reads before it answers: the plain prompt, or the rendered user's turn
+        and the assistant's header."""
+        if self.prompt_format == "chat":
+            return self._ids([self._render("prompt_format = 'chat'", t) for t in texts])
+        return self.encode_text(texts)
 
     def encode_answers(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tok(list(texts), add_special_tokens=False)["input_ids"]
+        """Answer texts' tokens without the end token: plain, or as the template renders them as
+        the assistant's reply (to a fixed user message: a template's assistant turn does not
+        depend on the user's)."""
+        if self.prompt_format == "chat":
+            return [a[:-1] for _, a in self._chat_pairs([("Hello.", t) for t in texts], ["prompt_format = 'chat'"] * len(texts))]
+        return self._ids(texts)
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], where: str) -> list[tuple[list[int], list[int]]]:
+        """Each ``(prompt, answer)``'s prompt tokens and answer tokens, the end token included."""
+        if self.prompt_format == "chat":
+            return self._chat_pairs(pairs, [f"{where} example {i}" for i in range(len(pairs))])
+        prompts = self.encode_prompts([p for p, _ in pairs])
+        return [(p, a + [self.eos_id]) for p, a in zip(prompts, self._ids([a for _, a in pairs]))]
+
+    def shorten(self, prompt: str, answer: str, room: int, where: str) -> tuple[list[int], list[int]]:
+        """The pair with its prompt shortened from the left to at most ``room`` tokens: plain,
+        its first tokens dropped; chat, the user's text loses its first tokens and the
+        conversation is rendered again (the template's own tokens are kept)."""
+        if self.prompt_format != "chat":
+            (p, a), = self.encode_pairs([(prompt, answer)], where)
+            return p[len(p) - room:], a
+        (p, a), = self._chat_pairs([(prompt, answer)], [where])
+        words = self._ids([prompt])[0]
+        drop = len(p) - room
+        while len(p) > room:
+            if drop >= len(words):
+                raise UserError(f"{where}: its answer and the chat template's own tokens take {len(a) + len(p) - len(words)} "
+                                f"tokens; max_len leaves too little room for its prompt (raise max_len)")
+            (p, a), = self._chat_pairs([(self.tok.decode(words[drop:]), answer)], [where])
+            drop += max(1, len(p) - room)
+        return p, a
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def decode_prompt(self, ids: Sequence[int]) -> str:
+        """A prompt's text from its tokens (:meth:`encode_prompts`'): plain, :meth:`decode`; chat,
+        the user's text without the template around it (the system turn, the turn markers and the
+        assistant's header), where the tokens render the template's text around it, else as
+        :meth:`decode` reads them."""
+        if self.prompt_format != "chat":
+            return self.decode(ids)
+        probe = self._render("prompt_format = 'chat'", self.PROBE)
+        before, after = probe[: probe.index(self.PROBE)], probe[probe.index(self.PROBE) + len(self.PROBE):]
+        text = self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+        if text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after):
+            return text[len(before): len(text) - len(after)]
+        return self.decode(ids)
+
     def describe(self) -> dict:
-        return {"kind": "hf", "source": self.source, "vocab_size": self.vocab_size,
+        return {"kind": "hf", "source": self.source, "vocab_size": self.vocab_size, "prompt_format": self.prompt_format,
                 "eos_id": self.eos_id, "pad_id": self.pad_id, "bos_id": self.tok.bos_token_id}
+
+
+def has_chat_template(tok) -> bool:
+    """Whether a transformers tokenizer has a chat template."""
+    return bool(getattr(tok, "chat_template", None))
 
 
 # -- the model ---------------------------------------------------------------------------------
