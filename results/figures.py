@@ -58,8 +58,10 @@ def _names(what: str, stream: str, order: str, variant: str) -> tuple[str, str]:
     return stem, f"{stream_title(stream, variant)}, order {order}"
 
 
-def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.ndarray, int]], variant: str = "") -> Figure:
-    """One heatmap per strategy of the mean accuracy matrix (rows: after training task i)."""
+def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.ndarray, int]], variant: str = "",
+             percent: bool = True) -> Figure:
+    """One heatmap per strategy of the mean accuracy matrix (rows: after training task i); with
+    ``percent`` False, the scores as they are (perplexities, bits per byte; docs/cpt.md)."""
     plt = pyplot()
     n = len(means)
     cols = min(n, 3)
@@ -72,7 +74,11 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
               else [str(j) for j in range(T)])
     im = None
     for k, (ax, (strategy, (R, seeds))) in enumerate(zip(axes.flat, means.items())):
-        im = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
+        if percent:
+            im = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
+        else:  # lower is better: the colours reversed, so that brighter is better as for accuracies
+            im = ax.imshow(R, vmin=np.nanmin([m[0] for m in means.values()]), vmax=np.nanmax([m[0] for m in means.values()]),
+                           cmap="viridis_r")
         ax.set_title(f"{strategy} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=9)
         ax.set_xticks(range(T), labels, fontsize=7, rotation=45 if T > 6 else 0)
         ax.set_yticks(range(T), labels, fontsize=7)
@@ -82,15 +88,15 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
         if T <= 10:
             for i in range(T):
                 for j in range(T):
-                    ax.text(j, i, f"{R[i, j] * 100:.0f}", ha="center", va="center", fontsize=6,
-                            color="white" if R[i, j] < 0.6 else "black")
+                    ax.text(j, i, f"{R[i, j] * 100:.0f}" if percent else f"{R[i, j]:.3g}", ha="center", va="center",
+                            fontsize=6, color="white" if (R[i, j] < 0.6 if percent else im.norm(R[i, j]) > 0.4) else "black")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy %")
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy %" if percent else "score (lower is better)")
     name, on = _names("matrices", stream, order, variant)
     alt = f"accuracy matrices of {', '.join(means)} on {on}"
-    return Figure(name, "Accuracy matrices (mean over seeds, %)", alt, png(fig))
+    return Figure(name, f"Accuracy matrices (mean over seeds, {'%' if percent else 'in their unit'})", alt, png(fig))
 
 
 def curves(stream: str, order: str, df: pd.DataFrame, variant: str = "") -> Figure:

@@ -12,19 +12,22 @@ import pandas as pd
 
 from .analysis import BOARD, BOARD_COST, WHERE_MEASURED
 from .figures import Figure
+from .summary import unit_columns
 
 HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "plasticity": "plasticity",
             "general_ppl_change": "general ppl Δ"}
 
 
-def _pct(mean, std, sem) -> str:
+def _pct(mean, std, sem, pct: bool = True) -> str:
+    """mean ± sd [sem], in % (``pct``) or as they are (perplexities, bits per byte)."""
     if mean is None or pd.isna(mean):
         return "–"
-    s = f"{mean * 100:.1f}"
+    f = (lambda v: f"{v * 100:.1f}") if pct else (lambda v: f"{v:.3g}")
+    s = f(mean)
     if not pd.isna(std):
-        s += f" ± {std * 100:.1f}"
+        s += f" ± {f(std)}"
     if not pd.isna(sem):
-        s += f" [{sem * 100:.1f}]"
+        s += f" [{f(sem)}]"
     return s
 
 
@@ -39,16 +42,19 @@ def _num(fmt: str, mean, std) -> str:
 
 def leaderboard_rows(board: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """The leaderboard of one (stream, stream params, order) as a header and rows of strings."""
-    metrics = [m for m in BOARD if f"{m}_mean" in board and (m not in WHERE_MEASURED or board[f"{m}_mean"].notna().any())]
+    units = next((u for u in board.get("units", []) if isinstance(u, str) and u), "")
+    metrics = [c for c in unit_columns(units, BOARD) if f"{c[1]}_mean" in board
+               and (c[0] not in WHERE_MEASURED or board[f"{c[1]}_mean"].notna().any())]
     cost = [(c.column, c.heading, c.format) for c in BOARD_COST if f"{c.column}_mean" in board]
-    header = ["rank", "strategy", "seeds", *(HEADINGS[m] for m in metrics), *(h for _c, h, _f in cost)]
+    header = ["rank", "strategy", "seeds", *(HEADINGS[m] + (f" {k}" if k else "") for m, _c, k, _p in metrics),
+              *(h for _c, h, _f in cost)]
     rows = []
     for _, r in board.iterrows():
         rows.append([
             "–" if pd.isna(r["rank"]) else str(int(r["rank"])),
             str(r["strategy"]),
             f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
-            *(_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_sem"]) for m in metrics),
+            *(_pct(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_sem"], pct) for _m, c, _k, pct in metrics),
             *(_num(f, r[f"{c}_mean"], r[f"{c}_std"]) for c, _h, f in cost),
         ])
     return header, rows

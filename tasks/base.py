@@ -14,8 +14,11 @@ about its inputs and labels. Examples are held as tensors, ready to batch:
   sequence's answer begins (the length of its prompt). ``x`` holds prompt, answer and the end
   token; the loss is taken on the answer's positions only.
 
-A stream's ``kind`` says which: ``"classification"`` (``y`` is the label) or ``"generation"``
-(``y`` is the index of the answer among the task's ``labels`` where it has label texts, else 0).
+Each task's ``kind`` (:mod:`clbench.kinds`) says what its examples are: ``"classification"``
+(``y`` is the label), ``"generation"`` (``y`` is the index of the answer among the task's
+``labels`` where it has label texts, else 0) or ``"corpus"`` (a text domain: ``x`` is a packed
+sequence of tokens, ``start`` is 0 and every token is predicted, ``y`` is 0). A stream may hold
+tasks of several kinds (:attr:`Stream.kinds`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import torch
 Scenario = Literal["class-incremental", "task-incremental", "domain-incremental"]
 SCENARIOS: tuple[str, ...] = ("class-incremental", "task-incremental", "domain-incremental")
 InputKind = Literal["tokens", "patches"]
-Kind = Literal["classification", "generation"]
 
 
 @dataclass
@@ -95,6 +97,8 @@ class Task:
         :mod:`clbench.tasks.scoring`).
     :param labels: the answer texts to rank (generation tasks with a label set), else empty.
     :param max_new_tokens: the most tokens generated for an answer (generation).
+    :param kind: what the task's examples are and how it is trained and scored
+        (:data:`clbench.kinds.KINDS`: ``classification``, ``generation``, ``corpus``).
     """
 
     name: str
@@ -104,6 +108,7 @@ class Task:
     metric: str = "acc"
     labels: tuple[str, ...] = ()
     max_new_tokens: int = 0
+    kind: str = "classification"
 
 
 @dataclass
@@ -113,9 +118,10 @@ class Stream:
     :param input_dim: the vocabulary size (tokens) or the patch vector size (patches).
     :param max_len: the longest sequence, in positions.
     :param params: the factory's parameters, as the cell recorded them.
-    :param kind: ``"classification"`` or ``"generation"`` (:mod:`clbench.kinds`).
-    :param general: generative streams: held-out general text (token sequences, ``start`` 0)
-        whose perplexity measures the loss of general ability; None for none.
+    :param general: language-model streams: held-out general text (token sequences, ``start``
+        0) whose perplexity measures the loss of general ability; None for none.
+
+    What its tasks are is each task's ``kind``; :attr:`kinds` names those the stream holds.
     """
 
     name: str
@@ -127,7 +133,6 @@ class Stream:
     max_len: int
     tokenizer: Any = None
     params: dict[str, Any] = field(default_factory=dict)
-    kind: Kind = "classification"
     general: Examples | None = None
 
     def __post_init__(self) -> None:
@@ -139,13 +144,19 @@ class Stream:
         return len(self.tasks)
 
     @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of its tasks, each once, in stream order (``("classification",)``,
+        ``("corpus", "generation")``)."""
+        return tuple(dict.fromkeys(t.kind for t in self.tasks))
+
+    @property
     def n_classes(self) -> int:
         return len(self.labels)
 
     def class_mask(self) -> torch.Tensor | None:
         """``(n_tasks, n_classes)`` bool: which logits each task may use, in task-incremental
         scenarios of classification tasks (None otherwise: the head is not masked)."""
-        if self.scenario != "task-incremental" or self.kind != "classification":
+        if self.scenario != "task-incremental" or self.kinds != ("classification",):
             return None
         mask = torch.zeros(self.n_tasks, self.n_classes, dtype=torch.bool)
         for i, task in enumerate(self.tasks):

@@ -1,7 +1,7 @@
 """Generative tasks: an example is a prompt and an answer, both text.
 
-:func:`generative_stream` turns tasks of ``(prompt, answer)`` pairs into a :class:`Stream` of kind
-``"generation"``: each example's ``x`` is the prompt's tokens, then the answer's, then the end
+:func:`generative_stream` turns tasks of ``(prompt, answer)`` pairs into a :class:`Stream` of tasks
+of kind ``"generation"``: each example's ``x`` is the prompt's tokens, then the answer's, then the end
 token; ``start`` marks where the answer begins; ``lengths`` counts all three. A prompt that does
 not fit ``max_len`` together with its answer loses tokens from its left (its beginning: the
 instruction's end and the input stay next to the answer), never the answer; the count of
@@ -138,8 +138,32 @@ def examples_of(seqs: list[list[int]], starts: list[int], y: list[int], t: int) 
                     torch.tensor(starts, dtype=torch.long))
 
 
+def scored_bytes(tok: TextTokenizer, examples: Examples) -> int:
+    """The UTF-8 bytes of the text whose tokens a perplexity over ``examples`` (sequences with
+    ``start`` 0: a general text, a text domain's test split) scores: in each sequence, the tokens
+    after its first, which is not predicted. Bits per byte divide the summed negative
+    log-likelihood by this count, so that models with different tokenizers can be compared.
+    clbench's byte tokenizer counts its byte tokens; other tokenizers decode the tokens (specials
+    such as the end token count nothing; a multi-byte character cut at a sequence's edge counts as
+    the replacement character)."""
+    rows = [row[1:n] for row, n in zip(examples.x.tolist(), examples.lengths.tolist())]
+    if isinstance(tok, ClbenchTextTokenizer) and getattr(tok.tok, "tok", None) is None:  # bytes: id = byte + 1
+        return sum(1 for row in rows for i in row if 0 < i < 257)
+    return sum(len(tok.decode(row).encode("utf-8")) for row in rows)
+
+
 def label_index(labels: tuple[str, ...], answer: str) -> int:
     return labels.index(answer) if answer in labels else 0
+
+
+def general_examples(stream: str, tokenizer: TextTokenizer, documents: list[str], max_len: int) -> Examples:
+    """A held-out general text as examples: each document's tokens (with the model's leading
+    specials), cut to ``max_len``, ``start`` 0, task position -1."""
+    ids = tokenizer.encode_prompts(documents)
+    seqs = [s[:max_len] for s in ids if len(s) > 1]
+    if not seqs:
+        raise UserError(f"stream '{stream}': the general text has no document of two tokens or more")
+    return examples_of(seqs, [0] * len(seqs), [0] * len(seqs), -1)
 
 
 def generative_stream(
@@ -178,17 +202,11 @@ def generative_stream(
         answers = split["test"].lengths - split["test"].start
         new = task.max_new_tokens or int(answers.max()) + 8  # the answer has its end token already
         built.append(Task(task.name, (), split["train"], split["test"], metric=task.metric, labels=task.labels,
-                          max_new_tokens=new))
+                          max_new_tokens=new, kind="generation"))
     if shortened:
         print(f"clbench: warning: stream '{name}': {shortened} prompt(s) longer than max_len = {max_len} "
               "with their answer were shortened from the left", file=sys.stderr)
-    general_ex = None
-    if general:
-        ids = tokenizer.encode_prompts(general)
-        seqs = [s[:max_len] for s in ids if len(s) > 1]
-        if not seqs:
-            raise UserError(f"stream '{name}': the general text has no document of two tokens or more")
-        general_ex = examples_of(seqs, [0] * len(seqs), [0] * len(seqs), -1)
+    general_ex = general_examples(name, tokenizer, general, max_len) if general else None
     return Stream(
         name=name,
         scenario=scenario,
@@ -199,6 +217,5 @@ def generative_stream(
         max_len=max(longest, int(general_ex.lengths.max()) if general_ex is not None else 0),
         tokenizer=tokenizer,
         params=params or {},
-        kind="generation",
         general=general_ex,
     )
