@@ -92,7 +92,7 @@ def _tables(rows: dict[str, np.ndarray], b: np.ndarray, scores: list) -> tuple[p
                              "value": b[j] if i < 0 else R[i, j]})
         cells.append({"run_id": run_id, "suite": "s", "stream": "mixed", "stream_params": "{}", "order": "default",
                       "strategy": run_id, "params": "[]", "seed": 0, "status": "ok", "model": "{}", "training": "{}",
-                      "scenario": "task-incremental", "scores": json.dumps(scores)})
+                      "scenario": "task-incremental", "scores": json.dumps(scores), "train_seconds": 1.0})
     return pd.DataFrame(meas), pd.DataFrame(cells)
 
 
@@ -427,3 +427,28 @@ def test_a_schedule_is_hashed_recorded_and_checked(isolated_data, host):
         parse_suite({**base, "training": {**base["training"], "warmup": 0.2}}, "t.toml")
     with pytest.raises(UserError, match=r"field 'training\.decay_to' must be in \[0, 1\)"):
         parse_suite({**base, "training": {**base["training"], "schedule": "cosine", "decay_to": 1.5}}, "t.toml")
+
+
+def test_reports_show_perplexities_and_bits_per_byte_in_their_unit(host):
+    from rich.console import Console
+
+    from clbench.plugins.reporters import console_report
+    from clbench.results.render import leaderboard_rows
+    from clbench.results.store import Tables
+    from clbench.results.summary import aggregate, summarize
+
+    scores = [["corpus", "bpb", "lower"]] * 2
+    meas, cells = _tables({"good": np.array([[1.0, 3.0], [1.5, 1.2]])}, np.array([8.0, 8.0]), scores)
+    summary = summarize(meas, cells)
+    header, rows = leaderboard_rows(aggregate(summary))
+    assert rows[0][header.index("ACC")] == "1.35" and rows[0][header.index("forgetting")] == "0.5"  # not in %
+    console = Console(width=200, record=True)
+    console_report(Tables(meas, cells, summary), None, console)
+    text = console.export_text()
+    assert "1.35" in text and "135" not in text and "scores of corpus in bits per byte (lower is better" in text
+
+    mixed = [["corpus", "ppl", "lower"], ["generation", "exact_match", "higher"]]
+    meas, cells = _tables({"m": np.array([[10.0, 0.2], [14.0, 0.9]])}, np.array([60.0, 0.0]), mixed)
+    header, rows = leaderboard_rows(aggregate(summarize(meas, cells)))
+    assert rows[0][header.index("ACC corpus")] == "14" and rows[0][header.index("ACC generation")] == "90.0"
+    assert rows[0][header.index("forgetting corpus")] == "4" and rows[0][0] == "–"  # no rank across units
