@@ -423,6 +423,10 @@ def test_a_schedule_is_hashed_recorded_and_checked(isolated_data, host):
     lr = m[m.metric == "lr"]
     assert list(lr.train_task) == [0, 1] and all(1e-4 <= v < 0.6e-3 for v in lr.value)  # decayed by each task's end
     assert pd.DataFrame(run_cell(plain).measurements).query("metric == 'lr'").empty
+    (cosine,) = parse_suite({**base, "training": {**base["training"], "schedule": "cosine", "epochs": 2}}, "t.toml").cells
+    lrs = pd.DataFrame(run_cell(cosine).measurements).query("metric == 'lr'").sort_values(["train_task", "eval_task"])
+    assert len(lrs) == 4 and list(lrs.value) == sorted(lrs.value, reverse=True)  # one decay across the stream
+    assert lrs.value.iloc[0] < 1e-3 and lrs.value.iloc[-1] == pytest.approx(1e-4, rel=0.1)
     with pytest.raises(UserError, match=r"field 'training\.warmup' applies to schedule = \"cosine\" or \"rewarm\""):
         parse_suite({**base, "training": {**base["training"], "warmup": 0.2}}, "t.toml")
     with pytest.raises(UserError, match=r"field 'training\.decay_to' must be in \[0, 1\)"):
