@@ -77,6 +77,21 @@ def pack(docs: list[list[int]], eos: int, max_len: int) -> list[list[int]]:
     return [s for s in seqs if len(s) >= 2]
 
 
+def encode_packed(tokenizer: TextTokenizer, docs: list[str], max_len: int, cap: int | None, chunk: int = 256) -> list[list[int]]:
+    """``docs`` tokenized and packed (:func:`pack`), at most ``cap`` sequences: documents are
+    tokenized ``chunk`` at a time, and no further than the cap needs (a large domain is not
+    tokenized whole for a few sequences)."""
+    ids: list[list[int]] = []
+    tokens = 0
+    for start in range(0, len(docs), chunk):
+        part = tokenizer.encode_answers(docs[start : start + chunk])
+        ids += part
+        tokens += sum(len(d) + 1 for d in part)
+        if cap is not None and tokens >= (cap + 1) * max_len:
+            break
+    return pack(ids, tokenizer.eos_id, max_len)[:cap]
+
+
 def corpus_stream(
     name: str,
     domains: list[Domain],
@@ -105,7 +120,7 @@ def corpus_stream(
         d = domains[i]
         split = {}
         for part, docs, cap in (("train", d.train, train_sequences), ("test", d.test, test_sequences)):
-            seqs = pack(tokenizer.encode_answers(docs), tokenizer.eos_id, max_len)[:cap]
+            seqs = encode_packed(tokenizer, docs, max_len, cap)
             if part == "train" and (not seqs or len(seqs[0]) < max_len):
                 tokens = sum(len(s) for s in seqs)
                 raise UserError(f"domain '{d.name}' ({d.where}) has {tokens} training tokens, fewer than one training "

@@ -162,6 +162,26 @@ def test_corpus_stream_splits_documents_by_seed_and_packs_them(tmp_path, isolate
     assert len(capped.tasks[1].test) == 2 and bool((capped.tasks[1].train.t == 1).all())
 
 
+def test_packing_a_capped_domain_tokenizes_only_what_it_keeps():
+    from clbench.tasks.corpus import encode_packed, pack
+    from clbench.tasks.generative import text_tokenizer
+
+    class Counting:
+        def __init__(self):
+            self.tok, self.seen = text_tokenizer("bytes"), 0
+            self.eos_id = self.tok.eos_id
+
+        def encode_answers(self, texts):
+            self.seen += len(texts)
+            return self.tok.encode_answers(texts)
+
+    docs = [f"document {i} " * (i % 7 + 1) for i in range(1000)]
+    whole = pack(text_tokenizer("bytes").encode_answers(docs), 0, 16)
+    tok = Counting()
+    assert encode_packed(tok, docs, 16, 5, chunk=10) == whole[:5] and tok.seen == 10
+    assert encode_packed(Counting(), docs, 16, None, chunk=10) == whole
+
+
 def test_corpus_reads_jsonl_and_txt_lines(tmp_path, isolated_data):
     from clbench.tasks.corpus import corpus
 
