@@ -476,3 +476,24 @@ def test_reports_show_perplexities_and_bits_per_byte_in_their_unit(host):
     header, rows = leaderboard_rows(aggregate(summarize(meas, cells)))
     assert rows[0][header.index("ACC corpus")] == "14" and rows[0][header.index("ACC generation")] == "90.0"
     assert rows[0][header.index("forgetting corpus")] == "4" and rows[0][0] == "–"  # no rank across units
+
+
+def test_tune_minimises_a_mean_perplexity_and_signs_forgetting_by_direction(isolated_data, host):
+    pytest.importorskip("ray")
+    from clbench.results.metrics import acc, forgetting
+    from clbench.suite import parse_suite
+    from clbench.tune import Protocol, objective, plan
+
+    rows = {-1: [60.0, 60.0], 0: [10.0, 40.0], 1: [20.0, 12.0]}  # perplexities
+    assert objective(lambda m: forgetting(m.R, m.higher), rows, 2, None, [False, False]) == pytest.approx(10.0)
+    assert objective(lambda m: acc(m.R), rows, 2, None, [False, False]) == pytest.approx(16.0)
+    params = {"domains": ["synthetic-1", "synthetic-2"], "max_len": 24, "docs_per_domain": 6, "doc_chars": 300}
+    data = make_suite(["naive"], stream="corpus-builtin", stream_params=params, model={"causal": True, "max_len": 24})
+    suite = parse_suite(data, "t.toml")
+    kw = dict(protocol=Protocol("validation"), searcher="random", scheduler="fifo", seed=0)
+    assert plan(suite, data, metric="acc", mode="max", **kw)[0].mode == "min"  # the default: the lowest perplexity
+    assert plan(suite, data, metric="acc", mode="max", explicit_mode=True, **kw)[0].mode == "max"  # as asked
+    assert plan(suite, data, metric="forgetting", mode="min", **kw)[0].mode == "min"
+    data = make_suite(["naive"], stream="mixed", stream_params=MIXED, model={"causal": True, "max_len": 32})
+    with pytest.raises(UserError, match="stream 'mixed' mixes corpus and generation tasks, scored in different units"):
+        plan(parse_suite(data, "t.toml"), data, metric="acc", mode="max", **kw)
