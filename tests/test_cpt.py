@@ -497,3 +497,33 @@ def test_tune_minimises_a_mean_perplexity_and_signs_forgetting_by_direction(isol
     data = make_suite(["naive"], stream="mixed", stream_params=MIXED, model={"causal": True, "max_len": 32})
     with pytest.raises(UserError, match="stream 'mixed' mixes corpus and generation tasks, scored in different units"):
         plan(parse_suite(data, "t.toml"), data, metric="acc", mode="max", **kw)
+
+
+def test_a_hugging_face_causal_lm_trains_and_scores_text_domains(tmp_path, isolated_data, host, tiny_causal_lm):
+    """model.init = a Hugging Face causal LM: the domains are tokenized by its tokenizer (no BOS
+    inside packed text), trained, and scored in bits per byte over the decoded bytes."""
+    from clbench.loop import run_cell
+    from clbench.suite import parse_suite
+
+    folder = tiny_causal_lm("llama")
+    root = _domains(tmp_path / "data", n_docs=4, words=20)
+    data = make_suite(["naive"], stream="corpus", stream_params={"data_dir": str(root), "max_len": 32, "test_fraction": 0.25},
+                      model={"init": str(folder)}, training={"batch_size": 4})
+    for key in ("d_model", "n_layers", "n_heads"):
+        data["model"].pop(key)
+    (cell,) = parse_suite(data, "t.toml").cells
+    assert cell.stream_params["tokenizer"] == str(folder)
+    res = run_cell(cell)
+    assert res.status == "ok", res.row["error"]
+    m = pd.DataFrame(res.measurements)
+    last = m[(m.train_task == 1) & (m.eval_task == 1)].set_index("metric")["value"]
+    assert last["acc"] == last["ppl"] == pytest.approx(math.exp(last["loss"]))
+    # this tiny BPE (trained on other text) gives these letters about a token each
+    assert 0.5 * last["loss"] / math.log(2) < last["bpb"] < 1.2 * last["loss"] / math.log(2)
+    from clbench.tasks.corpus import corpus
+    from clbench.tasks.generative import scored_bytes
+
+    stream = corpus(data_dir=str(root), max_len=32, test_fraction=0.25, tokenizer=str(folder))
+    test = stream.tasks[0].test
+    text = "".join(stream.tokenizer.decode(row[1:n]) for row, n in zip(test.x.tolist(), test.lengths.tolist()))
+    assert scored_bytes(stream.tokenizer, test) == len(text.encode()) and "</s>" not in text
