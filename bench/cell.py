@@ -22,11 +22,12 @@ import torch
 from . import hookspecs
 from .errors import UserError
 from .host import get_host, new_manager, register_checked
-from .kinds import KINDS, kind_name, kind_of
+from .kinds import KINDS, check_stream as check_kinds, kind_of, model_kind
 from .models.backbones import check_stream, is_pretrained, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kinds import Kind
+    from .schedule import LRSchedule
     from .config import CellConfig
     from clbench.tasks import Batch, Stream, Task
 
@@ -75,9 +76,6 @@ class CellContext:
     evaluates on."""
     model: torch.nn.Module
     """The network being trained (a strategy may wrap or replace its layers in ``before_task``)."""
-    kind: Kind
-    """The stream's kind of task (:mod:`clbench.kinds`): the model's outputs, the loss of a batch
-    and the evaluation of a task."""
     device: torch.device
     """Where the model and :attr:`tasks` are."""
     task_index: int
@@ -90,6 +88,9 @@ class CellContext:
     """The loss scaler of the current task when ``training.precision`` is ``fp16``, else None."""
     steps_in_task: int
     """Optimizer steps the current task will take (0 when it trains no parameter)."""
+    schedule: LRSchedule | None
+    """The learning-rate schedule (``training.schedule``: :mod:`clbench.schedule`), None when
+    constant: it sets the learning rate of each step."""
     generator: torch.Generator
     """The cell's seeded torch generator (batch order, memory samples)."""
     rng: np.random.Generator
@@ -111,7 +112,6 @@ class CellContext:
         self.stream = stream
         self.tasks = list(stream.tasks) if tasks is None else tasks
         self.model = model
-        self.kind = kind_of(stream)
         self.device = device
         self.hook = hook if hook is not None else cell_manager([]).hook
         self.task_index = -1
@@ -119,12 +119,21 @@ class CellContext:
         self.optimizer = None
         self.scaler = None
         self.steps_in_task = 0
+        self.schedule = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         mask = stream.class_mask()
         self.class_mask = None if mask is None else mask.to(device)
         self.info = {}
         self.recorded = []
+
+    @property
+    def kind(self) -> Kind:
+        """The kind of the task being trained (:mod:`clbench.kinds`; before the first task, the
+        first task's): the model's outputs and the loss of a batch. Every kind of a stream trains
+        the same model, so ``kind.class_logits`` is the stream's; each task is evaluated by its
+        own kind."""
+        return kind_of(self.task if self.task is not None else self.tasks[0])
 
     # helpers strategies use -------------------------------------------------------------------
     def record(self, metric: str, value: float, eval_task: int = -1) -> None:
@@ -210,30 +219,35 @@ def refuse(config: CellConfig, stream: Stream, pm: pluggy.PluginManager) -> None
     the strategies registered on ``pm``, else return. In this order:
 
     1. two strategies decide the same ``firstresult`` hook ("cannot be combined");
-    2. a strategy does not serve the stream's kind of task (its ``serves``, :func:`served_kinds`);
-    3. the stream's positions exceed ``model.max_len``;
-    4. a pretrained ``model.init`` that the stream does not feed what it was trained on, or a
-       model that cannot do the stream's kind of task (a generative stream needs a causal model);
-    5. a strategy's own ``check_cell`` hook refuses the combination.
+    2. the stream's tasks are of kinds that one model cannot train together
+       (:func:`clbench.kinds.check_stream`);
+    3. a strategy does not serve the kind of one of the stream's tasks (its ``serves``,
+       :func:`served_kinds`);
+    4. the stream's positions exceed ``model.max_len``;
+    5. a pretrained ``model.init`` that the stream does not feed what it was trained on, or a
+       model that cannot do the stream's kinds of task (language-model tasks need a causal model);
+    6. a strategy's own ``check_cell`` hook refuses the combination.
     """
     for hook, who in firstresult_conflicts(pm):
         raise UserError(f"strategies {' and '.join(who)} cannot be combined: both decide '{hook}'")
-    kind = kind_name(stream)
+    check_kinds(stream)
     for plugin_name, obj in pm.list_name_plugin():
         if not plugin_name.startswith("strategy:"):
             continue
         name = plugin_name.split(":", 1)[1]
         served = served_kinds(obj, name)
-        if served is not None and kind not in served:
+        unserved = [k for k in stream.kinds if served is not None and k not in served]
+        if unserved:
             who = "" if len(config.strategy.parts) == 1 else f"'{name}' "  # the error names the cell's strategy
-            raise UserError(f"{who}serves {' and '.join(served)} streams only, and stream '{config.stream}' has "
-                            f"{kind} tasks")
+            raise UserError(f"{who}serves {' and '.join(served)} tasks only, and stream '{config.stream}' has "
+                            f"{' and '.join(unserved)} tasks")
     if stream.max_len > config.model.max_len:
         raise UserError(
             f"model.max_len = {config.model.max_len} is below the {stream.max_len} positions "
             f"of stream '{config.stream}' (raise model.max_len, or lower the stream's max_len)"
         )
+    kind = model_kind(stream)
     if is_pretrained(config.model.init):
-        check_stream(resolve(config.model.init), stream)
-    kind_of(stream).check(config, stream)
+        check_stream(resolve(config.model.init), stream, language_model=kind.model == "language-model")
+    kind.check(config, stream)
     pm.hook.check_cell(config=config, stream=stream)

@@ -185,7 +185,7 @@ def cmd_show(args, console: Console) -> int:
     if args.format != "console":
         from clbench.results.render import leaderboard_rows, render_markdown
         from clbench.results.schema import metric_columns
-        from clbench.results.summary import aggregate, stream_title
+        from clbench.results.summary import aggregate, stream_title, unit_note
 
         board = aggregate(tables.summary)  # every metric of the summary, intransigence included
         if not board.empty:
@@ -197,11 +197,27 @@ def cmd_show(args, console: Console) -> int:
         if board.empty:
             print("no results")
             return 0
-        # one table for every stream: the columns of the metrics some stream has
-        h, rs = leaderboard_rows(board, metric_columns(tables.summary.columns))
-        header = ["stream", "order", *h]
-        rows = [[stream_title(b.stream, b.variant), str(b.order), *r] for b, r in zip(board.itertuples(), rs)]
-        legend = LEGEND + (" general bpb Δ: in bits per byte, not %." if "general bpb Δ" in h else "")
+        # one table for every stream: the columns some stream has ("–" in the others' rows)
+        metrics = [m for m in metric_columns(tables.summary.columns) if "@" not in m]  # per kind: leaderboard_rows
+        header, groups, notes = ["stream", "order"], [], []
+        for (stream, _p, variant, order), b in board.groupby(["stream", "stream_params", "variant", "order"], sort=False):
+            h, rs = leaderboard_rows(b, metrics)
+            at = 1
+            for col in h:
+                if col in header:
+                    at = header.index(col)
+                else:
+                    header.insert(at + 1, col)
+                    at += 1
+            groups.append((stream_title(stream, variant), str(order), h, rs))
+            note = unit_note(next((u for u in b.get("units", []) if isinstance(u, str) and u), ""))
+            line = f"{stream_title(stream, variant)}: {note}"
+            if note and line not in notes:
+                notes.append(line)
+        rows = [[title, order, *(dict(zip(h, r)).get(col, "–") for col in header[2:])]
+                for title, order, h, rs in groups for r in rs]
+        legend = LEGEND + (" general bpb Δ: in bits per byte, not %." if "general bpb Δ" in header else "")
+        legend += "".join(f" {n}." for n in notes)
         if args.format == "markdown":
             print(render_markdown([("table", header, rows)])[0].rstrip())
             print(f"\n{legend}")

@@ -47,6 +47,9 @@ class TrainingConfig:
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     threads: int = 1  # torch intra-op threads of a cell on a CPU (sums run in another order with another count)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # "bf16", "fp16": forward passes under autocast (fp16 with a grad scaler)
+    schedule: Literal["constant", "cosine", "rewarm"] = "constant"  # the learning rate over the steps (clbench.schedule): cosine over the stream; rewarm: warm-up and cosine decay per task
+    warmup: float = 0.01  # cosine, rewarm: linear warm-up over this fraction of the steps (of the stream; of each task)
+    decay_to: float = 0.1  # cosine, rewarm: the cosine decay ends at this fraction of lr
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ class Suite:
 #: defaults they leave a hash unchanged.
 _LATER_MODEL_FIELDS = ("norm", "norm_eps", "embed_norm", "init")
 _DEFAULT_MODEL = ModelConfig()
-_LATER_TRAINING_FIELDS = ("precision",)
+_LATER_TRAINING_FIELDS = ("precision", "schedule", "warmup", "decay_to")
 _DEFAULT_TRAINING = TrainingConfig()
 
 
@@ -157,7 +160,7 @@ FIELD_RANGES: dict[str, dict[str, str]] = {
     "TrainingConfig": {
         "epochs": "positive", "batch_size": "positive", "lr": "positive", "weight_decay": "non-negative",
         "momentum": "non-negative", "grad_clip": "non-negative", "length_window": "positive",
-        "eval_batch_size": "positive", "threads": "positive",
+        "eval_batch_size": "positive", "threads": "positive", "warmup": "fraction", "decay_to": "fraction",
     },
 }
 

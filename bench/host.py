@@ -35,6 +35,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.tasks.instructions",
     "clbench.tasks.trace",
     "clbench.tasks.jsonl_instructions",
+    "clbench.tasks.corpus",
+    "clbench.tasks.mixed",
     "clbench.strategies.naive",
     "clbench.strategies.joint",
     "clbench.strategies.cumulative",

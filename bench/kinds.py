@@ -1,12 +1,19 @@
 """Kinds of task: how a cell builds its model, turns a batch into outputs and a loss, and a task
 into scores.
 
-The loop (:mod:`clbench.loop`) never looks inside a batch: it asks the stream's kind
-(``Stream.kind``). A kind has:
+A kind belongs to a task (``Task.kind``), not to its stream: a stream may hold text domains,
+instruction tasks and classification tasks in sequence (``Stream.kinds``). The loop
+(:mod:`clbench.loop`) never looks inside a batch: it asks the kind of the task it trains for the
+outputs and loss of a batch (:func:`kind_of`), the kind of each task for that task's scores, and
+the stream's model kind (:func:`model_kind`) for the model and the stream's own scores. A kind has:
 
+* ``name``: its name in :data:`KINDS` (what ``Task.kind`` and a strategy's ``serves`` say);
+* ``model``: the model it trains, ``"classifier"`` (a head over the stream's labels) or
+  ``"language-model"`` (a causal LM): every kind of a stream trains the same one
+  (:func:`check_stream`), so a batch that mixes tasks (replay) has one kind of outputs;
 * ``class_logits``: True when a batch's outputs are one row of logits over the stream's label
-  space per example (classification), False when they are next-token logits at the answer
-  tokens (generation): what a strategy that works on class logits branches on;
+  space per example (classification), False when they are next-token logits (generation,
+  corpus): what a strategy that works on class logits branches on;
 * ``check(config, stream)``: a one-line :class:`~clbench.errors.UserError` if the cell's model
   cannot do the stream's tasks (called by :func:`clbench.cell.refuse`, before anything runs);
 * ``build_model(config, stream)``: the cell's model, seeded with the cell's seed;
@@ -14,15 +21,17 @@ The loop (:mod:`clbench.loop`) never looks inside a batch: it asks the stream's 
   distil or store, and what ``loss_terms`` gets);
 * ``loss(cell, batch, logits)``: the scalar training loss of those outputs;
 * ``evaluate(cell, task_index, task)``: ``{metric: value}`` on the task's test split. Its
-  ``"acc"`` entry is the task's primary score, the one that fills the accuracy matrix (and so
-  ACC, BWT, FWT, forgetting); every entry becomes a row of ``measurements``;
+  ``"acc"`` entry is the task's primary score (``task.metric``, in its own unit: its direction is
+  :func:`direction`), the one that fills the accuracy matrix (and so ACC, BWT, FWT, forgetting);
+  every entry becomes a row of ``measurements``;
 * ``evaluate_stream(cell)``: ``{metric: value}`` about the stream as a whole, not a task (the
-  perplexity of a generative stream's general text), recorded with ``eval_task = -1``.
+  perplexity of a language-model stream's general text), recorded with ``eval_task = -1``.
 
 ``classification``: a label per example, the model's head over the stream's label space.
 ``generation``: a prompt and an answer per example (:mod:`clbench.tasks.generative`), a causal
 language model, next-token cross-entropy on the answer's tokens, answers scored by the task's
-metric (:mod:`clbench.tasks.scoring`).
+metric (:mod:`clbench.tasks.scoring`). ``corpus``: a text domain (:mod:`clbench.tasks.corpus`),
+packed sequences whose every token is predicted, scored by perplexity and bits per byte.
 """
 
 from __future__ import annotations
@@ -38,8 +47,8 @@ from .models.backbones import is_pretrained, load_into, resolve
 from .models.hf import load_causal_lm
 from .models.transformer import Transformer
 
-from clbench.tasks.generative import examples_of
-from clbench.tasks.scoring import SCORERS
+from clbench.tasks.generative import examples_of, scored_bytes
+from clbench.tasks.scoring import SCORERS, direction
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cell import CellContext
@@ -48,6 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Kind(Protocol):
+    name: str
+    model: str
     class_logits: bool
 
     def check(self, config: CellConfig, stream: Stream) -> None: ...
@@ -72,6 +83,8 @@ class Classification:
     label space (masked to the example's task in task-incremental streams), cross-entropy, and
     accuracy (``acc``) and mean cross-entropy (``loss``) on the test split."""
 
+    name = "classification"
+    model = "classifier"
     class_logits = True
 
     def check(self, config: CellConfig, stream: Stream) -> None:
@@ -151,12 +164,15 @@ class Generation:
     or ``accuracy`` by the likelihood of each of the task's label texts after the prompt. Every
     task also gets ``loss``, the cross-entropy of its reference answers."""
 
+    name = "generation"
+    model = "language-model"
     class_logits = False
+    what = "generative tasks"  # how a refusal names the stream's tasks
 
     def check(self, config: CellConfig, stream: Stream) -> None:
         backbone = _backbone(config)
         if not config.model.causal and (backbone is None or backbone.family != "hf-causal"):
-            raise UserError(f"stream '{stream.name}' has generative tasks: they need a causal model "
+            raise UserError(f"stream '{stream.name}' has {self.what}: they need a causal model "
                             "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
 
     def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
@@ -189,7 +205,7 @@ class Generation:
 
     def _nll(self, cell: CellContext, batch: Batch) -> torch.Tensor:
         """Each sequence's summed negative log-likelihood of its answer tokens, ``(B,)``."""
-        logits = cell.logits(batch).float()
+        logits = self.logits(cell, batch, cell.model).float()
         nll = F.cross_entropy(logits, self.targets(batch), reduction="none")
         rows = torch.nonzero(answer_mask(batch, int(batch.lengths.max())))[:, 0]
         return torch.zeros(len(batch), device=nll.device, dtype=torch.float64).index_add_(0, rows, nll.double())
@@ -251,17 +267,27 @@ class Generation:
         return correct / max(len(data), 1), correct_norm / max(len(data), 1)
 
     @torch.inference_mode()
-    def evaluate_stream(self, cell: CellContext) -> dict[str, float]:
-        from clbench.tasks.generative import scored_bytes
+    def text_scores(self, cell: CellContext, data: Examples) -> dict[str, float]:
+        """The scores of text sequences with ``start`` 0 (a general text, a text domain's test
+        split), every token after each sequence's first predicted: ``ppl``, ``exp`` of the mean
+        negative log-likelihood per predicted token; ``bpb``, the summed negative log-likelihood
+        in bits over the UTF-8 bytes of the predicted tokens
+        (:func:`clbench.tasks.generative.scored_bytes`), comparable between models with
+        different tokenizers; ``loss``, the mean per predicted token, in nats."""
+        data = data.to(cell.device)
+        nll = torch.zeros((), dtype=torch.float64, device=cell.device)
+        for idx in _by_length(data, cell.config.training.eval_batch_size):
+            nll += self._nll(cell, data[idx]).sum()
+        total = nll.item()
+        loss = total / max(int((data.lengths - 1).clamp(min=0).sum()), 1)
+        return {"ppl": math.exp(loss), "bpb": total / math.log(2) / max(scored_bytes(cell.stream.tokenizer, data), 1),
+                "loss": loss}
 
-        general = cell.stream.general
-        if general is None:
+    def evaluate_stream(self, cell: CellContext) -> dict[str, float]:
+        if cell.stream.general is None:
             return {}
-        general = general.to(cell.device)
-        nll = sum(float(self._nll(cell, general[idx]).sum()) for idx in _by_length(general, cell.config.training.eval_batch_size))
-        tokens = int((general.lengths - 1).sum())
-        scored = scored_bytes(cell.stream.tokenizer, cell.stream.general)  # bits per byte: tokenizer-independent
-        return {"general_ppl": math.exp(nll / max(tokens, 1)), "general_bpb": nll / math.log(2) / max(scored, 1)}
+        scores = self.text_scores(cell, cell.stream.general)
+        return {"general_ppl": scores["ppl"], "general_bpb": scores["bpb"]}
 
 
 def _prompts(data: Examples) -> Examples:
@@ -269,17 +295,67 @@ def _prompts(data: Examples) -> Examples:
     return type(data)(data.x, data.y, data.start, data.t, data.start)
 
 
-KINDS: dict[str, Kind] = {"classification": Classification(), "generation": Generation()}
+# --------------------------------------------------------------------------------------------
+# Corpus
+# --------------------------------------------------------------------------------------------
 
 
-def kind_name(stream: Stream) -> str:
-    """The name of ``stream``'s kind of task (``stream.kind``; "classification" by default)."""
-    return getattr(stream, "kind", "classification")
+class Corpus(Generation):
+    """A text domain (continual pre-training): each example is a packed sequence of the domain's
+    tokens with ``start`` 0, so the outputs and the loss are the generation kind's at every
+    position but the last: next-token cross-entropy over every token. A batch may mix such
+    sequences with prompt-and-answer examples (replay on a mixed stream): each is trained on its
+    own targets. Scored on the test split by
+
+    * ``ppl``: the perplexity, ``exp`` of the mean negative log-likelihood per predicted token;
+    * ``bpb``: bits per byte, the summed negative log-likelihood in bits over the UTF-8 bytes of
+      the predicted tokens (:func:`clbench.tasks.generative.scored_bytes`): unlike a perplexity
+      per token, comparable between models with different tokenizers;
+    * ``loss``: the mean negative log-likelihood per predicted token, in nats.
+
+    The task's ``metric`` (``ppl`` or ``bpb``) is its primary score; both are lower-is-better."""
+
+    name = "corpus"
+    what = "text domains (corpus tasks)"
+
+    def evaluate(self, cell: CellContext, task_index: int, task: Task) -> dict[str, float]:
+        out = self.text_scores(cell, task.test)
+        return {"acc": out[task.metric], **out}
 
 
-def kind_of(stream: Stream) -> Kind:
-    """The kind of ``stream``'s tasks (``stream.kind``, "classification" by default)."""
-    name = kind_name(stream)
-    if name not in KINDS:
-        raise ValueError(f"stream {stream.name!r} has tasks of an unknown kind {name!r} (known: {', '.join(KINDS)})")
-    return KINDS[name]
+KINDS: dict[str, Kind] = {"classification": Classification(), "generation": Generation(), "corpus": Corpus()}
+
+
+def kind_of(task: Task) -> Kind:
+    """The kind of ``task`` (``task.kind``)."""
+    if task.kind not in KINDS:
+        raise ValueError(f"task {task.name!r} is of an unknown kind {task.kind!r} (known: {', '.join(KINDS)})")
+    return KINDS[task.kind]
+
+
+def check_stream(stream: Stream) -> None:
+    """A one-line :class:`UserError` unless one model can train every task of ``stream``: all its
+    kinds train the same ``model`` (a classifier with a head over the labels, or a language
+    model), and the tasks of a kind whose primary score is lower-is-better share that score (so
+    that a kind's tasks can be averaged in one unit)."""
+    for task in stream.tasks:
+        kind_of(task)
+    models: dict[str, list[str]] = {}
+    for name in stream.kinds:
+        models.setdefault(KINDS[name].model, []).append(name)
+    if len(models) > 1:
+        raise UserError(
+            f"stream '{stream.name}' mixes {' and '.join(models['classifier'])} tasks (a head over its labels) with "
+            f"{' and '.join(models['language-model'])} tasks (a language model): one model cannot train both; "
+            "give it classification tasks as generative tasks scored by ranking their labels (metric 'accuracy')")
+    for name in stream.kinds:
+        lower = sorted({t.metric for t in stream.tasks if t.kind == name and direction(t.metric) == "lower"})
+        if len(lower) > 1:
+            raise UserError(f"stream '{stream.name}': its {name} tasks are scored by {' and '.join(lower)}: "
+                            "give them one score")
+
+
+def model_kind(stream: Stream) -> Kind:
+    """The kind that builds ``stream``'s model and scores the stream as a whole (its general
+    text): its first task's (every kind of a stream trains the same model: :func:`check_stream`)."""
+    return kind_of(stream.tasks[0])

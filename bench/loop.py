@@ -14,8 +14,12 @@ benchmarks call on their own contexts:
 autocast (:func:`autocast`); with ``fp16`` the loss is scaled by a ``GradScaler`` (one per task,
 ``cell.scaler``) and the gradients are unscaled before ``after_backward`` and clipping.
 
-What a batch's outputs and loss are, and how a task is scored, belongs to the stream's kind
-(:mod:`clbench.kinds`), never to the loop. :func:`run_cell` never raises for a failing plugin or a
+``training.schedule`` sets the learning rate of every step (:mod:`clbench.schedule`): constant,
+one cosine decay over the stream, or re-warmed and re-decayed for each task.
+
+What a batch's outputs and loss are, and how a task is scored, belongs to the task's kind
+(:mod:`clbench.kinds`: the kind of the task being trained, the kind of each task evaluated),
+never to the loop; a stream may hold tasks of several kinds. :func:`run_cell` never raises for a failing plugin or a
 diverging loss: those become ``status = "failed"`` / ``"diverged"`` in the cell's row.
 """
 
@@ -40,14 +44,16 @@ from . import __version__
 from .cell import CellContext, CellResult, Diverged, cell_manager, make_strategies, refuse
 from .errors import UserError
 from .host import get_host
-from .kinds import kind_of
+from .kinds import kind_of, model_kind
 from .models.attention import recording
 from .params import device_from
+from .schedule import LRSchedule
 from .config import CellConfig
 
 from clbench.results.schema import new_cell_row
 from clbench.tasks import Batch, Stream, Task
 from clbench.tasks.batching import batch_indices, computed_positions
+from clbench.tasks.scoring import direction
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
@@ -103,24 +109,26 @@ class Tally:
 
 def evaluate_tasks(cell: CellContext) -> list[dict[str, float]]:
     """Evaluate the model on every task's test split, in stream order: ``before_eval``, then the
-    kind's scores of the task. The model is put in eval mode."""
+    scores of the task by its own kind. The model is put in eval mode."""
     cell.model.eval()
     out = []
     for j, task in enumerate(cell.tasks):
         cell.hook.before_eval(cell=cell, task_index=j, task=task)
         with autocast(cell.config.training.precision, cell.device):
-            out.append(cell.kind.evaluate(cell, j, task))
+            out.append(kind_of(task).evaluate(cell, j, task))
     return out
 
 
 def train_step(cell: CellContext, batch: Batch, params: list[torch.nn.Parameter], tally: Tally | None = None) -> torch.Tensor:
     """One optimizer step of ``cell.optimizer`` on ``batch`` (``params`` are the parameters it
-    updates, for clipping); returns the detached total loss."""
+    updates, for clipping), with the outputs and loss of the kind of the task being trained, at
+    the learning rate of ``cell.schedule`` (when one is set); returns the detached total loss."""
     hook, tcfg, scaler = cell.hook, cell.config.training, cell.scaler
     batch = hook.train_batch(cell=cell, batch=batch) or batch
+    kind = cell.kind  # the task's
     with autocast(tcfg.precision, cell.device):
-        logits = cell.logits(batch)
-        loss = cell.kind.loss(cell, batch, logits)
+        logits = kind.logits(cell, batch, cell.model)
+        loss = kind.loss(cell, batch, logits)
         extra = [t for t in hook.loss_terms(cell=cell, batch=batch, logits=logits, loss=loss) if t is not None]
         total = loss + sum(extra) if extra else loss
     cell.optimizer.zero_grad(set_to_none=True)
@@ -132,6 +140,8 @@ def train_step(cell: CellContext, batch: Batch, params: list[torch.nn.Parameter]
     hook.after_backward(cell=cell, batch=batch)
     if tcfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+    if cell.schedule is not None:
+        cell.schedule.set_lr(cell.optimizer)
     if scaler is None:
         cell.optimizer.step()
     else:  # skips the step when a gradient is not finite, and adapts the scale
@@ -148,12 +158,14 @@ def train_step(cell: CellContext, batch: Batch, params: list[torch.nn.Parameter]
 
 
 def train_task(cell: CellContext, index: int, task: Task, tally: Tally | None = None,
-               record: Callable[[int, float], None] | None = None) -> None:
+               record: Callable[[int, float], None] | None = None,
+               record_lr: Callable[[int, float], None] | None = None) -> None:
     """Train on the ``index``-th task: its hooks, a new optimizer over the trainable
     parameters, and ``training.epochs`` passes of :func:`train_step` over the task's training
     data (or what ``train_data`` returned) in the batches of ``training.batching``. ``record``
-    gets each epoch's mean training loss. Raises :class:`Diverged` when an epoch's loss is not
-    finite."""
+    gets each epoch's mean training loss, ``record_lr`` the learning rate of each epoch's last
+    step where ``training.schedule`` is not constant. Raises :class:`Diverged` when an epoch's
+    loss is not finite."""
     hook, tcfg = cell.hook, cell.config.training
     tally = tally if tally is not None else Tally()
     cell.task_index, cell.task = index, task
@@ -169,6 +181,10 @@ def train_task(cell: CellContext, index: int, task: Task, tally: Tally | None = 
     if n and params:
         cell.optimizer = make_optimizer(params, tcfg)
         cell.scaler = torch.amp.GradScaler(cell.device.type) if tcfg.precision == "fp16" else None
+        if tcfg.schedule != "constant":
+            if cell.schedule is None:
+                cell.schedule = LRSchedule(tcfg, [tcfg.epochs * math.ceil(len(t.train) / bs) for t in cell.tasks])
+            cell.schedule.start_task(index, cell.steps_in_task, cell.optimizer)
         if not hook.fit_task(cell=cell, task=task, data=data):
             for epoch in range(tcfg.epochs):
                 running = torch.zeros((), device=cell.device)
@@ -180,6 +196,8 @@ def train_task(cell: CellContext, index: int, task: Task, tally: Tally | None = 
                     raise Diverged(f"loss is {running.item()} on task {index} ({task.name})")
                 if batches and record is not None:  # the mean loss (with the strategies' terms) of the epoch
                     record(epoch, running.item() / batches)
+                if batches and record_lr is not None and cell.schedule is not None:
+                    record_lr(epoch, cell.schedule.last_lr)
     hook.after_task(cell=cell, task=task)
 
 
@@ -303,10 +321,17 @@ def cell_row(cell: CellConfig) -> dict[str, Any]:
     })
 
 
+def scores_of(stream: Stream) -> str:
+    """What each task's row of the accuracy matrix holds, as the ``cells`` table's ``scores``
+    column: a JSON list, in stream order, of ``[kind, primary metric, direction]``
+    (``["corpus", "ppl", "lower"]``); the summary computes its metrics with these directions."""
+    return json.dumps([[t.kind, t.metric, direction(t.metric)] for t in stream.tasks])
+
+
 def build_model(config: CellConfig, stream: Stream) -> torch.nn.Module:
-    """The cell's model for ``stream``, as its kind builds it, seeded with the cell's seed (and
-    loaded from its pretrained ``model.init``)."""
-    return kind_of(stream).build_model(config, stream)
+    """The cell's model for ``stream``, as its model kind builds it (:func:`clbench.kinds.model_kind`),
+    seeded with the cell's seed (and loaded from its pretrained ``model.init``)."""
+    return model_kind(stream).build_model(config, stream)
 
 
 def run_cell(
@@ -335,7 +360,7 @@ def run_cell(
             for metric, value in task_scores.items():
                 record(after, j, metric, value)
         with autocast(ctx.config.training.precision, ctx.device):
-            stream_scores = ctx.kind.evaluate_stream(ctx)
+            stream_scores = model_kind(ctx.stream).evaluate_stream(ctx)
         for metric, value in stream_scores.items():  # not a task's: eval_task -1
             record(after, -1, metric, value)
         for row in ctx.recorded:  # what strategies recorded (cell.record) since the last evaluation
@@ -364,6 +389,7 @@ def run_cell(
         row["tasks"] = json.dumps([t.name for t in stream.tasks])
         row["n_tasks"] = stream.n_tasks
         row["prompt_cut_fraction"] = float(stream.prompt_cut_fraction)
+        row["scores"] = scores_of(stream)
         tasks = [replace(t, train=t.train.to(device), test=t.test.to(device)) for t in stream.tasks]
         model = build_model(cell, stream).to(device)
         row["total_params"] = model.n_parameters()
@@ -377,7 +403,8 @@ def run_cell(
         eval_s += evaluate(-1)
         for i, task in enumerate(tasks):
             t0 = time.perf_counter()
-            train_task(ctx, i, task, tally, record=lambda epoch, loss, i=i: record(i, epoch, "train_loss", loss))
+            train_task(ctx, i, task, tally, record=lambda epoch, loss, i=i: record(i, epoch, "train_loss", loss),
+                       record_lr=lambda epoch, lr, i=i: record(i, epoch, "lr", lr))
             train_s += time.perf_counter() - t0
             eval_s += evaluate(i)
 

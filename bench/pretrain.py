@@ -37,6 +37,7 @@ from .models.backbones import (CHECKPOINT_FORMAT, CONFIG, TOKENIZER, WEIGHTS, is
                                load_into, resolve)
 from .models.transformer import LMHead, ModelConfig, Transformer
 from .params import device_from
+from .schedule import warmup_cosine
 
 from clbench.tasks.text import FORMATS, find_tasks, read_split
 from clbench.tasks.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
@@ -130,11 +131,7 @@ def lm_loss(model: Transformer, head: LMHead, batch_x, lengths, targets) -> torc
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
-    warm = cfg.warmup or max(1, cfg.steps // 20)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup or max(1, cfg.steps // 20), 0.1)
 
 
 def pretrain(

@@ -68,7 +68,12 @@ def _need(cond: bool, where: str, msg: str) -> None:
 
 
 def _training(table: Any, where: str, section: str) -> TrainingConfig:
-    return dataclass_from(TrainingConfig, table, where, section)  # the device: in the suite's preflight
+    training = dataclass_from(TrainingConfig, table, where, section)  # the device: in the suite's preflight
+    if training.schedule == "constant":
+        for key in ("warmup", "decay_to"):
+            _need(key not in table, where, f"field '{section}.{key}' applies to schedule = \"cosine\" or \"rewarm\" "
+                  f"(the schedule is constant)")
+    return training
 
 
 def parse_suite(data: dict, where: str) -> Suite:

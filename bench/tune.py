@@ -48,13 +48,18 @@ from clbench.results.store import lock_folder
 from clbench.results.summary import fwt_undefined
 from clbench.results.tuning import (TRIALS, best_trials, budget_notes, read_trials, write_report, write_trial,
                                     write_trials)
+from clbench.tasks.scoring import direction
 from clbench.tasks.validation import validation_split
 
 PROTOCOLS = ("validation", "first-tasks")
 SEARCHERS = ("random", "tpe")
 SCHEDULERS = ("asha", "fifo")
 #: Summary metrics for which lower is better (for the others, higher is).
-LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_since_learned", "intransigence", "intransigence_last"})
+LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_since_learned", "intransigence", "intransigence_last",
+                             "general_ppl_change", "general_bpb_change"})
+#: Summary metrics in the unit of the tasks' scores (means of them): where those are lower-is-better
+#: (perplexities, bits per byte), the default mode of these is min.
+IN_SCORE_UNIT = frozenset({"acc", "aia", "plasticity"})
 #: Metrics measured against a ``cumulative`` run, which a trial does not have.
 NEEDS_REFERENCE = frozenset({"intransigence", "intransigence_last"})
 #: Statuses of trials a resumed tune does not run again (a failed trial runs again).
@@ -157,9 +162,12 @@ def _labels(data: dict) -> list[str]:
 
 
 def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str, searcher: str, scheduler: str,
-         seed: int) -> list[Job]:
+         seed: int, explicit_mode: bool = False) -> list[Job]:
     """One :class:`Job` per (stream, strategy) of the suite: the stream's first order, the suite's
-    first seed, the strategy's search space; a one-line error for anything that cannot run."""
+    first seed, the strategy's search space; a one-line error for anything that cannot run. Unless
+    ``explicit_mode``, a metric in the unit of the tasks' scores (:data:`IN_SCORE_UNIT`) is
+    minimised on a stream whose scores are lower-is-better (perplexities); a stream that mixes
+    kinds of task has no one unit to tune on."""
     streams = preflight(suite)
     labels = _labels(data)
     entries: dict[str, int] = {}  # stream key (without order) -> index of its [[streams]] entry
@@ -172,6 +180,12 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
         seen.add((skey, cell.strategy.label))
         where = f"{suite.path}: stream '{cell.stream}'"
         stream = streams[stream_key(cell)]
+        if len(stream.kinds) > 1:
+            raise UserError(f"{where} mixes {' and '.join(stream.kinds)} tasks, scored in different units: "
+                            f"no one {metric} to tune on (docs/cpt.md)")
+        job_mode = mode
+        if not explicit_mode and metric in IN_SCORE_UNIT and all(direction(t.metric) == "lower" for t in stream.tasks):
+            job_mode = "min"  # a mean perplexity
         report_tasks = None
         if protocol.name == "first-tasks":
             k, T = protocol.first_tasks, stream.n_tasks
@@ -190,7 +204,7 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
         except UserError as exc:
             raise UserError(f"{suite.path}: {exc}") from None
         group_seed = int(hashlib.sha256(f"{seed}:{skey}:{cell.strategy.label}".encode()).hexdigest()[:8], 16)
-        jobs.append(Job(search.apply(cell, space.fixed), space, protocol, metric, mode, searcher,
+        jobs.append(Job(search.apply(cell, space.fixed), space, protocol, metric, job_mode, searcher,
                         scheduler if stream.n_tasks > 1 else "fifo", stream.n_tasks, group_seed, entries[skey],
                         labels.index(cell.strategy.label), report_tasks))
     return jobs
@@ -229,11 +243,13 @@ def _trial_number(trial, searcher: str) -> int:
     return int(head) - (1 if searcher == "tpe" else 0) if head.isdigit() else -1
 
 
-def objective(metric_fn, acc: dict[int, list[float]], n: int, why: str | None) -> float:
+def objective(metric_fn, acc: dict[int, list[float]], n: int, why: str | None, higher: list[bool] | None = None) -> float:
     """The metric of the accuracy matrix over the first ``n`` tasks (``acc[i]``: the accuracies
-    after training task i; ``acc[-1]``: before training)."""
+    after training task i; ``acc[-1]``: before training; ``higher``: whether each task's score is
+    higher-is-better, None for all)."""
     R = np.array([acc[i][:n] for i in range(n)])
-    return float(metric_fn(Matrices(R=R, b=np.array(acc[-1][:n]), R_ref=None, fwt_undefined=why)))
+    h = None if higher is None or all(higher[:n]) else np.array(higher[:n], dtype=bool)
+    return float(metric_fn(Matrices(R=R, b=np.array(acc[-1][:n]), R_ref=None, fwt_undefined=why, higher=h)))
 
 
 def _replay(row: dict) -> None:
@@ -271,12 +287,13 @@ def run_trial(config: dict, job: Job) -> None:
                          "strategies": json.dumps([n for n, _ in cell.strategy.parts])})
     acc: dict[int, list[float]] = {}
     objectives: list[float] = []
+    higher = [direction(t.metric) == "higher" for t in stream.tasks]
 
     def on_evaluated(after: int, scores: list[dict[str, float]]) -> None:
         acc[after] = [s["acc"] for s in scores]
         if after < 0:
             return
-        objectives.append(objective(metric_fn, acc, after + 1, why))
+        objectives.append(objective(metric_fn, acc, after + 1, why, higher))
         if after + 1 < stream.n_tasks:  # the scheduler may stop the trial here (the report raises SystemExit)
             tune.report({"objective": objectives[-1], "objective_by_task": json.dumps(objectives),
                          "tasks_trained": after + 1, "status": "running"})
@@ -419,6 +436,7 @@ def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol
     Ray print its own messages as it starts. ``out`` is locked while the tune runs
     (:func:`clbench.results.store.lock_folder`)."""
     console = console or Console(stderr=True)
+    explicit = mode is not None
     mode = check_options(trials=trials, protocol=protocol, metric=metric, mode=mode, searcher=searcher,
                          scheduler=scheduler)
     try:
@@ -428,7 +446,7 @@ def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol
     executor = make_executor("ray", {k: v for k, v in (("address", address), ("workers", workers),
                                                           ("verbose", verbose or None)) if v is not None})
     jobs = plan(suite, data, protocol=protocol, metric=metric, mode=mode, searcher=searcher, scheduler=scheduler,
-                seed=seed)
+                seed=seed, explicit_mode=explicit)
     out = Path(out)
     try:
         (out / "trials").mkdir(parents=True, exist_ok=True)
@@ -472,9 +490,10 @@ def _tune_jobs(suite: Suite, data: dict, out: Path, jobs: list[Job], *, trials: 
                             callback=_recorder(job, suite.name, out, rows, counts))
                 mine = rows[before:]
                 ok = sorted((r for r in mine if r["status"] == "ok" and np.isfinite(r["objective"])), key=lambda r: r["trial"])
-                best = (max if mode == "max" else min)(ok, key=lambda r: r["objective"]) if ok else None
+                best = (max if job.mode == "max" else min)(ok, key=lambda r: r["objective"]) if ok else None
+                shown = f"{best['objective'] * 100:.1f}" if best and job.mode == mode else f"{best['objective']:.3g}" if best else ""
                 console.print(f"  {escape(job.cell.stream)} · {escape(job.cell.strategy.label)}: {len(mine)} trials, "
-                              + (f"best {metric} {best['objective'] * 100:.1f} (trial {best['trial']})" if best else
+                              + (f"best {metric} {shown} (trial {best['trial']})" if best else
                                  "[red]no trial finished[/red]"), soft_wrap=True)
     finally:
         quiet.setLevel(level)

@@ -12,23 +12,25 @@ from rich.table import Table
 from clbench import hookimpl
 from clbench.errors import UserError
 from clbench.results.report import write_html, write_markdown
-from clbench.results.summary import aggregate, fewer_values, stream_title
+from clbench.results.summary import aggregate, fewer_values, parse_units, stream_title, unit_columns, unit_note
 
 SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity", "general_ppl_change")
 #: Column headings, short so that the table fits 100 columns (the caption spells them out).
 HEAD = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting": "forget", "intransigence": "intrans",
         "plasticity": "plast", "general_ppl_change": "gen ppl Δ"}
+#: Shown for a stream that mixes kinds of task, each kind's apart (docs/cpt.md).
+MIXED_SHOWN = ("acc", "forgetting", "plasticity", "general_ppl_change")
 #: Shown only where some cell has a value (generative streams with a general text).
 WHERE_MEASURED = ("general_ppl_change",)
 
 
-def _fmt(mean: float, std: float, pct: bool = True, stacked: bool = False) -> str:
+def _fmt(mean: float, std: float, pct: bool = True, stacked: bool = False, fmt: str = "{:.1f}") -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    scale = 100.0 if pct else 1.0
-    s = f"{mean * scale:.1f}"
+    scale, fmt = (100.0, "{:.1f}") if pct else (1.0, fmt)
+    s = fmt.format(mean * scale)
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        s += ("\n" if stacked else " ") + f"± {std * scale:.1f}"
+        s += ("\n" if stacked else " ") + "± " + fmt.format(std * scale)
     return s
 
 
@@ -40,16 +42,22 @@ def console_report(tables, out, console) -> None:
     # narrow terminals (under 140 columns): the sd goes under the mean, so that rows fit
     stacked = console.width < 140
     for (stream, _params, variant, order), g in agg.groupby(["stream", "stream_params", "variant", "order"], sort=False):
-        shown = [m for m in SHOWN if f"{m}_mean" in g and (m not in WHERE_MEASURED or g[f"{m}_mean"].notna().any())]
+        units = next((u for u in g.get("units", []) if isinstance(u, str) and u), "")
+        metrics = SHOWN if len(parse_units(units)) < 2 else MIXED_SHOWN  # a column per kind: fewer metrics
+        shown = [c for c in unit_columns(units, metrics) if f"{c[1]}_mean" in g
+                 and (c[0] not in WHERE_MEASURED or g[f"{c[1]}_mean"].notna().any())]
+        note = unit_note(units)
         table = Table(title=f"{escape(stream_title(stream, variant))} · order {order}",
-                      caption="% as mean ± sd over seeds; forget = forgetting, intrans = intransigence, plast = plasticity"
-                      + ("; gen ppl Δ = relative change of the general text's perplexity" if "general_ppl_change" in shown else ""),
+                      caption=("% as " if all(c[3] for c in shown) else "")
+                      + "mean ± sd over seeds; forget = forgetting, intrans = intransigence, plast = plasticity"
+                      + ("; gen ppl Δ = relative change of the general text's perplexity" if any(c[0] == "general_ppl_change" for c in shown) else "")
+                      + (f"; {note}" if note else ""),
                       padding=(0, 1), show_lines=stacked)
         table.add_column("rank", justify="right")
         table.add_column("strategy")
         table.add_column("seeds", justify="right")
-        for m in shown:
-            table.add_column(HEAD[m], justify="right", no_wrap=True)
+        for m, _col, kind, _pct in shown:
+            table.add_column(HEAD[m] + (f" {kind}" if kind else ""), justify="right", no_wrap=True)
         table.add_column("train s", justify="right", no_wrap=True)
         for _, r in g.sort_values("rank", na_position="last").iterrows():
             cells = [
@@ -57,7 +65,8 @@ def console_report(tables, out, console) -> None:
                 escape(str(r["strategy"])),
                 f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
             ]
-            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) + fewer_values(r, m) for m in shown]
+            cells += [_fmt(r[f"{col}_mean"], r[f"{col}_std"], pct=pct, stacked=stacked, fmt="{:.3g}") + fewer_values(r, col)
+                      for _m, col, _k, pct in shown]
             cells.append(_fmt(r["train_seconds_mean"], r["train_seconds_std"], pct=False, stacked=stacked))
             table.add_row(*cells)
         console.print(table)

@@ -26,7 +26,7 @@ from .registry import builtin_suite_entry
 from .registry import entry as published_entry
 from .schema import COST, metric_columns
 from .store import Tables
-from .summary import accuracy_matrix, aggregate, drop_repeated_seeds, general_series, with_variants
+from .summary import accuracy_matrix, aggregate, drop_repeated_seeds, general_series, task_scores, with_variants
 
 #: Metrics in the leaderboard (summary columns), in %: higher ACC/BWT/FWT and lower forgetting is better.
 METRICS = ("acc", "bwt", "fwt", "forgetting")
@@ -36,8 +36,6 @@ BOARD_COST = tuple(c for c in COST if c.board)
 BOARD = ("acc", "aia", "bwt", "fwt", "forgetting", "plasticity", "general_ppl_change")
 #: Shown only where some cell has a value (generative streams with a general text).
 WHERE_MEASURED = ("general_ppl_change", "general_bpb_change")
-#: Metrics shown as they are (bits per byte), not in %.
-NOT_PERCENT = ("general_bpb_change",)
 
 
 def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
@@ -95,12 +93,14 @@ def accuracy_curves(tables: Tables) -> pd.DataFrame:
 def forgetting_per_task(tables: Tables) -> pd.DataFrame:
     """One row per finished cell and task j but the last: ``forgetting`` = max_{l<T} R[l, j] −
     R[T, j] (the per-task term of the ``forgetting`` metric, Chaudhry et al. 2018:
-    :func:`clbench.results.metrics.forgetting_terms`)."""
+    :func:`clbench.results.metrics.forgetting_terms`), signed by the direction of the task's
+    score (positive when it got worse, also for a perplexity)."""
     mats = cell_matrices(tables)
     rows = []
     for _, c in ok_cells(tables).iterrows():
         R = mats[c["run_id"]]
-        for j, f in enumerate(forgetting_terms(R)):
+        higher = np.array([d == "higher" for _k, _m, d in task_scores(c, R.shape[1])], dtype=bool)
+        for j, f in enumerate(forgetting_terms(R, higher)):
             rows.append({"stream": c["stream"], "variant": c["variant"], "order": c["order"], "strategy": c["strategy"], "seed": c["seed"],
                          "task": j, "forgetting": float(f)})
     return pd.DataFrame(rows, columns=["stream", "variant", "order", "strategy", "seed", "task", "forgetting"])

@@ -177,10 +177,12 @@ def _fit_titles(fig, axes) -> None:
 # -- the figures ----------------------------------------------------------------------------------
 
 
-def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.ndarray, int]], variant: str = "") -> Figure:
+def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.ndarray, int]], variant: str = "",
+             percent: bool = True) -> Figure:
     """One heatmap per strategy of the mean accuracy matrix (rows: after training task i), the
     value of each cell printed in it (up to 12 tasks), task names on the axes of the first column
-    and the bottom row only."""
+    and the bottom row only; with ``percent`` False, the scores as they are (perplexities, bits
+    per byte; docs/cpt.md)."""
     plt = pyplot()
     n = len(means)
     T = next(iter(means.values()))[0].shape[0]
@@ -196,7 +198,11 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
     im = None
     flat = list(axes.flat)
     for k, (ax, (strategy, (R, seeds))) in enumerate(zip(flat, means.items())):
-        im = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
+        if percent:
+            im = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
+        else:  # lower is better: the colours reversed, so that brighter is better as for accuracies
+            im = ax.imshow(R, vmin=np.nanmin([m[0] for m in means.values()]), vmax=np.nanmax([m[0] for m in means.values()]),
+                           cmap="viridis_r")
         ax.set_title(f"{strategy} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=9)
         ax.set_xticks(range(T), labels, fontsize=7, rotation=45 if room > 0.45 else 0,
                       ha="right" if room > 0.45 else "center", rotation_mode="anchor")
@@ -210,17 +216,17 @@ def heatmaps(tables: Tables, stream: str, order: str, means: dict[str, tuple[np.
         if T <= 12:
             for i in range(T):
                 for j in range(T):
-                    ax.text(j, i, f"{R[i, j] * 100:.0f}", ha="center", va="center", fontsize=size,
-                            color="white" if R[i, j] < 0.6 else "black")
+                    ax.text(j, i, f"{R[i, j] * 100:.0f}" if percent else f"{R[i, j]:.3g}", ha="center", va="center",
+                            fontsize=size, color="white" if (R[i, j] < 0.6 if percent else im.norm(R[i, j]) > 0.4) else "black")
     for ax in flat[n:]:
         ax.axis("off")
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy %")
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy %" if percent else "score (lower is better)")
     declutter(fig)
     _fit_titles(fig, flat[:n])
     name, on = _names("matrices", stream, order, variant)
     alt = f"accuracy matrices of {', '.join(means)} on {on}"
-    return Figure(name, "Accuracy matrices (mean over seeds, %)", alt, png(fig))
+    return Figure(name, f"Accuracy matrices (mean over seeds, {'%' if percent else 'in their unit'})", alt, png(fig))
 
 
 def _task_axis(ax, labels: list[str], first: int = 1) -> None:

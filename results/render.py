@@ -10,9 +10,9 @@ import html
 
 import pandas as pd
 
-from .analysis import BOARD, BOARD_COST, NOT_PERCENT, WHERE_MEASURED
+from .analysis import BOARD, BOARD_COST, WHERE_MEASURED
 from .figures import Figure
-from .summary import fewer_values
+from .summary import fewer_values, unit_columns
 
 #: Columns of text (left-aligned); the others hold numbers (right-aligned).
 TEXT_COLUMNS = frozenset({"strategy", "stream", "order", "status", "error", "what", "value", "model", "source", "dimension",
@@ -26,8 +26,8 @@ HEADINGS = {"acc": "ACC", "aia": "AIA", "bwt": "BWT", "fwt": "FWT", "forgetting"
 
 def _pct(mean, std, sem, pct: bool = True) -> str:
     """``mean ± sd [sem]``: in % (``pct``) with one decimal (none from 1000 % on: a perplexity can
-    grow a thousandfold, and the decimals would only widen the column), or as they are (bits per
-    byte) to three significant digits."""
+    grow a thousandfold, and the decimals would only widen the column), or as they are (perplexities,
+    bits per byte) to three significant digits."""
     if mean is None or pd.isna(mean):
         return "–"
     if pct:
@@ -55,17 +55,21 @@ def _num(fmt: str, mean, std) -> str:
 def leaderboard_rows(board: pd.DataFrame, metrics=BOARD) -> tuple[list[str], list[list[str]]]:
     """The leaderboard of one (stream, stream params, order) as a header and rows of strings:
     the ``metrics`` it has (default :data:`~clbench.results.analysis.BOARD`; ``clbench show``
-    gives every metric of the summary) and the board's cost columns."""
-    metrics = [m for m in metrics if f"{m}_mean" in board and (m not in WHERE_MEASURED or board[f"{m}_mean"].notna().any())]
+    gives every metric of the summary), each kind's apart where the stream mixes kinds of task
+    (:func:`~clbench.results.summary.unit_columns`), and the board's cost columns."""
+    units = next((u for u in board.get("units", []) if isinstance(u, str) and u), "")
+    metrics = [c for c in unit_columns(units, metrics) if f"{c[1]}_mean" in board
+               and (c[0] not in WHERE_MEASURED or board[f"{c[1]}_mean"].notna().any())]
     cost = [(c.column, c.heading_in(board), c.format) for c in BOARD_COST if f"{c.column}_mean" in board]
-    header = ["rank", "strategy", "seeds", *(HEADINGS.get(m, m) for m in metrics), *(h for _c, h, _f in cost)]
+    header = ["rank", "strategy", "seeds", *(HEADINGS.get(m, m) + (f" {k}" if k else "") for m, _c, k, _p in metrics),
+              *(h for _c, h, _f in cost)]
     rows = []
     for _, r in board.iterrows():
         rows.append([
             "–" if pd.isna(r["rank"]) else str(int(r["rank"])),
             str(r["strategy"]),
             f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
-            *(_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_sem"], m not in NOT_PERCENT) + fewer_values(r, m) for m in metrics),
+            *(_pct(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_sem"], pct) + fewer_values(r, c) for _m, c, _k, pct in metrics),
             *(_num(f, r[f"{c}_mean"], r[f"{c}_std"]) for c, _h, f in cost),
         ])
     return header, rows

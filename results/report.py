@@ -34,7 +34,7 @@ from .registry import entry as published_entry
 from .render import HEADINGS, PUBLISHED, leaderboard_rows, render_html, render_markdown
 from .schema import MEMORY_KINDS
 from .store import Tables
-from .summary import stream_title, with_variants
+from .summary import parse_units, stream_title, unit_note, with_variants
 from clbench.tasks.trace import TRACE_METRICS
 
 
@@ -138,15 +138,20 @@ def blocks(tables: Tables, sources: list[str] | None = None) -> list[tuple]:
         if about:
             out.append(("p", about))
         out.append(("h3", "Leaderboard"))
+        note = unit_note(next((u for u in b.get("units", []) if isinstance(u, str) and u), ""))
+        if note:
+            out.append(("p", note[0].upper() + note[1:] + " (docs/cpt.md)."))
         out.append(("table", *leaderboard_rows(b)))
         sel = lambda df: df[(df["stream"] == stream) & (df["variant"] == variant) & (df["order"] == order)]  # noqa: E731
+        kinds = parse_units(next((u for u in b.get("units", []) if isinstance(u, str) and u), ""))
+        percent = all(d == "higher" for _u, d in kinds.values())
         if means.get((stream, variant, order)):
             out.append(("h3", "Accuracy matrices"))
-            out.append(("figure", heatmaps(tables, stream, order, means[(stream, variant, order)], variant)))
-        if not sel(curves_df).empty:
+            out.append(("figure", heatmaps(tables, stream, order, means[(stream, variant, order)], variant, percent)))
+        if percent and not sel(curves_df).empty:  # these two draw accuracies in %
             out.append(("h3", "Accuracy over tasks"))
             out.append(("figure", curves(stream, order, sel(curves_df), variant, tables)))
-        if not sel(forget_df).empty:
+        if percent and not sel(forget_df).empty:
             out.append(("h3", "Forgetting per task"))
             out.append(("figure", forgetting_bars(stream, order, sel(forget_df), variant, tables)))
             why = negative_forgetting(b, sel(forget_df))

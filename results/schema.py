@@ -6,7 +6,8 @@ docs/results.md (a test checks that the two list the same columns).
   runs (:func:`new_cell_row`).
 * ``summary``: :data:`IDENTITY` (which cell a row is), :data:`COST` (what it cost) and
   :data:`COST_KINDS` (what a cost column measured), then one column per registered metric
-  (:func:`metric_columns`) and ``reference_run_id``.
+  (:func:`metric_columns`; and per kind of task where a stream mixes kinds),
+  ``reference_run_id`` and ``units``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ CELLS: dict[str, Any] = {
     "strategy": None, "strategies": None, "params": None, "seed": None, "model": None, "training": None,
     "config": None,
     "status": "running", "error": "", "traceback": "",
-    "scenario": "", "tasks": "[]", "n_tasks": 0,
+    "scenario": "", "tasks": "[]", "n_tasks": 0, "scores": "[]",
     "train_seconds": 0.0, "eval_seconds": 0.0, "total_seconds": 0.0, "warmup_seconds": 0.0,
     "peak_memory_mb": NAN, "memory_kind": "", "start_memory_mb": NAN,
     "trainable_params": 0, "total_params": 0, "buffer_size": 0, "samples": "[]",
@@ -89,7 +90,7 @@ COST_COLUMNS: tuple[str, ...] = tuple(c.column for c in COST)
 COST_KINDS: tuple[str, ...] = tuple(c.kind_column for c in COST if c.kind_column)
 
 #: Columns that the summary and its aggregation add beside identity, cost and metrics.
-DERIVED: tuple[str, ...] = ("reference_run_id", "variant")
+DERIVED: tuple[str, ...] = ("reference_run_id", "units", "variant")
 
 
 def new_cell_row(identity: dict[str, Any]) -> dict[str, Any]:
@@ -103,8 +104,9 @@ def new_cell_row(identity: dict[str, Any]) -> dict[str, Any]:
 
 def metric_columns(columns: Iterable[str], metrics: Iterable[str] | None = None) -> list[str]:
     """The metric columns among a summary's ``columns``, in their order: those named by a
-    registered metric (``metrics``: by default the loaded host's)."""
+    registered metric (``metrics``: by default the loaded host's), and the per-kind columns of
+    streams that mix kinds of task (``acc@corpus``: a registered metric, ``@``, a kind)."""
     if metrics is None:
         metrics = get_host().names("metrics")
     known = set(metrics)
-    return [c for c in columns if c in known]
+    return [c for c in columns if c in known or (c.partition("@")[1] and c.partition("@")[0] in known)]

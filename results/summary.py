@@ -10,7 +10,7 @@ import pandas as pd
 
 from clbench.host import get_host
 
-from .metrics import Matrices
+from .metrics import PER_KIND, Matrices
 from .schema import COST_COLUMNS, COST_KINDS, IDENTITY, metric_columns
 
 #: Columns that say which cells are comparable apart from the strategy (intransigence's reference):
@@ -39,6 +39,31 @@ def general_series(measurements: pd.DataFrame, run_id: str, metric: str = "gener
     if m.empty:
         return None
     return m.sort_values("train_task")["value"].to_numpy(float)
+
+
+def task_scores(cell: pd.Series, T: int) -> list[tuple[str, str, str]]:
+    """Each task's ``(kind, primary metric, direction)`` of a ``cells`` row (its ``scores``
+    column, :func:`clbench.loop.scores_of`); for results written before that column,
+    classification accuracies."""
+    raw = cell.get("scores")
+    try:
+        scores = [tuple(s) for s in json.loads(raw)] if isinstance(raw, str) and raw else []
+    except ValueError:
+        scores = []
+    return scores if len(scores) == T else [("classification", "acc", "higher")] * T
+
+
+def units(scores: list[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
+    """kind -> (unit, direction) of the tasks of each kind, in stream order: the unit is the
+    primary metric its tasks share, or ``score`` for higher-is-better scores of several names
+    (``exact_match`` and ``rouge_l``: fractions in [0, 1])."""
+    out: dict[str, tuple[str, str]] = {}
+    for kind, metric, direction in scores:
+        if kind in out and out[kind][0] != metric:
+            out[kind] = ("score", direction)
+        else:
+            out.setdefault(kind, (metric, direction))
+    return out
 
 
 def _strategy_names(cell: pd.Series) -> list[str]:
@@ -96,8 +121,15 @@ def reference_cells(cells: pd.DataFrame) -> dict[str, str]:
 
 def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | None = None) -> pd.DataFrame:
     """One row per cell with every registered metric (NaN for cells that did not finish, and
-    for metrics undefined for the cell: see :func:`fwt_undefined`), and ``reference_run_id``, the
-    ``cumulative`` cell intransigence was measured against ("" for none)."""
+    for metrics undefined for the cell: see :func:`fwt_undefined`), ``reference_run_id``, the
+    ``cumulative`` cell intransigence was measured against ("" for none), and ``units``, the unit
+    and direction of each kind's scores (JSON: ``{"corpus": ["ppl", "lower"]}``, :func:`units`).
+
+    Metrics are computed with the direction of each task's score. Where a stream mixes kinds of
+    task (text domains scored by perplexity, instruction tasks by exact match), a mean over all
+    its tasks would add numbers of different units: its whole-stream metrics are NaN, and the
+    metrics of :data:`~clbench.results.metrics.PER_KIND` are computed for each kind apart, as
+    ``<metric>@<kind>`` columns (``acc@corpus``, ``forgetting@generation``)."""
     if metrics is None:
         metrics = {n: e.obj for n, e in get_host().registries["metrics"].items()}
     keep = [*IDENTITY, *COST_COLUMNS, *COST_KINDS]
@@ -105,23 +137,46 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
     ok = cells[cells["status"] == "ok"]
     matrices = {rid: accuracy_matrix(measurements, rid) for rid in ok["run_id"]}
     reference = reference_cells(cells)
+    per_kind: list[str] = []
     for _, c in cells.iterrows():
         row = {k: c[k] for k in keep if k in c}
         if c["status"] == "ok":
             R, b = matrices[c["run_id"]]
             ref = reference.get(c["run_id"])
+            scores = task_scores(c, R.shape[1])
+            kinds = units(scores)
+            higher = np.array([d == "higher" for _, _, d in scores], dtype=bool)
             m = Matrices(R=R, b=b, R_ref=matrices[ref][0] if ref else None, fwt_undefined=fwt_undefined(c),
                          general=general_series(measurements, c["run_id"]),
-                         general_bpb=general_series(measurements, c["run_id"], "general_bpb"))
+                         general_bpb=general_series(measurements, c["run_id"], "general_bpb"),
+                         higher=None if higher.all() else higher)
             for name, fn in metrics.items():
-                row[name] = float(fn(m))
+                row[name] = float(fn(m)) if len(kinds) == 1 or name not in PER_KIND else float("nan")
+            if len(kinds) > 1:
+                for kind in kinds:
+                    cols = tuple(j for j, (k, _, _) in enumerate(scores) if k == kind)
+                    mask = np.array([j in cols for j in range(R.shape[1])])
+                    mk = Matrices(R=np.where(mask, R, np.nan), b=None if b is None else np.where(mask, b, np.nan),
+                                  R_ref=None if m.R_ref is None else np.where(mask, m.R_ref, np.nan),
+                                  fwt_undefined=m.fwt_undefined, general=m.general, higher=higher, columns=cols)
+                    for name in PER_KIND:
+                        if name in metrics:
+                            row[f"{name}@{kind}"] = float(metrics[name](mk))
+                            per_kind += [f"{name}@{kind}"] if f"{name}@{kind}" not in per_kind else []
             row["reference_run_id"] = ref or ""
+            row["units"] = json.dumps(kinds)
         else:
             for name in metrics:
                 row[name] = float("nan")
             row["reference_run_id"] = ""
+            row["units"] = ""
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if per_kind:  # after the whole-stream metrics
+        rest = [col for col in out.columns if col not in per_kind]
+        at = rest.index("reference_run_id")
+        out = out[rest[:at] + per_kind + rest[at:]]
+    return out
 
 
 def canonical_params(params) -> str:
@@ -289,10 +344,12 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
     """Mean, standard deviation and standard error over seeds per (stream, stream_params, order,
     strategy) of each of ``metrics`` (default: every registered metric in ``summary``) and each
     cost column (and what it measured: ``memory_kind``, the cells' kinds comma-separated), with
-    the rank by mean ACC within each (stream, stream_params, order). Failed cells are left out
-    (and counted: ``not_ok``). ``seeds`` counts the finished cells, and ``<column>_n`` the values
-    behind each mean (fewer where a metric is NaN for some cells). ``variant`` labels a stream's
-    parameters where it appears with several sets of them (:func:`variant_labels`), else is empty."""
+    the rank by mean ACC within each (stream, stream_params, order) (the lowest first where
+    scores are lower-is-better; NaN for a stream that mixes kinds of task), and ``units``
+    (:func:`summarize`). Failed cells are left out (and counted: ``not_ok``). ``seeds`` counts the
+    finished cells, and ``<column>_n`` the values behind each mean (fewer where a metric is NaN
+    for some cells). ``variant`` labels a stream's parameters where it appears with several sets
+    of them (:func:`variant_labels`), else is empty."""
     if summary.empty:
         return pd.DataFrame()
     if metrics is None:
@@ -303,6 +360,8 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
     for key, g in summary.groupby(keys, sort=False):
         ok = g[g["status"] == "ok"]
         row = dict(zip(keys, key))
+        known = [u for u in (ok["units"] if "units" in ok else []) if isinstance(u, str) and u]
+        row["units"] = known[0] if known else ""
         row["seeds"] = len(ok)
         row["not_ok"] = len(g) - len(ok)
         for col in [*metrics, *(c for c in COST_COLUMNS if c in ok)]:
@@ -316,6 +375,63 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
         out.append(row)
     agg = pd.DataFrame(out)
     if "acc_mean" in agg:
-        agg["rank"] = agg.groupby(["stream", "stream_params", "order"], sort=False)["acc_mean"].rank(ascending=False, method="min")
+        better = agg["acc_mean"] * agg["units"].map(_rank_sign)  # higher is better
+        agg["rank"] = better.groupby([agg["stream"], agg["stream_params"], agg["order"]], sort=False).rank(ascending=False, method="min")
     return agg
+
+
+#: How reports name a unit of scores.
+UNIT_NAMES = {"ppl": "perplexity", "bpb": "bits per byte"}
+#: Metrics shown as they are (bits per byte), not in %, whatever the tasks' scores.
+NOT_PERCENT = ("general_bpb_change",)
+
+
+def parse_units(units_json) -> dict[str, tuple[str, str]]:
+    """kind -> (unit, direction) from a ``units`` value (:func:`summarize`); {} where unknown."""
+    try:
+        kinds = json.loads(units_json) if isinstance(units_json, str) and units_json else {}
+    except ValueError:
+        return {}
+    return {k: (v[0], v[1]) for k, v in kinds.items()} if isinstance(kinds, dict) else {}
+
+
+def unit_columns(units_json, metrics) -> list[tuple[str, str, str, bool]]:
+    """The columns a leaderboard of one stream shows for ``metrics``, as ``(metric, column,
+    kind, percent)``: the whole-stream column where the stream's tasks are of one kind; each
+    kind's (``acc@corpus``) for the metrics of the accuracy matrix where they mix kinds.
+    ``percent``: the values are fractions shown in % (accuracies, generated-text scores, relative
+    changes); perplexities and bits per byte (:data:`NOT_PERCENT`) are shown in their unit."""
+    kinds = parse_units(units_json)
+    out = []
+    for m in metrics:
+        if m not in PER_KIND:
+            out.append((m, m, "", m not in NOT_PERCENT))
+        elif len(kinds) > 1:
+            out += [(m, f"{m}@{k}", k, direction == "higher") for k, (_unit, direction) in kinds.items()]
+        else:
+            out.append((m, m, "", not kinds or next(iter(kinds.values()))[1] == "higher"))
+    return out
+
+
+def unit_note(units_json) -> str:
+    """A line saying in which unit a stream's scores are, where some are not in % ("" where all
+    are): ``ACC, BWT, ...: corpus in bits per byte (lower is better; forgetting > 0: worse)``."""
+    kinds = parse_units(units_json)
+    lower = [f"{k} in {UNIT_NAMES.get(u, u)}" for k, (u, d) in kinds.items() if d == "lower"]
+    if not lower:
+        return ""
+    return (f"scores of {', '.join(lower)} (lower is better: BWT, FWT > 0 better; forgetting, intransigence > 0 worse)"
+            + ("; other kinds in %" if len(lower) < len(kinds) else ""))
+
+
+def _rank_sign(units_json: str) -> float:
+    """+1 where a higher ACC ranks first, −1 where a lower one does (perplexities), NaN where a
+    stream mixes kinds of task (no one ACC to rank by)."""
+    kinds = parse_units(units_json)
+    if not kinds:
+        return 1.0
+    if len(kinds) > 1:
+        return float("nan")
+    (_unit, direction), = kinds.values()
+    return -1.0 if direction == "lower" else 1.0
 

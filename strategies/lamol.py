@@ -90,7 +90,8 @@ class LAMOL:
     :param answer_token_weight: the weight of the answer token in the language-model loss.
     """
 
-    #: Runs on generative streams only (the host's capability check).
+    #: Runs on generative tasks only (the host's capability check): a text domain (``corpus``) has
+    #: no prompt and answer to write, so a stream holding one is refused.
     serves = ("generation",)
     #: What ``clbench tune`` searches by default (docs/tuning.md): λ (γ is a budget the suite fixes).
     search_space = {"lambda": {"log-uniform": [0.05, 1.0]}}

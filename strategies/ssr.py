@@ -151,7 +151,8 @@ class SSR:
     :param temperature: the sampling temperature.
     """
 
-    #: Runs on generative streams only (the host's capability check).
+    #: Runs on generative tasks only (the host's capability check): a text domain (``corpus``) has
+    #: no prompt and answer to write, so a stream holding one is refused.
     serves = ("generation",)
 
     def __init__(

@@ -14,8 +14,11 @@ about its inputs and labels. Examples are held as tensors, ready to batch:
   sequence's answer begins (the length of its prompt). ``x`` holds prompt, answer and the end
   token; the loss is taken on the answer's positions only.
 
-A stream's ``kind`` says which: ``"classification"`` (``y`` is the label) or ``"generation"``
-(``y`` is the index of the answer among the task's ``labels`` where it has label texts, else 0).
+Each task's ``kind`` (:mod:`clbench.kinds`) says what its examples are: ``"classification"``
+(``y`` is the label), ``"generation"`` (``y`` is the index of the answer among the task's
+``labels`` where it has label texts, else 0) or ``"corpus"`` (a text domain: ``x`` is a packed
+sequence of tokens, ``start`` is 0 and every token is predicted, ``y`` is 0). A stream may hold
+tasks of several kinds (:attr:`Stream.kinds`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import torch
 Scenario = Literal["class-incremental", "task-incremental", "domain-incremental"]
 SCENARIOS: tuple[str, ...] = ("class-incremental", "task-incremental", "domain-incremental")
 InputKind = Literal["tokens", "patches"]
-Kind = Literal["classification", "generation"]
 
 
 @dataclass
@@ -98,6 +100,8 @@ class Task:
     :param max_new_tokens_derived: ``max_new_tokens`` was derived from the test answers (the
         longest + 8, :func:`clbench.tasks.generative.answer_cap`), not given: a validation split
         derives it again from its own examples, so that no statistic of the test split reaches it.
+    :param kind: what the task's examples are and how it is trained and scored
+        (:data:`clbench.kinds.KINDS`: ``classification``, ``generation``, ``corpus``).
     """
 
     name: str
@@ -108,6 +112,7 @@ class Task:
     labels: tuple[str, ...] = ()
     max_new_tokens: int = 0
     max_new_tokens_derived: bool = False
+    kind: str = "classification"
 
 
 @dataclass
@@ -117,11 +122,13 @@ class Stream:
     :param input_dim: the vocabulary size (tokens) or the patch vector size (patches).
     :param max_len: the longest sequence, in positions.
     :param params: the factory's parameters, as the cell recorded them.
-    :param kind: ``"classification"`` or ``"generation"`` (:mod:`clbench.kinds`).
-    :param general: generative streams: held-out general text (token sequences, ``start`` 0)
-        whose perplexity measures the loss of general ability; None for none.
-    :param prompt_cut_fraction: generative streams: the share of prompts (training and test, all
-        tasks) shortened to fit ``max_len`` with their answer; NaN for streams without prompts.
+    :param general: language-model streams: held-out general text (token sequences, ``start``
+        0) whose perplexity measures the loss of general ability; None for none.
+    :param prompt_cut_fraction: streams of generative tasks: the share of prompts (training and
+        test, all tasks) shortened to fit ``max_len`` with their answer; NaN for streams without
+        prompts.
+
+    What its tasks are is each task's ``kind``; :attr:`kinds` names those the stream holds.
     """
 
     name: str
@@ -133,7 +140,6 @@ class Stream:
     max_len: int
     tokenizer: Any = None
     params: dict[str, Any] = field(default_factory=dict)
-    kind: Kind = "classification"
     general: Examples | None = None
     prompt_cut_fraction: float = float("nan")
 
@@ -146,13 +152,19 @@ class Stream:
         return len(self.tasks)
 
     @property
+    def kinds(self) -> tuple[str, ...]:
+        """The kinds of its tasks, each once, in stream order (``("classification",)``,
+        ``("corpus", "generation")``)."""
+        return tuple(dict.fromkeys(t.kind for t in self.tasks))
+
+    @property
     def n_classes(self) -> int:
         return len(self.labels)
 
     def class_mask(self) -> torch.Tensor | None:
         """``(n_tasks, n_classes)`` bool: which logits each task may use, in task-incremental
         scenarios of classification tasks (None otherwise: the head is not masked)."""
-        if self.scenario != "task-incremental" or self.kind != "classification":
+        if self.scenario != "task-incremental" or self.kinds != ("classification",):
             return None
         mask = torch.zeros(self.n_tasks, self.n_classes, dtype=torch.bool)
         for i, task in enumerate(self.tasks):

@@ -1,7 +1,7 @@
 """Generative tasks: an example is a prompt and an answer, both text.
 
-:func:`generative_stream` turns tasks of ``(prompt, answer)`` pairs into a :class:`Stream` of kind
-``"generation"``: each example's ``x`` is the prompt's tokens, then the answer's, then the end
+:func:`generative_stream` turns tasks of ``(prompt, answer)`` pairs into a :class:`Stream` of tasks
+of kind ``"generation"``: each example's ``x`` is the prompt's tokens, then the answer's, then the end
 token; ``start`` marks where the answer begins; ``lengths`` counts all three. A prompt that does
 not fit ``max_len`` together with its answer loses tokens from its left (its beginning: the
 instruction's end and the input stay next to the answer), never the answer; the share of
@@ -220,14 +220,15 @@ def examples_of(seqs: list[list[int]], starts: list[int], y: list[int], t: int) 
                     torch.tensor(starts, dtype=torch.long))
 
 
-def scored_bytes(tok: TextTokenizer, general: Examples) -> int:
-    """The UTF-8 bytes of the text whose tokens a general text's perplexity scores: in each
-    document (as cut to ``max_len`` tokens), the tokens after its first, which is not predicted
-    (a BOS token, or the text's first token where a tokenizer adds none). Bits per byte divide the
-    summed negative log-likelihood by this count, so that models with different tokenizers can be
-    compared. clbench's byte tokenizer counts its byte tokens; other tokenizers decode the tokens
-    (a multi-byte character cut by ``max_len`` counts as the replacement character)."""
-    rows = [row[1:n] for row, n in zip(general.x.tolist(), general.lengths.tolist())]
+def scored_bytes(tok: TextTokenizer, examples: Examples) -> int:
+    """The UTF-8 bytes of the text whose tokens a perplexity over ``examples`` (sequences with
+    ``start`` 0: a general text, a text domain's test split) scores: in each sequence, the tokens
+    after its first, which is not predicted. Bits per byte divide the summed negative
+    log-likelihood by this count, so that models with different tokenizers can be compared.
+    clbench's byte tokenizer counts its byte tokens; other tokenizers decode the tokens (specials
+    such as the end token count nothing; a multi-byte character cut at a sequence's edge counts as
+    the replacement character)."""
+    rows = [row[1:n] for row, n in zip(examples.x.tolist(), examples.lengths.tolist())]
     if isinstance(tok, ClbenchTextTokenizer) and getattr(tok.tok, "tok", None) is None:  # bytes: id = byte + 1
         return sum(1 for row in rows for i in row if 0 < i < 257)
     return sum(len(tok.decode(row).encode("utf-8")) for row in rows)
@@ -241,6 +242,17 @@ def answer_cap(examples: Examples) -> int:
 
 def label_index(labels: tuple[str, ...], answer: str) -> int:
     return labels.index(answer) if answer in labels else 0
+
+
+def general_examples(stream: str, tokenizer: TextTokenizer, documents: list[str], max_len: int) -> Examples:
+    """A held-out general text as examples: each document's tokens as plain text, whatever the
+    prompts' format (with the model's leading specials), cut to ``max_len``, ``start`` 0, task
+    position -1."""
+    ids = tokenizer.encode_text(documents)
+    seqs = [s[:max_len] for s in ids if len(s) > 1]
+    if not seqs:
+        raise UserError(f"stream '{stream}': the general text has no document of two tokens or more")
+    return examples_of(seqs, [0] * len(seqs), [0] * len(seqs), -1)
 
 
 def generative_stream(
@@ -281,7 +293,7 @@ def generative_stream(
             split[part] = examples_of(seqs, starts, [label_index(task.labels, a) for _, a in pairs], pos)
         new = task.max_new_tokens or answer_cap(split["test"])
         built.append(Task(task.name, (), split["train"], split["test"], metric=task.metric, labels=task.labels,
-                          max_new_tokens=new, max_new_tokens_derived=not task.max_new_tokens))
+                          max_new_tokens=new, max_new_tokens_derived=not task.max_new_tokens, kind="generation"))
     if sum(halved.values()) > HALVED_LIMIT * prompts:
         n = sum(halved.values())
         worst = max(halved, key=halved.get)
@@ -291,13 +303,7 @@ def generative_stream(
     if shortened:
         print(f"clbench: warning: stream '{name}': {shortened} of {prompts} prompts ({shortened / prompts:.1%}) longer "
               f"than max_len = {max_len} with their answer were shortened from the left", file=sys.stderr)
-    general_ex = None
-    if general:
-        ids = tokenizer.encode_text(general)  # plain text, whatever the prompts' format
-        seqs = [s[:max_len] for s in ids if len(s) > 1]
-        if not seqs:
-            raise UserError(f"stream '{name}': the general text has no document of two tokens or more")
-        general_ex = examples_of(seqs, [0] * len(seqs), [0] * len(seqs), -1)
+    general_ex = general_examples(name, tokenizer, general, max_len) if general else None
     return Stream(
         name=name,
         scenario=scenario,
@@ -308,7 +314,6 @@ def generative_stream(
         max_len=max(longest, int(general_ex.lengths.max()) if general_ex is not None else 0),
         tokenizer=tokenizer,
         params=params or {},
-        kind="generation",
         general=general_ex,
         prompt_cut_fraction=shortened / prompts,
     )

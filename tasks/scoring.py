@@ -151,6 +151,24 @@ UNAVAILABLE: dict[str, str] = {
 }
 
 
+#: Whether a higher or a lower value is better, for every score a task's evaluation records:
+#: the scores of generated text and accuracies (fractions in [0, 1]) are higher-is-better;
+#: losses, perplexities and bits per byte lower-is-better. The summary computes ACC, BWT, FWT,
+#: forgetting, intransigence and plasticity with the direction of each task's primary score, so
+#: that forgetting is positive when a task gets worse in its own unit (docs/cpt.md).
+DIRECTIONS: dict[str, str] = {
+    **{m: "higher" for m in METRICS}, "acc": "higher",
+    "loss": "lower", "train_loss": "lower", "ppl": "lower", "bpb": "lower", "general_ppl": "lower", "general_bpb": "lower",
+}
+
+
+def direction(metric: str) -> str:
+    """``"higher"`` or ``"lower"``: which values of ``metric`` are better (:data:`DIRECTIONS`)."""
+    if metric not in DIRECTIONS:
+        raise ValueError(f"metric {metric!r} declares no direction (known: {', '.join(DIRECTIONS)})")
+    return DIRECTIONS[metric]
+
+
 def check_metric(name: str, where: str) -> None:
     """A one-line :class:`UserError` unless ``name`` is a metric a task may have."""
     if name in UNAVAILABLE:

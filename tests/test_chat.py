@@ -235,3 +235,20 @@ def test_generative_replay_reads_prompts_without_the_template_and_runs_on_chat_s
     _, t = run_suite_dict(suite)
     assert (t.cells.status == "ok").all(), t.cells.traceback.tolist()
     assert all("Be brief." not in e["prompt"] for s in t.cells.samples for r in json.loads(s) for e in r["examples"])
+
+
+def test_a_mixed_stream_puts_its_generative_parts_in_the_chat_format_and_its_domains_as_text(chat_lm, host):
+    from clbench.tasks.mixed import mixed
+
+    folder = str(chat_lm())
+    parts = [{"name": "corpus-builtin", "params": {"domains": ["synthetic-1"], "docs_per_domain": 6, "doc_chars": 300,
+                                                   "max_len": 48}},
+             {"name": "algorithmic", "params": {"tasks": ["reverse"], "n_train": 4, "n_test": 2, "length": 3, "max_len": 48}}]
+    stream = mixed(parts, tokenizer=folder)
+    assert stream.kinds == ("corpus", "generation") and stream.tokenizer.prompt_format == "chat"
+    end = stream.tokenizer.tok.convert_tokens_to_ids("<|im_end|>")
+    domain, task = stream.tasks
+    assert end not in domain.train.x.tolist()[0]  # a text domain is plain text
+    assert all(int(task.train.x[i, int(task.train.lengths[i]) - 1]) == end for i in range(len(task.train)))  # answers end their turn
+    parts[1]["params"]["prompt_format"] = "plain"
+    assert mixed(parts, tokenizer=folder).tokenizer.prompt_format == "plain"

@@ -206,7 +206,7 @@ def test_der_and_a_bidirectional_model_are_refused_before_anything_runs(tmp_path
 
     base = ('name = "s"\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nmax_len = 32\n{causal}'
             '[[streams]]\nname = "algorithmic"\n[[strategies]]\nname = "{strategy}"\n')
-    for causal, strategy, why in (("causal = true\n", "der", "serves classification streams only"),
+    for causal, strategy, why in (("causal = true\n", "der", "serves classification tasks only"),
                                   ("", "naive", "need a causal model")):
         path = tmp_path / f"{strategy}.toml"
         path.write_text(base.format(causal=causal, strategy=strategy))

@@ -283,15 +283,21 @@ def test_lamol_and_ssr_run_on_a_hugging_face_model(run_suite_dict, tiny_causal_l
 
 
 @pytest.mark.parametrize("entry, stream, message", [
-    ("lamol", "split-digits", "strategy 'lamol': serves generation streams only, and stream 'split-digits' has classification tasks"),
-    ("ssr", "split-digits", "strategy 'ssr': serves generation streams only, and stream 'split-digits' has classification tasks"),
+    ("lamol", "split-digits", "strategy 'lamol': serves generation tasks only, and stream 'split-digits' has classification tasks"),
+    ("ssr", "split-digits", "strategy 'ssr': serves generation tasks only, and stream 'split-digits' has classification tasks"),
+    # text domains have no prompt and answer to write: a stream with one is refused, mixed or not
+    ("lamol", "corpus-builtin", "strategy 'lamol': serves generation tasks only, and stream 'corpus-builtin' has corpus tasks"),
+    ("ssr", "mixed", "strategy 'ssr': serves generation tasks only, and stream 'mixed' has corpus tasks"),
     ({"name": ["lora", "lamol"]}, "algorithmic", "cannot be combined with per-task LoRA"),
     ({"name": ["ssr", "cumulative"]}, "algorithmic", "strategies ssr and cumulative cannot be combined: both decide 'train_data'"),
     ({"name": "lamol", "params": {"gamma": -1.0}}, "algorithmic", "parameter 'gamma' must be a number >= 0"),
     ({"name": "ssr", "params": {"shots": 5}}, "algorithmic", "parameter 'shots' must be in 1..demos (4)"),
 ])
 def test_refused_before_anything_runs_in_one_line(run_suite_dict, tmp_path, entry, stream, message):
-    params = {"patch_size": 4} if stream == "split-digits" else THREE
+    domains = {"domains": ["synthetic-1"], "docs_per_domain": 4, "doc_chars": 300, "max_len": 32}
+    params = {"split-digits": {"patch_size": 4}, "corpus-builtin": domains,
+              "mixed": {"streams": [{"name": "corpus-builtin", "params": domains}, {"name": "algorithmic", "params": THREE}]},
+              }.get(stream, THREE)
     model = {} if stream == "split-digits" else DECODER
     with pytest.raises(UserError) as exc:
         run_suite_dict(make_suite([entry], stream=stream, stream_params=params, model=model), out=tmp_path / "out")

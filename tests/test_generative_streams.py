@@ -208,7 +208,7 @@ def write_cl_task(root: Path, name: str, train, test, labels):
 def test_olora_prompts_on_the_shared_data():
     names = ["TC/agnews", "SC/SST-2", "TC/dbpedia", "SC/amazon"]
     s = instructions(data_dir=str(CL_BENCHMARK), tasks=names, train_per_class=2, test_per_class=1, max_len=100_000)
-    assert [t.name for t in s.tasks] == names and s.kind == "generation"
+    assert [t.name for t in s.tasks] == names and s.kinds == ("generation",)
     for k, name in enumerate(names):
         folder = CL_BENCHMARK / name
         labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))

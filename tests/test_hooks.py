@@ -371,12 +371,12 @@ def test_a_strategy_serves_the_kinds_of_task_it_declares(host, tmp_path, capsys)
         capsys.readouterr()
         assert main(command) == 2
         err = capsys.readouterr().err
-        assert err == (f"clbench: error: {path}: strategy 'labels-only': serves classification streams only, "
+        assert err == (f"clbench: error: {path}: strategy 'labels-only': serves classification tasks only, "
                        "and stream 'algorithmic' has generation tasks\n")
     assert not (tmp_path / "out").exists()
     path.write_text(GENERATIVE_SUITE.format(names='["replay", "labels-only"]'))
     assert main(["check", str(path)]) == 2
-    assert "strategy 'replay+labels-only': 'labels-only' serves classification streams only" in capsys.readouterr().err
+    assert "strategy 'replay+labels-only': 'labels-only' serves classification tasks only" in capsys.readouterr().err
     path.write_text(GENERATIVE_SUITE.format(names='"naive"'))  # declares nothing: every kind
     assert main(["check", str(path)]) == 0
     (cell,) = parse_suite(make_suite(["labels-only"], stream_params=TWO_CLASS), "t.toml").cells
@@ -387,7 +387,7 @@ def test_a_strategy_serves_the_kinds_of_task_it_declares(host, tmp_path, capsys)
     (cell,) = load_suite(str(path)).cells
     res = run_cell(cell)  # alone, without the suite's preflight: the cell fails with the same line
     assert res.status == "failed" and res.row["error"] == (
-        "strategy 'labels-only': serves classification streams only, and stream 'algorithmic' has generation tasks")
+        "strategy 'labels-only': serves classification tasks only, and stream 'algorithmic' has generation tasks")
 
 
 def test_serves_names_kinds_of_task(host):
@@ -399,7 +399,7 @@ def test_serves_names_kinds_of_task(host):
 
     _strategy(host, "typo", Typo)
     with pytest.raises(UserError, match="strategy 'typo' declares serves = \\('clasification',\\), but 'clasification' "
-                                        "is not a kind of task \\(kinds: classification, generation\\)"):
+                                        "is not a kind of task \\(kinds: classification, generation, corpus\\)"):
         preflight(parse_suite(make_suite(["typo"], stream_params=TWO_CLASS), "t.toml"))
 
 

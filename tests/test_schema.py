@@ -40,10 +40,10 @@ def test_every_column_on_disk_is_in_the_schema_and_described(run_suite_dict):
 
     metrics = schema.metric_columns(tables.summary.columns)
     assert list(tables.summary.columns) == [*schema.IDENTITY, *schema.COST_COLUMNS, *schema.COST_KINDS, *metrics,
-                                            "reference_run_id"]
+                                            "reference_run_id", "units"]
     summary_doc = DOCS.split("**summary**", 1)[1].split("\n\n", 1)[0]
     named = set(re.findall(r"`(\w+)`", summary_doc))
-    assert set(schema.IDENTITY) | set(schema.COST_COLUMNS) | set(schema.COST_KINDS) | {"reference_run_id"} <= named
+    assert set(schema.IDENTITY) | set(schema.COST_COLUMNS) | set(schema.COST_KINDS) | {"reference_run_id", "units"} <= named
     metric_rows = set(re.findall(r"^\| `(\w+)` \|", DOCS, flags=re.M))
     assert set(metrics) == metric_rows, set(metrics) ^ metric_rows
 

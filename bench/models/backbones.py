@@ -319,17 +319,18 @@ def load_into(model: torch.nn.Module, backbone: Backbone) -> None:
             own[k].copy_(v)
 
 
-def check_stream(backbone: Backbone, stream) -> None:
+def check_stream(backbone: Backbone, stream, language_model: bool = False) -> None:
     """A one-line error unless ``stream`` feeds the backbone what it was trained on, and the
-    backbone is a model for the stream's kind of task (a causal LM for generative streams)."""
+    backbone is a model for the stream's kinds of task (``language_model``: its tasks train a
+    causal LM, as generative tasks and text domains do; :mod:`clbench.kinds`)."""
     spec = backbone.spec
-    generative = getattr(stream, "kind", "classification") == "generation"
-    if backbone.family == "hf-causal" and not generative:
+    kinds = " and ".join(getattr(stream, "kinds", ())) or "classification"
+    if backbone.family == "hf-causal" and not language_model:
         raise UserError(f"model.init {spec!r} is a Hugging Face causal LM: it runs generative streams, and "
-                        f"stream '{stream.name}' is a {getattr(stream, 'kind', 'classification')} stream")
-    if generative and not backbone.arch.get("causal"):
+                        f"stream '{stream.name}' is a {kinds} stream")
+    if language_model and not backbone.arch.get("causal"):
         raise UserError(f"model.init {spec!r} is not a causal language model (a {backbone.family} encoder): "
-                        f"stream '{stream.name}' has generative tasks")
+                        f"stream '{stream.name}' has {kinds} tasks")
     if stream.input_kind != backbone.input_kind:
         raise UserError(f"model.init {spec!r} takes {backbone.input_kind}, stream '{stream.name}' gives {stream.input_kind}")
     tok = getattr(stream, "tokenizer", None)
