@@ -31,7 +31,7 @@ CELLS: dict[str, Any] = {
     "peak_memory_mb": NAN, "memory_kind": "",
     "trainable_params": 0, "total_params": 0, "buffer_size": 0,
     "examples_seen": 0, "tokens_seen": 0, "padding_fraction": NAN,
-    "device": "", "threads": 0, "attention": "", "versions": None, "started_at": None,
+    "device": "", "threads": 0, "precision": "", "attention": "", "versions": None, "started_at": None,
 }
 
 #: The summary's columns that say which cell a row is (taken from ``cells``).

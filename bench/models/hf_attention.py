@@ -21,7 +21,7 @@ import weakref
 
 import torch
 
-from .attention import attention
+from .attention import attention, cpu_fp32
 
 NAME = "clbench"
 #: kwargs of transformers' attention functions that change the computation beyond a causal mask
@@ -83,6 +83,12 @@ def clbench_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     if not ok:
         if is_causal is not None:
             kwargs["is_causal"] = is_causal
+        if cpu_fp32(query):  # as clbench's own SDPA path: in fp32 on a CPU, the result in the inputs' dtype
+            mask = attention_mask.float() if attention_mask is not None and attention_mask.is_floating_point() else attention_mask
+            with torch.autocast("cpu", enabled=False):
+                out, weights = _sdpa()(module, query.float(), key.float(), value.float(), mask, dropout=dropout,
+                                       scaling=scaling, **kwargs)
+            return out.to(query.dtype), weights
         return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if lengths is not None and lengths.shape[0] != query.shape[0]:
         lengths = lengths.expand(query.shape[0])

@@ -114,26 +114,28 @@ class LMHead(nn.Module):
 
 class KVCache:
     """Keys and values of every layer for batched greedy decoding, right-padded like everything
-    else: ``(B, H, n_max, D)`` buffers per layer. The prompt pass (``pos`` None) stores its
+    else: ``(B, H, n_max, D)`` buffers per layer, in the dtype of the layer's keys (bf16 or fp16
+    under autocast). The prompt pass (``pos`` None) stores its
     keys and values at positions ``0..N-1``; each later pass stores one token per sequence at its
     own position ``pos[b]`` (sequences of different lengths decode side by side) and attends to
     the first ``pos[b] + 1`` keys. ``n_keys`` (a host-side bound on ``max(pos) + 1``) trims
     the keys attended to without a device sync."""
 
-    def __init__(self, model: "Transformer", batch: int, n_max: int, device, dtype):
-        cfg = model.cfg
-        shape = (batch, cfg.n_heads, n_max, cfg.d_model // cfg.n_heads)
-        self.k = {id(b.attn): torch.zeros(shape, device=device, dtype=dtype) for b in model.blocks}
-        self.v = {id(b.attn): torch.zeros(shape, device=device, dtype=dtype) for b in model.blocks}
+    def __init__(self, n_max: int):
+        self.n_max = n_max
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
         self.pos: torch.Tensor | None = None
         self.n_keys = 0
 
     def attend(self, layer: SelfAttention, q, k, v, lengths) -> torch.Tensor:
-        kc, vc = self.k[id(layer)], self.v[id(layer)]
-        if self.pos is None:  # the prompts
-            n = k.shape[2]
+        if self.pos is None:  # the prompts: a layer's buffers take the dtype its keys come in (autocast's)
+            B, H, n, D = k.shape
+            kc = self.k[id(layer)] = k.new_zeros(B, H, self.n_max, D)
+            vc = self.v[id(layer)] = v.new_zeros(B, H, self.n_max, D)
             kc[:, :, :n], vc[:, :, :n] = k, v
             return attention(q, k, v, lengths=lengths, causal=layer.causal)
+        kc, vc = self.k[id(layer)], self.v[id(layer)]
         rows = torch.arange(k.shape[0], device=k.device)
         kc[rows, :, self.pos], vc[rows, :, self.pos] = k[:, :, 0], v[:, :, 0]
         return attention(q, kc[:, :, : self.n_keys], vc[:, :, : self.n_keys], lengths=self.pos + 1, causal=False)
@@ -237,8 +239,7 @@ class Transformer(nn.Module):
         out = torch.full((B, max(max_new_tokens, 0)), eos_id, dtype=torch.long, device=x.device)
         if new <= 0:
             return out
-        p = next(self.parameters())
-        cache = KVCache(self, B, N + new, x.device, p.dtype)
+        cache = KVCache(N + new)
         h, _ = self._encode(x, lengths, cache)
         last = h[torch.arange(B, device=x.device), lengths - 1]  # (B, C): each prompt's last state
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
