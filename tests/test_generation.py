@@ -229,3 +229,61 @@ def test_a_checkpoint_pretrained_on_shorter_sequences_is_warned_about(tmp_path, 
     preflight(parse_suite(suite, "t.toml", host), host)
     err = capsys.readouterr().err
     assert err.count("pre-trained on sequences of at most 8 tokens") == 1, err
+
+
+THINGS = [("apple", "red"), ("leaf", "green"), ("banana", "yellow"), ("sky at noon", "blue"), ("tomato", "red"),
+          ("frog", "green")]
+
+
+@pytest.mark.parametrize("arch", ["decoder", "llama"])
+def test_sharing_the_prompts_prefix_changes_no_answer_and_no_score(arch, host, tiny_causal_lm, one_thread):
+    """An evaluation computes the keys and values of the prefix that every test prompt shares
+    once, and feeds each prompt and its answer once: the generated ids, the exact match and the
+    rank classification are those of the same evaluation without the shared prefix, token for
+    token; the answers' losses agree within float rounding, with each other and with the
+    training's forward pass (``cell.logits``). The prompt of one example, longer than the
+    model takes with the longest label, is scored from its own prompt shortened from the left."""
+    from clbench.cell import CellContext
+    from clbench.models.decoding import MIN_SHARED_PREFIX, shared_prefix
+    from clbench.suite import parse_suite
+
+    instruction = "Say the colour of the thing named, in one word.\n"
+    pairs = [(f"{instruction}Thing: {w}\nColour:", c) for w, c in THINGS]
+    labels = ("red", "green", "yellow", "blue")
+    if arch == "decoder":
+        tok, max_len = text_tokenizer("bytes"), 96
+        model_table = {**DECODER, "max_len": max_len}
+    else:
+        from clbench.models.backbones import resolve
+        from clbench.models.hf import HFTextTokenizer
+
+        backbone = resolve(str(tiny_causal_lm("llama")))
+        tok, max_len = HFTextTokenizer.load(backbone), 128
+        model_table = {"init": str(backbone.folder)}
+    if arch == "decoder":  # a prompt that fits the model with "red" and the end token, not with "yellow"
+        long = f"{instruction}Thing: "
+        pairs.append((long + "z" * (max_len - 5 - len(long) - len("\nColour:")) + "\nColour:", "red"))
+        assert len(tok.encode_prompts([pairs[-1][0]])[0]) == max_len - 5
+    stream = generative_stream("s", [TextTask("em", pairs, pairs, metric="exact_match", max_new_tokens=6),
+                                     TextTask("rank", pairs, pairs, metric="accuracy", labels=labels)], tok, max_len=max_len)
+    data = make_suite(["naive"], training={"eval_batch_size": 4})
+    data["model"] = model_table if arch == "llama" else {**data["model"], **model_table}
+    (cell,) = parse_suite(data, "t.toml", host).cells
+    model = Generation().build_model(cell, stream).eval()
+    ctx = CellContext(cell, stream, model, torch.device("cpu"))
+    em, rank = ctx.tasks
+    assert shared_prefix(rank.test.x, rank.test.start) >= MIN_SHARED_PREFIX
+    for task in (em, rank):
+        shared = Generation(share_prefix=True).run(ctx, task, generate=True, rank=task is rank)
+        plain = Generation(share_prefix=False).run(ctx, task, generate=True, rank=task is rank)
+        assert torch.equal(shared.generated, plain.generated)
+        assert len({tuple(r) for r in plain.generated.tolist()}) > 1  # not one answer for every prompt
+        torch.testing.assert_close(shared.nll, plain.nll, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            forward = Generation()._nll(ctx, task.test)
+        torch.testing.assert_close(plain.nll, forward, rtol=1e-5, atol=1e-5)
+        if task is rank:
+            assert torch.equal(shared.label_scores.argmax(1), plain.label_scores.argmax(1))
+            torch.testing.assert_close(shared.label_scores, plain.label_scores, rtol=1e-5, atol=1e-5)
+        a, b = Generation(share_prefix=True).evaluate(ctx, 0, task), Generation(share_prefix=False).evaluate(ctx, 0, task)
+        assert a["acc"] == b["acc"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6)

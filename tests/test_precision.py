@@ -102,7 +102,7 @@ def test_bf16_without_bf16_arithmetic_runs_fp32_and_says_so(host, monkeypatch, c
 
 
 @pytest.mark.parametrize("arch", ["decoder", "llama", "qwen2", "gpt2"])
-def test_evaluation_casts_the_linear_weights_once_and_changes_no_number(arch, folder, tiny_causal_lm, host):
+def test_evaluation_casts_the_linear_weights_once_and_changes_no_number(arch, folder, tiny_causal_lm, host, one_thread):
     """``evaluating`` holds the linear layers' weights in bf16 for an evaluation instead of
     letting autocast cast them at every forward pass: the same answers, scores and losses, bit
     for bit; the weights come back as they were; an LM head tied to the embeddings (Qwen2's)

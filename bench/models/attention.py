@@ -113,6 +113,21 @@ def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None, skip_padded_
     return out.masked_fill(zero, 0.0)
 
 
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Attention where ``allowed`` ``(B, 1, n_q, n_k)`` (bool) says which keys each query sees,
+    for what lengths cannot say (sequences continued at different positions: a KV cache fed
+    several tokens per sequence); every query must see a key. Torch's SDPA, in fp32 on a CPU for
+    16-bit inputs (:func:`cpu_fp32`)."""
+    q, k, v = autocast_inputs(q, k, v)
+    used = _used.get()
+    if used is not None:
+        used.add("sdpa")
+    if cpu_fp32(q):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=allowed).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
 def kernels():
     """``clbench.models.kernels``, imported on first use; None (with one warning) if Triton cannot be
     imported here."""

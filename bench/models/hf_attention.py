@@ -8,8 +8,8 @@ a CPU) when the mask is what ``lengths`` express: causal (or full) attention ove
 sequences, queries and keys of the same length. It reads the lengths off the mask the model
 built (its last row, for a causal mask) and checks the whole mask against them, once per mask
 (every layer of a forward pass shares one). Everything else goes to transformers' own SDPA
-function with the mask, unchanged: left padding (``generate``'s), decoding steps with a cache,
-sliding windows shorter than the sequence, soft-capping, attention sinks, position biases, and
+function with the mask, unchanged (in fp32 on a CPU for 16-bit inputs): left padding, a
+pass continued after a cache (decoding steps, prompts after their shared prefix), sliding windows shorter than the sequence, soft-capping, attention sinks, position biases, and
 attention dropout while training. (GPT-2 in some 4.x releases gives implementations other than
 its own a key-padding mask without the causal part; a causal self-attention layer gets the
 causal part added here.)
