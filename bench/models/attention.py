@@ -101,7 +101,7 @@ def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None, skip_padded_
         with torch.autocast("cpu", enabled=False):
             out = sdpa_attention(q.float(), k.float(), v.float(), lengths, causal, scale, skip_padded_queries)
         return out.to(q.dtype)
-    if lengths is None:
+    if lengths is None and not (causal and q.shape[-2] != k.shape[-2]):  # SDPA's is_causal aligns top-left
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     mask = _key_mask(lengths, q.shape[-2], k.shape[-2], causal, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
