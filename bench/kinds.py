@@ -84,6 +84,13 @@ class Classification:
         return model
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor:
+        groups = _groups(cell, batch) if cell.stream.input_kind == "tokens" else None
+        if groups is not None:  # rows of very different lengths: two passes, the rows back in their order
+            parts = [self._logits(cell, batch[g], model, masked) for g in groups]
+            return torch.cat(parts)[torch.argsort(torch.cat(groups))]
+        return self._logits(cell, batch, model, masked)
+
+    def _logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool) -> torch.Tensor:
         x, lengths = batch.x, batch.lengths
         if cell.stream.input_kind == "tokens" and x.shape[1] > 1:
             x = x[:, : int(lengths.max())]  # a batch computes only up to its longest sequence
@@ -122,6 +129,17 @@ def answer_mask(batch: Batch, n: int) -> torch.Tensor:
     general text), every position but the last of each sequence."""
     pos = torch.arange(n, device=batch.x.device)[None, :]
     return (pos >= batch.start[:, None] - 1) & (pos < batch.lengths[:, None] - 1)
+
+
+def _groups(cell, batch: Batch) -> list[torch.Tensor] | None:
+    """With ``training.batching = "length"``, the two groups of similar lengths a batch is
+    computed in (:func:`clbench.tasks.batching.length_groups`), or None."""
+    from clbench.tasks.batching import length_groups
+
+    config = getattr(cell, "config", None)
+    if config is None or config.training.batching != "length":
+        return None
+    return length_groups(batch.lengths)
 
 
 def _trim(batch: Batch) -> tuple[torch.Tensor, int]:
@@ -182,6 +200,21 @@ class Generation:
         return model
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor:
+        groups = _groups(cell, batch)
+        if groups is not None:  # rows of very different lengths: two passes, the outputs back in their order
+            parts = [self._logits(batch[g], model) for g in groups]
+            count = batch.lengths - batch.start.clamp(min=1)  # each row's outputs (answer_mask)
+            first = torch.cumsum(count, 0) - count
+            dest = []
+            for g in groups:
+                c = count[g]
+                within = torch.arange(int(c.sum()), device=c.device) - (torch.cumsum(c, 0) - c).repeat_interleave(c)
+                dest.append(first[g].repeat_interleave(c) + within)
+            return torch.cat(parts)[torch.argsort(torch.cat(dest))]
+        return self._logits(batch, model)
+
+    @staticmethod
+    def _logits(batch: Batch, model: torch.nn.Module) -> torch.Tensor:
         x, n = _trim(batch)
         h = model.hidden_states(x, batch.lengths)  # (B, n, C)
         return model.lm_logits(h[answer_mask(batch, n)])  # (T, V)

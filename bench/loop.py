@@ -188,7 +188,8 @@ def train_step(cell: CellContext, batch: Batch, params: list[torch.nn.Parameter]
         tally.steps += 1
         tally.examples += len(batch)
         tally.tokens = tally.tokens + batch.lengths.sum()
-        tally.positions = tally.positions + computed_positions(batch.lengths, trimmed=cell.stream.input_kind == "tokens")
+        tally.positions = tally.positions + computed_positions(batch.lengths, trimmed=cell.stream.input_kind == "tokens",
+                                                               grouped=tcfg.batching == "length")
     hook.after_step(cell=cell, step=tally.steps if tally is not None else 0, loss=detached)
     return detached
 

@@ -11,7 +11,8 @@ whole task is offered once it has been trained on, so the memory only ever holds
 With ``training.batching = "length"`` (batches of similar length, little padding), the memory
 examples of ``length_window`` batches are drawn at once, uniformly as above, and each batch takes
 those of the pool nearest its own lengths (:meth:`Replay.by_length`): every memory example has
-the chance it had, and the mixed batches stay about as short as the new ones.
+the chance it had. Memory examples still longer or shorter than the new ones are computed as a
+group of their own (:func:`clbench.tasks.batching.length_groups`), so mixing spends little padding.
 """
 
 from __future__ import annotations

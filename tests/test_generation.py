@@ -287,3 +287,34 @@ def test_sharing_the_prompts_prefix_changes_no_answer_and_no_score(arch, host, t
             torch.testing.assert_close(shared.label_scores, plain.label_scores, rtol=1e-5, atol=1e-5)
         a, b = Generation(share_prefix=True).evaluate(ctx, 0, task), Generation(share_prefix=False).evaluate(ctx, 0, task)
         assert a["acc"] == b["acc"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+
+
+def test_length_batching_computes_a_mixed_batch_in_two_groups(host, one_thread):
+    """With ``batching = "length"`` a batch of short and long sequences (replay's new examples and
+    memory) is computed in two groups, each trimmed to its own longest: the same outputs, row for
+    row, as one pass, and the positions computed (what ``padding_fraction`` counts) are the two
+    groups'. A batch of similar lengths, or random batching, is one pass."""
+    from clbench.cell import CellContext
+    from clbench.suite import parse_suite
+    from clbench.tasks.batching import computed_positions, length_groups
+
+    tok = text_tokenizer("bytes")
+    pairs = [("ab" * (1 + i % 3), "xy") for i in range(6)] + [("a long prompt " * 4 + str(i), "answer") for i in range(4)]
+    stream = generative_stream("s", [TextTask("t", pairs, pairs)], tok, max_len=96)
+    for batching in ("length", "random"):
+        data = make_suite(["naive"], model={**DECODER, "max_len": 96}, training={"batching": batching})
+        (cell,) = parse_suite(data, "t.toml", host).cells
+        torch.manual_seed(0)
+        model = Generation().build_model(cell, stream)
+        ctx = CellContext(cell, stream, model, torch.device("cpu"))
+        batch = ctx.tasks[0].train
+        short, long = length_groups(batch.lengths)
+        assert short.tolist() == list(range(6)) and long.tolist() == [6, 7, 8, 9]
+        got, one_pass = ctx.logits(batch), Generation._logits(batch, model)
+        torch.testing.assert_close(got, one_pass, rtol=1e-5, atol=1e-5)
+        n = int(batch.lengths.max())
+        grouped = batching == "length"
+        assert int(computed_positions(batch.lengths, grouped=grouped)) == (9 * 6 + n * 4 if grouped else n * 10)
+        assert length_groups(batch.lengths[6:]) is None  # one length: one pass
+        ctx.loss(batch).backward()  # gradients flow through the regrouped outputs
+        assert model.lm_head.dense.weight.grad.abs().sum() > 0
