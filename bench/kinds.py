@@ -4,6 +4,9 @@ into scores.
 The loop (:mod:`clbench.loop`) never looks inside a batch: it asks the stream's kind
 (``Stream.kind``). A kind has:
 
+* ``class_logits``: True when a batch's outputs are one row of logits over the stream's label
+  space per example (classification), False when they are next-token logits at the answer
+  tokens (generation): what a strategy that works on class logits branches on;
 * ``check(config, stream)``: a one-line :class:`~clbench.errors.UserError` if the cell's model
   cannot do the stream's tasks (called by :func:`clbench.cell.refuse`, before anything runs);
 * ``build_model(config, stream)``: the cell's model, seeded with the cell's seed;
@@ -32,17 +35,27 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .models.backbones import is_pretrained, load_into, resolve
+from .models.decoding import decode, shared_prefix
+from .models.hf import load_causal_lm
+from .models.transformer import Transformer
+
+from clbench.tasks.batching import length_groups
+from clbench.tasks.generative import examples_of
+from clbench.tasks.scoring import SCORERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cell import CellContext
-    from .suite import Cell
+    from .config import CellConfig
     from clbench.tasks import Batch, Examples, Stream, Task
 
 
 class Kind(Protocol):
-    def check(self, config: Cell, stream: Stream) -> None: ...
+    class_logits: bool
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module: ...
+    def check(self, config: CellConfig, stream: Stream) -> None: ...
+
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module: ...
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor: ...
 
@@ -53,9 +66,7 @@ class Kind(Protocol):
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]: ...
 
 
-def _backbone(config: Cell):
-    from .models.backbones import is_pretrained, resolve
-
+def _backbone(config: CellConfig):
     return resolve(config.model.init) if is_pretrained(config.model.init) else None
 
 
@@ -64,13 +75,12 @@ class Classification:
     label space (masked to the example's task in task-incremental streams), cross-entropy, and
     accuracy (``acc``) and mean cross-entropy (``loss``) on the test split."""
 
-    def check(self, config: Cell, stream: Stream) -> None:
+    class_logits = True
+
+    def check(self, config: CellConfig, stream: Stream) -> None:
         pass
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
-        from .models.backbones import load_into
-        from .models.transformer import Transformer
-
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         backbone = _backbone(config)
         torch.manual_seed(config.seed)
         model = Transformer(
@@ -134,8 +144,6 @@ def answer_mask(batch: Batch, n: int) -> torch.Tensor:
 def _groups(cell, batch: Batch) -> list[torch.Tensor] | None:
     """With ``training.batching = "length"``, the two groups of similar lengths a batch is
     computed in (:func:`clbench.tasks.batching.length_groups`), or None."""
-    from clbench.tasks.batching import length_groups
-
     config = getattr(cell, "config", None)
     if config is None or config.training.batching != "length":
         return None
@@ -175,20 +183,17 @@ class Generation:
     def __init__(self, share_prefix: bool = True):
         self.share_prefix = share_prefix  # compute the prompts' common prefix once per evaluation
 
-    def check(self, config: Cell, stream: Stream) -> None:
+    class_logits = False
+
+    def check(self, config: CellConfig, stream: Stream) -> None:
         backbone = _backbone(config)
-        if not config.model.causal and (backbone is None or backbone.kind != "hf-causal"):
+        if not config.model.causal and (backbone is None or backbone.family != "hf-causal"):
             raise UserError(f"stream '{stream.name}' has generative tasks: they need a causal model "
                             "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
-        from .models.backbones import load_into
-        from .models.transformer import Transformer
-
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         backbone = _backbone(config)
-        if backbone is not None and backbone.kind == "hf-causal":
-            from .models.hf import load_causal_lm
-
+        if backbone is not None and backbone.family == "hf-causal":
             torch.manual_seed(config.seed)
             return load_causal_lm(backbone)
         self.check(config, stream)
@@ -238,8 +243,6 @@ class Generation:
 
     @torch.inference_mode()
     def evaluate(self, cell: CellContext, task_index: int, task: Task) -> dict[str, float]:
-        from clbench.tasks.scoring import SCORERS
-
         data = task.test
         ranked = task.metric == "accuracy"
         run = self.run(cell, task, generate=not ranked, rank=ranked)
@@ -247,6 +250,9 @@ class Generation:
         out = {"loss": float(run.nll.sum()) / max(tokens, 1)}
         if ranked:
             score = int((run.label_scores.argmax(1) == data.y).sum()) / max(len(data), 1)
+            # lm-evaluation-harness's acc_norm: each log-likelihood over its label text's length in characters
+            chars = torch.tensor([max(len(lab), 1) for lab in task.labels], dtype=torch.float64, device=data.y.device)
+            out["acc_norm"] = int(((run.label_scores / chars).argmax(1) == data.y).sum()) / max(len(data), 1)
         else:
             predictions, references = self.texts(cell, data, run.generated)
             score = SCORERS[task.metric](predictions, references)
@@ -273,8 +279,6 @@ class Generation:
         answer's negative log-likelihood, teacher-forced, and leaves the prompt's keys and values
         in a cache: greedy decoding (``generate``) and the label texts' likelihoods (``rank``)
         continue from it, and the first answer token's logits are the pass's own."""
-        from .models.decoding import shared_prefix
-
         data, model = task.test, cell.model
         bs = cell.config.training.eval_batch_size
         N, device = len(data), data.x.device
@@ -302,10 +306,8 @@ class Generation:
             first = logits[torch.cumsum(answer, 0) - answer]  # (B, V): each prompt's next-token logits
             cache.truncate(batch.start)  # the prompts' keys and values; the answers' are forgotten
             if generate:
-                from .models.decoding import greedy
-
                 limits = (cell.config.model.max_len - batch.start).clamp(max=task.max_new_tokens)
-                out.generated[idx] = greedy(model, cache, first, limits, task.max_new_tokens, cell.stream.tokenizer.eos_id)
+                out.generated[idx] = decode(model, cache, first, limits, task.max_new_tokens, cell.stream.tokenizer.eos_id)
             if rank:
                 out.label_scores[idx] = self._label_scores(cell, batch, cache, first, labels)
         return out
@@ -316,8 +318,6 @@ class Generation:
         token's log-probabilities, summed), continuing from the prompts' ``cache`` and next-token
         logits ``first``. A prompt that would not fit the model with the longest label loses
         tokens from its left (the same for every label) and is scored on its own, from nothing."""
-        from clbench.tasks.generative import _examples
-
         model, tok = cell.model, cell.stream.tokenizer
         B, L, device = len(batch), len(labels), first.device
         seqs = [list(lab) + [tok.eos_id] for lab in labels]  # what each candidate's answer is
@@ -341,27 +341,35 @@ class Generation:
         for i in (batch.start > room).nonzero()[:, 0].tolist():
             s = int(batch.start[i])
             prompt = batch.x[i, s - room : s].tolist()  # shortened from the left
-            cand = _examples([prompt + q for q in seqs], [len(prompt)] * L, [0] * L, 0).to(device)
+            cand = examples_of([prompt + q for q in seqs], [len(prompt)] * L, [0] * L, 0).to(device)
             scores[i] = -self._nll(cell, cand)
         return scores
 
     @torch.inference_mode()
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]:
+        from clbench.tasks.generative import scored_bytes
+
         general = cell.stream.general
         if general is None:
             return {}
         general = general.to(cell.device)
         nll = sum(float(self._nll(cell, general[idx]).sum()) for idx in _by_length(general, cell.config.training.eval_batch_size))
         tokens = int((general.lengths - 1).sum())
-        return {"general_ppl": math.exp(nll / max(tokens, 1))}
+        scored = scored_bytes(cell.stream.tokenizer, cell.stream.general)  # bits per byte: tokenizer-independent
+        return {"general_ppl": math.exp(nll / max(tokens, 1)), "general_bpb": nll / math.log(2) / max(scored, 1)}
 
 
 KINDS: dict[str, Kind] = {"classification": Classification(), "generation": Generation()}
 
 
+def kind_name(stream: Stream) -> str:
+    """The name of ``stream``'s kind of task (``stream.kind``; "classification" by default)."""
+    return getattr(stream, "kind", "classification")
+
+
 def kind_of(stream: Stream) -> Kind:
     """The kind of ``stream``'s tasks (``stream.kind``, "classification" by default)."""
-    name = getattr(stream, "kind", "classification")
+    name = kind_name(stream)
     if name not in KINDS:
         raise ValueError(f"stream {stream.name!r} has tasks of an unknown kind {name!r} (known: {', '.join(KINDS)})")
     return KINDS[name]

@@ -55,7 +55,7 @@ def run(host, stream: dict, model: dict | None, precision: str):
     data["streams"] = [stream]
     if model is not None:
         data["model"] = model if "init" in model else {**data["model"], **model}
-    (cell,) = parse_suite(data, "precision.toml", host).cells
+    (cell,) = parse_suite(data, "precision.toml").cells
     return run_cell(cell)
 
 
@@ -70,8 +70,8 @@ def test_every_kind_runs_in_every_precision(name, folder, tiny_causal_lm, host):
     results = {p: run(host, stream, model, p) for p in PRECISIONS}
     generative = stream["name"] == "instructions"
     for p, r in results.items():
-        assert r.status == "ok", r.cell["traceback"]
-        assert r.cell["precision"] == p
+        assert r.status == "ok", r.row["traceback"]
+        assert r.row["precision"] == p
         assert all(math.isfinite(m["value"]) for m in r.measurements), p
         assert len(values(r, "acc")) == 3 * 2  # before training and after each of two tasks
         if generative:
@@ -94,8 +94,8 @@ def test_bf16_without_bf16_arithmetic_runs_fp32_and_says_so(host, monkeypatch, c
     monkeypatch.setattr(clbench.cell, "_precision_warned", set())
     stream = {"name": "split-digits", "params": {"patch_size": 4, "n_tasks": 2}}
     asked, plain = run(host, stream, None, "bf16"), run(host, stream, None, "fp32")
-    assert asked.status == "ok" and asked.cell["precision"] == "fp32"
-    assert json.loads(asked.cell["training"])["precision"] == "bf16"  # what was asked stays in its config
+    assert asked.status == "ok" and asked.row["precision"] == "fp32"
+    assert json.loads(asked.row["training"])["precision"] == "bf16"  # what was asked stays in its config
     assert values(asked, "loss") == values(plain, "loss")  # it ran exactly fp32
     err = capsys.readouterr().err
     assert err.count("has no bf16 arithmetic; cells run in fp32") == 1
@@ -116,8 +116,8 @@ def test_evaluation_casts_the_linear_weights_once_and_changes_no_number(arch, fo
     data = make_suite(["naive"], training={"precision": "bf16", "eval_batch_size": 4})
     data["streams"] = [{"name": "instructions", "params": {"data_dir": str(folder), "max_len": 96, "general": "general.txt"}}]
     data["model"] = model if "init" in model else {**data["model"], **model}
-    (cell,) = parse_suite(data, "precision.toml", host).cells
-    stream = build_stream(cell, host)
+    (cell,) = parse_suite(data, "precision.toml").cells
+    stream = build_stream(cell)
     ctx = CellContext(cell, stream, build_model(cell, stream).eval(), torch.device("cpu"))
     before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
     task = ctx.tasks[0]

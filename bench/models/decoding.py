@@ -17,7 +17,7 @@ cache of the rows ``index`` names, repeated or reordered: a prompt's cache for e
 candidates, a shared prefix for every prompt of a batch) and ``truncate(lengths)`` (forget the
 keys at positions ``>= lengths[b]``: the prompt's cache after its answer was scored).
 
-:func:`greedy` decodes from a cache; :func:`shared_prefix` finds the prompt tokens every test
+:func:`decode` decodes from a cache (greedy, or sampled); :func:`shared_prefix` finds the prompt tokens every test
 prompt of a task starts with, whose keys and values an evaluation computes once.
 """
 
@@ -25,22 +25,30 @@ from __future__ import annotations
 
 import torch
 
+from .sampling import Sampling
+
 #: A shared prefix shorter than this is not worth a pass of its own.
 MIN_SHARED_PREFIX = 8
 
 
 @torch.no_grad()
-def greedy(model, cache, first: torch.Tensor, limits: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:
+def decode(model, cache, first: torch.Tensor, limits: torch.Tensor, max_new_tokens: int, eos_id: int,
+           sampling: Sampling | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Greedy continuations ``(B, max_new_tokens)`` of the prompts in ``cache``, whose next
     token logits are ``first`` ``(B, V)``: sequence ``b`` produces at most ``limits[b]`` tokens
     (what the model's positions leave it), and ``eos_id`` after its end token or its limit;
-    decoding stops when every sequence has ended."""
+    decoding stops when every sequence has ended. With ``sampling``, each token is drawn by
+    :meth:`Sampling.pick` with ``generator`` (for every row, ended or not) instead."""
     B = first.shape[0]
     out = torch.full((B, max(max_new_tokens, 0)), eos_id, dtype=torch.long, device=first.device)
-    if max_new_tokens <= 0:
+    if max_new_tokens <= 0 or not bool((limits > 0).any()):
         return out
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(-1) if sampling is None else sampling.pick(logits, generator)
+
     done = limits <= 0
-    tok = first.argmax(-1)
+    tok = pick(first)
     for step in range(max_new_tokens):
         tok = torch.where(done, torch.full_like(tok, eos_id), tok)
         out[:, step] = tok
@@ -48,7 +56,7 @@ def greedy(model, cache, first: torch.Tensor, limits: torch.Tensor, max_new_toke
         if step == max_new_tokens - 1 or bool(done.all()):
             break
         h = model.extend(cache, tok[:, None])
-        tok = model.lm_logits(h[:, 0]).argmax(-1)
+        tok = pick(model.lm_logits(h[:, 0]))
     return out
 
 

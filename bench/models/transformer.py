@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attention, masked_attention
+from .decoding import decode
+from .sampling import Sampling
 
 
 @dataclass
@@ -284,19 +286,19 @@ class Transformer(nn.Module):
         return h
 
     @torch.no_grad()
-    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:
+    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int,
+                 sampling: Sampling | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Greedy continuations ``(B, max_new_tokens)`` of the right-padded prompts ``x``
         ``(B, N)`` of ``lengths`` tokens, with a KV cache; a sequence that produced ``eos_id``
         (or reached ``max_len`` positions) gets ``eos_id`` from then on, and decoding stops when
-        every sequence has."""
-        from .decoding import greedy
-
+        every sequence has. With ``sampling``, each token is drawn by :meth:`Sampling.pick` with
+        ``generator`` instead."""
         B = x.shape[0]
         cache = self.new_cache(B, x.device)
         h = self.extend(cache, x, lengths)
         last = h[torch.arange(B, device=x.device), lengths - 1]  # (B, C): each prompt's last state
         limits = (self.cfg.max_len - lengths).clamp(max=max_new_tokens)
-        return greedy(self, cache, self.lm_logits(last), limits, max_new_tokens, eos_id)
+        return decode(self, cache, self.lm_logits(last), limits, max_new_tokens, eos_id, sampling, generator)
 
     def n_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
