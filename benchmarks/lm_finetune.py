@@ -23,13 +23,13 @@ task (``Generation.evaluate``: the teacher-forced loss and the task's score) is 
 scores shown. With ``--device cuda`` clbench also trains with ``attn_implementation="sdpa"`` in
 the same model, against our Triton kernels.
 
-``--model FOLDER`` takes a Hugging Face causal LM (SmolLM2-135M-Instruct, say) instead of the
-random Llama; ``--precision fp32,bf16`` runs each side in each precision (``training.precision``
+``--model`` takes a real model instead of the random Llama (``smollm2``: SmolLM2-135M-Instruct,
+or any ``model.init``: a Hugging Face folder, a ``.gguf`` file); ``--precision fp32,bf16`` runs each side in each precision (``training.precision``
 for clbench, ``TrainingArguments(bf16=True)`` or ``fp16=True`` for the Trainer);
 ``--no-trainer`` runs clbench only.
 
     python benchmarks/lm_finetune.py [--data-dir ../shared/data/CL_Benchmark] [--steps 25]
-        [--threads 1] [--vocab 32000] [--device cpu|cuda] [--model FOLDER] [--precision fp32,bf16]
+        [--threads 1] [--vocab 32000] [--device cpu|cuda] [--model smollm2] [--precision fp32,bf16]
 """
 
 from __future__ import annotations
@@ -435,7 +435,8 @@ def report(args, runs: dict[str, list[dict]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "CL_Benchmark")
-    ap.add_argument("--model", type=Path, help="a Hugging Face causal LM's folder (default: a random Llama built here)")
+    ap.add_argument("--model", help="a model.init: smollm2, a Hugging Face causal LM's folder or a .gguf file "
+                                    "(default: a random Llama built here)")
     ap.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16, fp16 (each side runs in each)")
     ap.add_argument("--sides", default="trainer,clbench,random",
                     help="comma-separated: trainer (Trainer + peft), clbench, random (clbench with random batches)")
@@ -472,8 +473,10 @@ def main() -> None:
     precisions = args.precision.split(",")
     wanted = args.sides.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model:
-            args.model_dir = args.model.resolve()
+        if args.model:  # the folder clbench loads it from (a GGUF de-quantized once into its cache)
+            from clbench.models.backbones import resolve
+
+            args.model_dir = Path(resolve(args.model).folder).resolve()
         else:
             args.model_dir = Path(tmp) / "model"
             build_model(args.model_dir, args)
