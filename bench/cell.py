@@ -12,6 +12,7 @@ combinations a cell refuses.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -58,6 +59,34 @@ class CellResult:
         return self.row["status"]
 
 
+_precision_warned: set[str] = set()
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 itself: a GPU of compute capability 8 or more (no
+    emulation), a CPU for which oneDNN has bf16 kernels (AVX-512 or AMX on x86, bf16 on Arm)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a torch without oneDNN
+            return False
+    return True  # other devices: as asked
+
+
+def runnable_precision(precision: str, device: torch.device) -> str:
+    """The precision a cell asking for ``precision`` runs in on ``device``: bf16 where the device
+    has no bf16 arithmetic runs fp32, with a warning (once per process and device)."""
+    if precision == "bf16" and not bf16_supported(device):
+        if str(device) not in _precision_warned:
+            _precision_warned.add(str(device))
+            print(f"clbench: warning: training.precision = 'bf16': {device} has no bf16 arithmetic; "
+                  "cells run in fp32 (their 'precision' column says so)", file=sys.stderr)
+        return "fp32"
+    return precision
+
+
 class CellContext:
     """What cell hooks see of the running cell (their ``cell`` argument).
 
@@ -78,6 +107,9 @@ class CellContext:
     """The network being trained (a strategy may wrap or replace its layers in ``before_task``)."""
     device: torch.device
     """Where the model and :attr:`tasks` are."""
+    precision: str
+    """What the cell computes in: ``training.precision``, or ``"fp32"`` where :attr:`device` has
+    no bf16 arithmetic (:func:`runnable_precision`)."""
     task_index: int
     """Position of the task being trained (-1 before the first)."""
     task: Task | None
@@ -113,6 +145,7 @@ class CellContext:
         self.tasks = list(stream.tasks) if tasks is None else tasks
         self.model = model
         self.device = device
+        self.precision = runnable_precision(config.training.precision, device)
         self.hook = hook if hook is not None else cell_manager([]).hook
         self.task_index = -1
         self.task = None

@@ -37,6 +37,7 @@ packed sequences whose every token is predicted, scored by perplexity and bits p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -44,9 +45,11 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .models.backbones import is_pretrained, load_into, resolve
+from .models.decoding import decode, shared_prefix
 from .models.hf import load_causal_lm
 from .models.transformer import Transformer
 
+from clbench.tasks.batching import length_groups
 from clbench.tasks.generative import examples_of, scored_bytes
 from clbench.tasks.scoring import SCORERS, direction
 
@@ -104,6 +107,13 @@ class Classification:
         return model
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor:
+        groups = _groups(cell, batch) if cell.stream.input_kind == "tokens" else None
+        if groups is not None:  # rows of very different lengths: two passes, the rows back in their order
+            parts = [self._logits(cell, batch[g], model, masked) for g in groups]
+            return torch.cat(parts)[torch.argsort(torch.cat(groups))]
+        return self._logits(cell, batch, model, masked)
+
+    def _logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool) -> torch.Tensor:
         x, lengths = batch.x, batch.lengths
         if cell.stream.input_kind == "tokens" and x.shape[1] > 1:
             x = x[:, : int(lengths.max())]  # a batch computes only up to its longest sequence
@@ -144,6 +154,15 @@ def answer_mask(batch: Batch, n: int) -> torch.Tensor:
     return (pos >= batch.start[:, None] - 1) & (pos < batch.lengths[:, None] - 1)
 
 
+def _groups(cell, batch: Batch) -> list[torch.Tensor] | None:
+    """With ``training.batching = "length"``, the two groups of similar lengths a batch is
+    computed in (:func:`clbench.tasks.batching.length_groups`), or None."""
+    config = getattr(cell, "config", None)
+    if config is None or config.training.batching != "length":
+        return None
+    return length_groups(batch.lengths)
+
+
 def _trim(batch: Batch) -> tuple[torch.Tensor, int]:
     n = int(batch.lengths.max())
     return batch.x[:, :n], n
@@ -155,6 +174,15 @@ def _by_length(examples: Examples, bs: int) -> list[torch.Tensor]:
     return list(order.split(bs))
 
 
+@dataclass
+class TaskRun:
+    """What :meth:`Generation.run` computes for each test example of a task (``N`` of them)."""
+
+    nll: torch.Tensor  # (N,) float64: the reference answer's negative log-likelihood (its tokens', the end token's)
+    generated: torch.Tensor | None = None  # (N, max_new_tokens): greedy answers' ids, the end token after their end
+    label_scores: torch.Tensor | None = None  # (N, L) float64: each label text's log-likelihood after the prompt
+
+
 class Generation:
     """A prompt and an answer per example. Outputs are next-token logits ``(T, vocab)`` at the
     ``T`` positions that predict the batch's answer tokens only (the vocabulary projection of
@@ -162,7 +190,11 @@ class Generation:
     cross-entropy. A task is scored on its test split by its ``metric``: generated answers
     (batched greedy decoding with a KV cache, ``task.max_new_tokens``) against the references,
     or ``accuracy`` by the likelihood of each of the task's label texts after the prompt. Every
-    task also gets ``loss``, the cross-entropy of its reference answers."""
+    task also gets ``loss``, the cross-entropy of its reference answers. All three come from one
+    pass per example (:meth:`run`), after the prompts' shared prefix."""
+
+    def __init__(self, share_prefix: bool = True):
+        self.share_prefix = share_prefix  # compute the prompts' common prefix once per evaluation
 
     name = "generation"
     model = "language-model"
@@ -189,6 +221,21 @@ class Generation:
         return model
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor:
+        groups = _groups(cell, batch)
+        if groups is not None:  # rows of very different lengths: two passes, the outputs back in their order
+            parts = [self._logits(batch[g], model) for g in groups]
+            count = batch.lengths - batch.start.clamp(min=1)  # each row's outputs (answer_mask)
+            first = torch.cumsum(count, 0) - count
+            dest = []
+            for g in groups:
+                c = count[g]
+                within = torch.arange(int(c.sum()), device=c.device) - (torch.cumsum(c, 0) - c).repeat_interleave(c)
+                dest.append(first[g].repeat_interleave(c) + within)
+            return torch.cat(parts)[torch.argsort(torch.cat(dest))]
+        return self._logits(batch, model)
+
+    @staticmethod
+    def _logits(batch: Batch, model: torch.nn.Module) -> torch.Tensor:
         x, n = _trim(batch)
         h = model.hidden_states(x, batch.lengths)  # (B, n, C)
         return model.lm_logits(h[answer_mask(batch, n)])  # (T, V)
@@ -213,58 +260,106 @@ class Generation:
     @torch.inference_mode()
     def evaluate(self, cell: CellContext, task_index: int, task: Task) -> dict[str, float]:
         data = task.test
-        bs = cell.config.training.eval_batch_size
-        nll = torch.zeros((), dtype=torch.float64, device=cell.device)
-        for idx in _by_length(data, bs):
-            nll += self._nll(cell, data[idx]).sum()
+        ranked = task.metric == "accuracy"
+        run = self.run(cell, task, generate=not ranked, rank=ranked)
         tokens = int((data.lengths - data.start).sum())
-        out = {"loss": nll.item() / max(tokens, 1)}
-        if task.metric == "accuracy":
-            score, out["acc_norm"] = self._rank(cell, task)
+        out = {"loss": float(run.nll.sum()) / max(tokens, 1)}
+        if ranked:
+            score = int((run.label_scores.argmax(1) == data.y).sum()) / max(len(data), 1)
+            # lm-evaluation-harness's acc_norm: each log-likelihood over its label text's length in characters
+            chars = torch.tensor([max(len(lab), 1) for lab in task.labels], dtype=torch.float64, device=data.y.device)
+            out["acc_norm"] = int(((run.label_scores / chars).argmax(1) == data.y).sum()) / max(len(data), 1)
         else:
-            predictions, references = self.answers(cell, task)
+            predictions, references = self.texts(cell, data, run.generated)
             score = SCORERS[task.metric](predictions, references)
         return {"acc": score, task.metric: score, **out}
 
+    @torch.inference_mode()
     def answers(self, cell: CellContext, task: Task) -> tuple[list[str], list[str]]:
         """The model's greedy answers to ``task``'s test prompts, and the references, as text."""
-        data, tok = task.test, cell.stream.tokenizer
-        bs = cell.config.training.eval_batch_size
-        preds: list[str | None] = [None] * len(data)
-        for idx in _by_length(_prompts(data), bs):
-            batch = data[idx]
-            n = int(batch.start.max())
-            out = cell.model.generate(batch.x[:, :n], batch.start, task.max_new_tokens, tok.eos_id)
-            for i, row in zip(idx.tolist(), out.tolist()):
-                preds[i] = tok.decode(row[: row.index(tok.eos_id)] if tok.eos_id in row else row)
+        return self.texts(cell, task.test, self.run(cell, task, generate=True).generated)
+
+    @staticmethod
+    def texts(cell: CellContext, data: Examples, generated: torch.Tensor) -> tuple[list[str], list[str]]:
+        """Generated ids ``(N, max_new_tokens)`` as text (up to the end token), and the references."""
+        tok = cell.stream.tokenizer
+        preds = [tok.decode(row[: row.index(tok.eos_id)] if tok.eos_id in row else row) for row in generated.tolist()]
         refs = [tok.decode(data.x[i, int(data.start[i]) : int(data.lengths[i]) - 1].tolist()) for i in range(len(data))]
         return preds, refs
 
-    def _rank(self, cell: CellContext, task: Task) -> tuple[float, float]:
-        """Accuracy of choosing, for each prompt, the label text the model finds likeliest
-        (summed log-probability of the label's tokens and the end token), and ``acc_norm``, the
-        same with each log-probability divided by the label text's length in characters
-        (lm-evaluation-harness's ``acc_norm``: ``lls / completion_len``). A prompt that would not
-        fit the model with the longest label loses tokens from its left, the same for every label."""
-        data, tok = task.test, cell.stream.tokenizer
+    @torch.inference_mode()
+    def run(self, cell: CellContext, task: Task, generate: bool = False, rank: bool = False) -> TaskRun:
+        """One pass over ``task``'s test split: each example's prompt and reference answer are fed
+        once, in batches of similar length, continuing from the keys and values of the prefix
+        that every prompt shares (computed once, when ``share_prefix``). That pass gives the
+        answer's negative log-likelihood, teacher-forced, and leaves the prompt's keys and values
+        in a cache: greedy decoding (``generate``) and the label texts' likelihoods (``rank``)
+        continue from it, and the first answer token's logits are the pass's own."""
+        data, model = task.test, cell.model
         bs = cell.config.training.eval_batch_size
-        labels = tok.encode_answers(list(task.labels))
-        L = len(labels)
-        room = cell.config.model.max_len - max(len(lab) for lab in labels) - 1  # every candidate fits the model
-        chars = torch.tensor([max(len(lab), 1) for lab in task.labels], dtype=torch.float64)
-        correct = correct_norm = 0
-        for idx in _by_length(_prompts(data), max(1, bs // L)):
-            seqs, starts = [], []
-            for i in idx.tolist():
-                prompt = data.x[i, max(0, int(data.start[i]) - room) : int(data.start[i])].tolist()  # shortened from the left
-                for lab in labels:
-                    seqs.append(prompt + list(lab) + [tok.eos_id])
-                    starts.append(len(prompt))
-            cand = examples_of(seqs, starts, [0] * len(seqs), 0).to(cell.device)
-            scores = -self._nll(cell, cand).view(len(idx), L)
-            correct += int((scores.argmax(1) == data.y[idx]).sum())
-            correct_norm += int(((scores / chars.to(scores.device)).argmax(1) == data.y[idx]).sum())
-        return correct / max(len(data), 1), correct_norm / max(len(data), 1)
+        N, device = len(data), data.x.device
+        P = shared_prefix(data.x, data.start) if self.share_prefix else 0
+        prefix = None
+        if P:
+            prefix = model.new_cache(1, device)
+            model.extend(prefix, data.x[:1, :P])
+        out = TaskRun(nll=torch.zeros(N, dtype=torch.float64, device=device))
+        if generate:
+            out.generated = torch.full((N, task.max_new_tokens), cell.stream.tokenizer.eos_id, dtype=torch.long, device=device)
+        if rank:
+            labels = cell.stream.tokenizer.encode_answers(list(task.labels))
+            out.label_scores = torch.zeros(N, len(labels), dtype=torch.float64, device=device)
+        for idx in _by_length(data, bs):
+            batch = data[idx]
+            B, n = len(batch), int(batch.lengths.max())
+            cache = model.new_cache(B, device) if prefix is None else prefix.take(torch.zeros(B, dtype=torch.long, device=device))
+            h = model.extend(cache, batch.x[:, P:n], batch.lengths - P)  # (B, n - P, C)
+            logits = model.lm_logits(h[answer_mask(batch, n)[:, P:]]).float()  # (T, V): P < every answer position
+            nll = F.cross_entropy(logits, self.targets(batch), reduction="none").double()
+            answer = batch.lengths - batch.start
+            out.nll[idx] = torch.zeros(B, dtype=torch.float64, device=device).index_add_(
+                0, torch.arange(B, device=device).repeat_interleave(answer), nll)
+            first = logits[torch.cumsum(answer, 0) - answer]  # (B, V): each prompt's next-token logits
+            cache.truncate(batch.start)  # the prompts' keys and values; the answers' are forgotten
+            if generate:
+                limits = (cell.config.model.max_len - batch.start).clamp(max=task.max_new_tokens)
+                out.generated[idx] = decode(model, cache, first, limits, task.max_new_tokens, cell.stream.tokenizer.eos_id)
+            if rank:
+                out.label_scores[idx] = self._label_scores(cell, batch, cache, first, labels)
+        return out
+
+    def _label_scores(self, cell: CellContext, batch: Batch, cache, first: torch.Tensor,
+                      labels: list[list[int]]) -> torch.Tensor:
+        """``(B, L)``: each label text's log-likelihood after each prompt (its tokens' and the end
+        token's log-probabilities, summed), continuing from the prompts' ``cache`` and next-token
+        logits ``first``. A prompt that would not fit the model with the longest label loses
+        tokens from its left (the same for every label) and is scored on its own, from nothing."""
+        model, tok = cell.model, cell.stream.tokenizer
+        B, L, device = len(batch), len(labels), first.device
+        seqs = [list(lab) + [tok.eos_id] for lab in labels]  # what each candidate's answer is
+        width = max(len(q) for q in seqs) - 1
+        feed = torch.full((L, max(width, 1)), tok.eos_id, dtype=torch.long, device=device)  # a label's tokens but its last
+        target = torch.full((L, max(width, 1)), -100, dtype=torch.long, device=device)  # what they predict
+        for j, q in enumerate(seqs):
+            feed[j, : len(q) - 1] = torch.tensor(q[:-1], device=device)
+            target[j, : len(q) - 1] = torch.tensor(q[1:], device=device)
+        fed = torch.tensor([len(q) - 1 for q in seqs], device=device)
+        scores = first.log_softmax(-1)[:, [q[0] for q in seqs]].double()  # (B, L): each label's first token
+        chunk = max(1, cell.config.training.eval_batch_size // L)  # candidates per pass, as prompts × labels
+        for rows in torch.arange(B, device=device).split(chunk):
+            c = cache.take(rows.repeat_interleave(L))
+            h = model.extend(c, feed.repeat(len(rows), 1), fed.repeat(len(rows)))
+            logp = model.lm_logits(h).float().log_softmax(-1)  # (R·L, width, V)
+            t = target.repeat(len(rows), 1)
+            picked = logp.gather(-1, t.clamp(min=0)[..., None])[..., 0].masked_fill(t < 0, 0.0)
+            scores[rows] += picked.double().sum(1).view(len(rows), L)
+        room = cell.config.model.max_len - max(len(q) for q in seqs)  # every candidate fits the model
+        for i in (batch.start > room).nonzero()[:, 0].tolist():
+            s = int(batch.start[i])
+            prompt = batch.x[i, s - room : s].tolist()  # shortened from the left
+            cand = examples_of([prompt + q for q in seqs], [len(prompt)] * L, [0] * L, 0).to(device)
+            scores[i] = -self._nll(cell, cand)
+        return scores
 
     @torch.inference_mode()
     def text_scores(self, cell: CellContext, data: Examples) -> dict[str, float]:
@@ -288,11 +383,6 @@ class Generation:
             return {}
         scores = self.text_scores(cell, cell.stream.general)
         return {"general_ppl": scores["ppl"], "general_bpb": scores["bpb"]}
-
-
-def _prompts(data: Examples) -> Examples:
-    """``data`` with each sequence's length cut to its prompt (to batch prompts by length)."""
-    return type(data)(data.x, data.y, data.start, data.t, data.start)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ benchmarks call on their own contexts:
 
 ``training.precision`` = ``bf16`` or ``fp16`` runs the outputs, losses and evaluations under
 autocast (:func:`autocast`); with ``fp16`` the loss is scaled by a ``GradScaler`` (one per task,
-``cell.scaler``) and the gradients are unscaled before ``after_backward`` and clipping.
+``cell.scaler``) and the gradients are unscaled before ``after_backward`` and clipping. What runs
+is ``cell.precision``: bf16 on a device without bf16 arithmetic runs fp32, with a warning
+(:func:`clbench.cell.runnable_precision`), and the cell's row says so (``precision``).
 
 ``training.schedule`` sets the learning rate of every step (:mod:`clbench.schedule`): constant,
 one cosine decay over the stream, or re-warmed and re-decayed for each task.
@@ -76,6 +78,51 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
+def _linear_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """``nn.Linear`` layers and transformers' ``Conv1D`` (GPT-2's, a linear layer with its weight
+    transposed): what autocast computes in its dtype whole, weight and bias included."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)
+            or (type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers"))]
+
+
+@contextlib.contextmanager
+def cast_weights(model: torch.nn.Module, precision: str):
+    """The weights and biases of ``model``'s linear layers held in ``precision``'s dtype inside
+    the block, restored after it; for inference under :func:`autocast` only. Autocast casts them
+    to that dtype at every call (it keeps a cast only of a weight that trains, and not in
+    inference mode), so the numbers are the same; the cast is made once per block instead of once
+    per forward pass, which a decoding step would pay for every weight of the model. A parameter
+    that another kind of layer also uses (an LM head tied to the embeddings) is left alone."""
+    if precision == "fp32":
+        yield
+        return
+    dtype = AUTOCAST_DTYPES[precision]
+    linear = _linear_layers(model)
+    mine = {id(m) for m in linear}
+    shared = {id(p) for m in model.modules() if id(m) not in mine for p in m.parameters(recurse=False)}
+    saved: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    try:
+        with torch.no_grad():
+            for m in linear:
+                for p in m.parameters(recurse=False):
+                    if p.dtype == torch.float32 and id(p) not in shared and id(p) not in saved:
+                        saved[id(p)] = (p, p.data)
+                        p.data = p.data.to(dtype)
+        yield
+    finally:
+        for p, data in saved.values():
+            p.data = data
+
+
+def evaluating(cell: CellContext):
+    """What an evaluation runs under: autocast to ``cell.precision``, and the model's linear
+    layers cast to it once (:func:`cast_weights`)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(autocast(cell.precision, cell.device))
+    stack.enter_context(cast_weights(cell.model, cell.precision))
+    return stack
+
+
 def build_stream(config: CellConfig) -> Stream:
     """The cell's stream, built by its registered factory with the cell's parameters and order."""
     entry = get_host().get("streams", config.stream)
@@ -114,7 +161,7 @@ def evaluate_tasks(cell: CellContext) -> list[dict[str, float]]:
     out = []
     for j, task in enumerate(cell.tasks):
         cell.hook.before_eval(cell=cell, task_index=j, task=task)
-        with autocast(cell.config.training.precision, cell.device):
+        with evaluating(cell):
             out.append(kind_of(task).evaluate(cell, j, task))
     return out
 
@@ -126,7 +173,7 @@ def train_step(cell: CellContext, batch: Batch, params: list[torch.nn.Parameter]
     hook, tcfg, scaler = cell.hook, cell.config.training, cell.scaler
     batch = hook.train_batch(cell=cell, batch=batch) or batch
     kind = cell.kind  # the task's
-    with autocast(tcfg.precision, cell.device):
+    with autocast(cell.precision, cell.device):
         logits = kind.logits(cell, batch, cell.model)
         loss = kind.loss(cell, batch, logits)
         extra = [t for t in hook.loss_terms(cell=cell, batch=batch, logits=logits, loss=loss) if t is not None]
@@ -152,7 +199,8 @@ def train_step(cell: CellContext, batch: Batch, params: list[torch.nn.Parameter]
         tally.steps += 1
         tally.examples += len(batch)
         tally.tokens = tally.tokens + batch.lengths.sum()
-        tally.positions = tally.positions + computed_positions(batch.lengths, trimmed=cell.stream.input_kind == "tokens")
+        tally.positions = tally.positions + computed_positions(batch.lengths, trimmed=cell.stream.input_kind == "tokens",
+                                                               grouped=tcfg.batching == "length")
     hook.after_step(cell=cell, step=tally.steps if tally is not None else 0, loss=detached)
     return detached
 
@@ -180,7 +228,7 @@ def train_task(cell: CellContext, index: int, task: Task, tally: Tally | None = 
     cell.steps_in_task = tcfg.epochs * math.ceil(n / bs) if n and params else 0
     if n and params:
         cell.optimizer = make_optimizer(params, tcfg)
-        cell.scaler = torch.amp.GradScaler(cell.device.type) if tcfg.precision == "fp16" else None
+        cell.scaler = torch.amp.GradScaler(cell.device.type) if cell.precision == "fp16" else None
         if tcfg.schedule != "constant":
             if cell.schedule is None:
                 cell.schedule = LRSchedule(tcfg, [tcfg.epochs * math.ceil(len(t.train) / bs) for t in cell.tasks])
@@ -359,7 +407,7 @@ def run_cell(
         for j, task_scores in enumerate(scores):
             for metric, value in task_scores.items():
                 record(after, j, metric, value)
-        with autocast(ctx.config.training.precision, ctx.device):
+        with evaluating(ctx):
             stream_scores = model_kind(ctx.stream).evaluate_stream(ctx)
         for metric, value in stream_scores.items():  # not a task's: eval_task -1
             record(after, -1, metric, value)
@@ -397,6 +445,7 @@ def run_cell(
         pm = cell_manager(make_strategies(cell), observers)
         refuse(cell, stream, pm)
         ctx = CellContext(cell, stream, model, device, pm.hook, tasks)
+        row["precision"] = ctx.precision
         tally = Tally(tokens=torch.zeros((), dtype=torch.long, device=device),
                       positions=torch.zeros((), dtype=torch.long, device=device))
 

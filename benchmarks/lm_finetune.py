@@ -18,11 +18,18 @@ Each side runs in its own process (peak memory is the process's). Then, in clben
 trained model answers each task's ``--eval-n`` test prompts twice: clbench's batched generation
 (``Generation.answers``: length-sorted batches, the task's ``max_new_tokens``) and
 ``model.generate`` as O-LoRA's evaluation calls it (file order, left padding, a fixed
-``max_new_tokens`` of 50, its ``generation_max_length``). With ``--device cuda`` clbench also
-trains with ``attn_implementation="sdpa"`` in the same model, against our Triton kernels.
+``max_new_tokens`` of 50, its ``generation_max_length``), and clbench's whole evaluation of each
+task (``Generation.evaluate``: the teacher-forced loss and the task's score) is timed and its
+scores shown. With ``--device cuda`` clbench also trains with ``attn_implementation="sdpa"`` in
+the same model, against our Triton kernels.
+
+``--model`` takes a real model instead of the random Llama (``smollm2``: SmolLM2-135M-Instruct,
+or any ``model.init``: a Hugging Face folder, a ``.gguf`` file); ``--precision fp32,bf16`` runs each side in each precision (``training.precision``
+for clbench, ``TrainingArguments(bf16=True)`` or ``fp16=True`` for the Trainer);
+``--no-trainer`` runs clbench only.
 
     python benchmarks/lm_finetune.py [--data-dir ../shared/data/CL_Benchmark] [--steps 25]
-        [--threads 1] [--vocab 32000] [--device cpu|cuda]
+        [--threads 1] [--vocab 32000] [--device cpu|cuda] [--model smollm2] [--precision fp32,bf16]
 """
 
 from __future__ import annotations
@@ -193,7 +200,8 @@ def side_clbench(args) -> dict:
     suite = {
         "name": "lm-finetune", "seeds": [0], "model": {"init": str(args.model_dir)},
         "training": {"epochs": 1, "batch_size": args.batch, "lr": 1e-3, "optimizer": "adam", "grad_clip": 1.0,
-                     "batching": args.batching, "device": args.device, "eval_batch_size": args.eval_batch, "threads": args.threads},
+                     "batching": args.batching, "device": args.device, "eval_batch_size": args.eval_batch, "threads": args.threads,
+                     "precision": args.precision},
         "streams": [{"name": "cl-prompts", "params": {"max_len": args.max_len, "n_train": args.steps * args.batch, "n_test": args.eval_n}}],
         "strategies": [{"name": "seq-lora", "params": LORA}],
     }
@@ -222,21 +230,42 @@ def side_clbench(args) -> dict:
     seconds = time.perf_counter() - t0
     peak = memory_peak(device)
     out = {"tokens": int(tally.tokens), "seconds": seconds, "steps": tally.steps, "losses": losses, "peak_mb": peak,
-           "increase_mb": peak - before, "padding": 1 - int(tally.tokens) / int(tally.positions), "attn": model.attn_implementation}
+           "increase_mb": peak - before, "padding": 1 - int(tally.tokens) / int(tally.positions), "attn": model.attn_implementation,
+           "precision": ctx.precision}
     if args.attn == "clbench" and args.batching == "length" and not args.skip_eval:
+        out["scores"] = scores(ctx)
         out["eval"] = evaluate(ctx, args)
-        from clbench.strategies.lora import lora_layers
+        if args.model is None:
+            from clbench.strategies.lora import lora_layers
 
-        for layer in lora_layers(model):  # the base model: it has not learnt to stop
-            layer.active = []
-        out["eval_base"] = evaluate(ctx, args)
+            for layer in lora_layers(model):  # the base model: it has not learnt to stop
+                layer.active = []
+            out["eval_base"] = evaluate(ctx, args)
     return out
+
+
+def scores(ctx) -> dict:
+    """clbench's evaluation of every task as a cell runs it (``Generation.evaluate`` under the
+    cell's precision): its time, and each task's score and loss."""
+    from clbench.loop import evaluating
+
+    ctx.model.eval()
+    _sync(ctx.device)
+    t0 = time.perf_counter()
+    per_task = []
+    for j, task in enumerate(ctx.tasks):
+        with evaluating(ctx):
+            per_task.append(ctx.kind.evaluate(ctx, j, task))
+    _sync(ctx.device)
+    return {"seconds": time.perf_counter() - t0, "examples": sum(len(t.test) for t in ctx.tasks),
+            "acc": [r["acc"] for r in per_task], "loss": [r["loss"] for r in per_task]}
 
 
 def evaluate(ctx, args) -> dict:
     """The model's answers to every task's test prompts, twice: clbench's batched generation,
     and ``generate`` in file order with left padding and a fixed max_new_tokens."""
     from clbench.kinds import Generation
+    from clbench.loop import evaluating
 
     ctx.model.eval()
     ctx.stream.tokenizer.tok.padding_side = "left"
@@ -247,7 +276,8 @@ def evaluate(ctx, args) -> dict:
                          ("generate", lambda: _generate_file_order(ctx, args))):
             _sync(ctx.device)
             t0 = time.perf_counter()
-            answers[name] = fn()
+            with evaluating(ctx):
+                answers[name] = fn()
             _sync(ctx.device)
             times[name].append(time.perf_counter() - t0)
     ours, (theirs, ended) = answers["clbench"], answers["generate"]
@@ -296,7 +326,7 @@ def side_trainer(args) -> dict:
     stream = build_stream(parse_suite(suite, "lm_finetune").cells[0])  # the same token ids
     device = torch.device(args.device)
     hf_tok = tf.AutoTokenizer.from_pretrained(str(args.model_dir))
-    model = tf.AutoModelForCausalLM.from_pretrained(str(args.model_dir), attn_implementation="sdpa").to(device)
+    model = tf.AutoModelForCausalLM.from_pretrained(str(args.model_dir), attn_implementation="sdpa", dtype=torch.float32).to(device)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=32, lora_dropout=0.1,
                                              target_modules=["q_proj", "v_proj"]))
     def step(x, lengths):
@@ -327,7 +357,8 @@ def side_trainer(args) -> dict:
                 output_dir=out, per_device_train_batch_size=args.batch, num_train_epochs=1, learning_rate=1e-3,
                 lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, seed=0,
                 save_strategy="no", report_to=[], disable_tqdm=True, logging_strategy="no", remove_unused_columns=False,
-                dataloader_pin_memory=False, use_cpu=device.type == "cpu")
+                dataloader_pin_memory=False, use_cpu=device.type == "cpu", bf16=args.precision == "bf16",
+                fp16=args.precision == "fp16")
             result = tf.Trainer(model=model, args=targs, train_dataset=rows, data_collator=counting).train()
             losses.append(result.training_loss)
             steps += result.global_step
@@ -335,15 +366,19 @@ def side_trainer(args) -> dict:
     seconds = time.perf_counter() - t0
     peak = memory_peak(device)
     return {"tokens": seen["tokens"], "seconds": seconds, "steps": steps, "losses": losses, "peak_mb": peak,
-            "increase_mb": peak - before, "padding": 1 - seen["tokens"] / seen["positions"], "attn": "sdpa"}
+            "increase_mb": peak - before, "padding": 1 - seen["tokens"] / seen["positions"], "attn": "sdpa",
+            "precision": args.precision}
 
 
 # -- the driver --------------------------------------------------------------------------------------
 
 
-def run_side(args, side: str, attn: str = "clbench", batching: str = "length", skip_eval: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--attn", attn, "--batching", batching, "--model-dir", str(args.model_dir)]
+def run_side(args, side: str, attn: str = "clbench", batching: str = "length", skip_eval: bool = False,
+             precision: str = "fp32") -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--attn", attn, "--batching", batching, "--model-dir", str(args.model_dir),
+           "--precision", precision]
     cmd += ["--skip-eval"] if skip_eval else []
+    cmd += ["--model", str(args.model)] if args.model else []
     for k in ("data_dir", "steps", "batch", "max_len", "threads", "device", "eval_n", "eval_batch", "eval_max_new"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -353,38 +388,58 @@ def run_side(args, side: str, attn: str = "clbench", batching: str = "length", s
 
 
 def report(args, runs: dict[str, list[dict]]) -> None:
-    """The median run of each side (by tokens/s); the ratios' range over the repeats."""
+    """The median run of each side (by tokens/s); the ratios' range over the repeats, against the
+    first row (the Trainer's, when it ran)."""
     def tps(r):
         return r["tokens"] / r["seconds"]
 
     rows = {name: sorted(rs, key=tps)[len(rs) // 2] for name, rs in runs.items()}
-    base = rows["Trainer + peft"]
-    spread = {name: [tps(r) / tps(b) for r, b in zip(rs, runs["Trainer + peft"])] for name, rs in runs.items()}
+    first = next(iter(runs))
+    base = rows[first]
+    spread = {name: [tps(r) / tps(b) for r, b in zip(rs, runs[first])] for name, rs in runs.items()}
     mem = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
     data = "CL_Benchmark" if (args.data_dir / TASKS[0] / "train.json").is_file() else "synthetic prompts (no CL_Benchmark folder)"
-    print(f"\n{data}; {args.layers} layers, width {args.width}, vocabulary {args.vocab}; 3 tasks × {args.steps} steps of "
-          f"{args.batch}, ≤ {args.max_len} tokens; device {args.device}, torch threads {args.threads}\n")
-    print(f"| | attention | steps | tokens | tokens/s | × Trainer (range over {args.repeats}) | {mem} | training's increase "
-          "| padding | train loss per task |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    model = f"model {args.model}" if args.model else f"{args.layers} layers, width {args.width}, vocabulary {args.vocab}"
+    print(f"\n{data}; {model}; 3 tasks × {args.steps} steps of {args.batch}, ≤ {args.max_len} tokens; device {args.device}, "
+          f"torch threads {args.threads}\n")
+    print(f"| | precision | attention | steps | tokens | tokens/s | × {first} (range over {args.repeats}) | {mem} | "
+          "training's increase | padding | train loss per task |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         lo, hi = min(spread[name]), max(spread[name])
-        print(f"| {name} | {r['attn']} | {r['steps']} | {r['tokens']} | {tps(r):,.0f} | {tps(r) / tps(base):.2f} ({lo:.2f}–{hi:.2f}) | "
-              f"{r['peak_mb']:,.0f} | {r['increase_mb']:,.0f} | {r['padding']:.2f} | {', '.join(f'{x:.3f}' for x in r['losses'])} |")
-    r = runs["clbench"][0]
-    print(f"\nevaluation: {r['eval']['examples']} test prompts, batches of {args.eval_batch}, max_new_tokens "
-          f"{r['eval']['max_new']} (clbench, per task) or {args.eval_max_new} (generate)\n")
-    print("| model | answers ended by the end token | generate (file order, left padding), examples/s | "
-          "clbench (length-sorted), examples/s | × generate | clbench's answer is (the start of) generate's |")
-    print("|---|---|---|---|---|---|")
-    for what, e in (("after training", r["eval"]), ("base (adapters off)", r["eval_base"])):
-        print(f"| {what} | {e['ended']:.0%} | {e['examples'] / e['generate_s']:.1f} | {e['examples'] / e['clbench_s']:.1f} | "
-              f"{e['generate_s'] / e['clbench_s']:.2f} | {e['same']:.0%} |")
+        print(f"| {name} | {r['precision']} | {r['attn']} | {r['steps']} | {r['tokens']} | {tps(r):,.0f} | {tps(r) / tps(base):.2f} "
+              f"({lo:.2f}–{hi:.2f}) | {r['peak_mb']:,.0f} | {r['increase_mb']:,.0f} | {r['padding']:.2f} | "
+              f"{', '.join(f'{x:.3f}' for x in r['losses'])} |")
+    evaluated = {name: rs[0] for name, rs in runs.items() if "eval" in rs[0]}
+    if not evaluated:
+        return
+    some = next(iter(evaluated.values()))
+    print(f"\nevaluation after training: {some['eval']['examples']} test prompts, batches of {args.eval_batch}, "
+          f"max_new_tokens {some['eval']['max_new']} (clbench, per task) or {args.eval_max_new} (generate)\n")
+    print("| run | model | answers ended by the end token | generate (file order, left padding), examples/s | "
+          "clbench (length-sorted), examples/s | × generate | clbench's answer is (the start of) generate's | "
+          "clbench's whole evaluation (loss + score), examples/s | score per task | loss per task |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in evaluated.items():
+        sc = r["scores"]
+        whole = f"{sc['examples'] / sc['seconds']:.1f} | {', '.join(f'{a:.2f}' for a in sc['acc'])} | " \
+                f"{', '.join(f'{x:.3f}' for x in sc['loss'])}"
+        for what, e in (("after training", r["eval"]), ("base (adapters off)", r.get("eval_base"))):
+            if e is None:
+                continue
+            print(f"| {name} | {what} | {e['ended']:.0%} | {e['examples'] / e['generate_s']:.1f} | "
+                  f"{e['examples'] / e['clbench_s']:.1f} | {e['generate_s'] / e['clbench_s']:.2f} | {e['same']:.0%} | "
+                  f"{whole if what == 'after training' else ' |  | '} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "CL_Benchmark")
+    ap.add_argument("--model", help="a model.init: smollm2, a Hugging Face causal LM's folder or a .gguf file "
+                                    "(default: a random Llama built here)")
+    ap.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16, fp16 (each side runs in each)")
+    ap.add_argument("--sides", default="trainer,clbench,random",
+                    help="comma-separated: trainer (Trainer + peft), clbench, random (clbench with random batches)")
     ap.add_argument("--steps", type=int, default=25, help="optimizer steps per task (25 × 8 = 200 prompts)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=128)
@@ -415,22 +470,38 @@ def main() -> None:
 
         print(json.dumps((side_clbench if args.side == "clbench" else side_trainer)(args)))
         return
+    precisions = args.precision.split(",")
+    wanted = args.sides.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        args.model_dir = Path(tmp) / "model"
-        build_model(args.model_dir, args)
-        load = os.getloadavg()[0]
-        sides = {"Trainer + peft": ("trainer", "sdpa", "length"), "clbench": ("clbench", "clbench", "length")}
-        if args.device.startswith("cuda"):
-            sides["clbench, SDPA inside the model"] = ("clbench", "sdpa", "length")
+        if args.model:  # the folder clbench loads it from (a GGUF de-quantized once into its cache)
+            from clbench.models.backbones import resolve
+
+            args.model_dir = Path(resolve(args.model).folder).resolve()
         else:
-            sides["clbench, random batches"] = ("clbench", "clbench", "random")
+            args.model_dir = Path(tmp) / "model"
+            build_model(args.model_dir, args)
+        load = os.getloadavg()[0]
+        kinds = {"trainer": ("Trainer + peft", "trainer", "sdpa", "length"), "clbench": ("clbench", "clbench", "clbench", "length")}
+        if args.device.startswith("cuda"):
+            kinds["sdpa"] = ("clbench, SDPA inside the model", "clbench", "sdpa", "length")
+            wanted.append("sdpa")
+        else:
+            kinds["random"] = ("clbench, random batches", "clbench", "clbench", "random")
+        sides = {}
+        for p in precisions:
+            for k in wanted:
+                if k in kinds:
+                    label, *how = kinds[k]
+                    sides[label if len(precisions) == 1 else f"{label}, {p}"] = (*how, p)
         runs: dict[str, list[dict]] = {name: [] for name in sides}
         for i in range(args.repeats):  # the sides alternate: a busy spell of the machine falls on each
-            for name, (side, attn, batching) in sides.items():
-                runs[name].append(run_side(args, side, attn, batching, skip_eval=i > 0))
+            for name, (side, attn, batching, precision) in sides.items():
+                runs[name].append(run_side(args, side, attn, batching, skip_eval=i > 0, precision=precision))
         if args.device.startswith("cuda"):
-            for r in runs["clbench"]:
-                r["attn"] = "clbench (Triton)"
+            for name, rs in runs.items():
+                if name.startswith("clbench") and "SDPA" not in name:
+                    for r in rs:
+                        r["attn"] = "clbench (Triton)"
         report(args, runs)
         print(f"\nload average (1 min) at the start and the end: {load:.1f}, {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} CPUs")

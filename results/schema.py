@@ -35,7 +35,7 @@ CELLS: dict[str, Any] = {
     "peak_memory_mb": NAN, "memory_kind": "", "start_memory_mb": NAN,
     "trainable_params": 0, "total_params": 0, "buffer_size": 0, "samples": "[]",
     "examples_seen": 0, "tokens_seen": 0, "padding_fraction": NAN, "prompt_cut_fraction": NAN,
-    "device": "", "threads": 0, "attention": "", "versions": None, "started_at": None,
+    "device": "", "threads": 0, "precision": "", "attention": "", "versions": None, "started_at": None,
 }
 
 #: The summary's columns that say which cell a row is (taken from ``cells``).

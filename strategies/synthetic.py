@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 
 from clbench.errors import UserError
-from clbench.loop import autocast
+from clbench.loop import autocast, cast_weights
 from clbench.models.sampling import Sampling
 from clbench.tasks import Examples
 from clbench.tasks.generative import examples_of, label_index
@@ -92,7 +92,7 @@ def generating(cell, model: torch.nn.Module):
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), autocast(cell.config.training.precision, cell.device):
+        with torch.no_grad(), autocast(cell.precision, cell.device), cast_weights(model, cell.precision):
             yield
     finally:
         model.train(was)

@@ -9,6 +9,12 @@
   sequence leaves few padding positions to compute; within a window the examples still mix.
 
 Both draw only from the cell's seeded generator, so a cell runs the same batches every time.
+
+With ``"length"``, a batch that a strategy made of sequences of different lengths (replay mixing
+its memory into a batch of new examples) is computed in two groups of similar lengths, each
+trimmed to its own longest, where that saves a tenth of the positions or more
+(:func:`length_groups`): the outputs are the same, row for row, and the padding that length
+batching saved is not spent again.
 """
 
 from __future__ import annotations
@@ -47,12 +53,39 @@ def batch_indices(
     return [batches[i] for i in shuffle.tolist()]
 
 
-def computed_positions(lengths: torch.Tensor, trimmed: bool = True) -> torch.Tensor:
+#: A batch is computed in two groups when that saves at least this share of its positions.
+MIN_GROUP_SAVING = 0.1
+
+
+def length_groups(lengths: torch.Tensor) -> list[torch.Tensor] | None:
+    """The rows of a batch in two groups of similar lengths (index tensors on the lengths'
+    device, each in ascending order), when computing the groups apart, each trimmed to its
+    longest sequence, saves at least :data:`MIN_GROUP_SAVING` of the positions that one pass
+    trimmed to the batch's longest computes; None when one pass is as good."""
+    n = len(lengths)
+    if n < 2:
+        return None
+    order = torch.argsort(lengths.detach().cpu(), stable=True)
+    s = lengths.detach().cpu()[order]
+    cut = torch.arange(1, n)
+    cost = cut * s[:-1] + (n - cut) * s[-1]  # the first group is the `cut` shortest
+    best = int(cost.argmin())
+    if float(cost[best]) > (1 - MIN_GROUP_SAVING) * n * float(s[-1]):
+        return None
+    k = best + 1
+    return [order[:k].sort().values.to(lengths.device), order[k:].sort().values.to(lengths.device)]
+
+
+def computed_positions(lengths: torch.Tensor, trimmed: bool = True, grouped: bool = False) -> torch.Tensor:
     """Positions a batch of sequences of ``lengths`` computes: ``max(lengths) × batch size`` when
-    it is trimmed to its longest sequence (token batches), else ``sum(lengths)``. A tensor on
-    the lengths' device (summing them on a GPU needs no sync)."""
+    it is trimmed to its longest sequence (token batches), else ``sum(lengths)``; with
+    ``grouped`` (length batching), summed over its :func:`length_groups`. A tensor on the
+    lengths' device (summing them on a GPU needs no sync, unless ``grouped``)."""
     if not trimmed:
         return lengths.sum()
+    groups = length_groups(lengths) if grouped else None
+    if groups is not None:
+        return sum(lengths[g].max() * len(g) for g in groups)
     return lengths.max() * len(lengths) if len(lengths) else lengths.sum()
 
 

@@ -34,6 +34,18 @@ def host():
         yield h
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, as a cell runs (``training.threads``): tiny models' matrix
+    products are slower on two threads, and much slower on a loaded machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2}
 TINY_TRAINING = {"epochs": 1, "batch_size": 64, "lr": 1e-3}
 

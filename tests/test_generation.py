@@ -145,7 +145,25 @@ class _Uniform(torch.nn.Module):
         return torch.zeros(*x.shape, 1)
 
     def lm_logits(self, h):
-        return torch.zeros(h.shape[0], self.vocab) + 0 * self.w
+        return torch.zeros(*h.shape[:-1], self.vocab) + 0 * self.w
+
+    def new_cache(self, batch, device):  # what evaluation continues from (clbench.models.decoding)
+        return _NoCache(torch.zeros(batch, dtype=torch.long, device=device))
+
+    def extend(self, cache, x, n=None):
+        cache.length = cache.length + (x.shape[1] if n is None else n)
+        return torch.zeros(*x.shape, 1)
+
+
+class _NoCache:
+    def __init__(self, length):
+        self.length = length
+
+    def take(self, index):
+        return _NoCache(self.length[index])
+
+    def truncate(self, lengths):
+        self.length = torch.minimum(self.length, lengths)
 
 
 def test_acc_norm_removes_the_length_bias_of_summed_log_probabilities(host):
@@ -290,3 +308,92 @@ def test_a_checkpoint_pretrained_on_shorter_sequences_is_warned_about(tmp_path, 
     preflight(parse_suite(suite, "t.toml"))
     err = capsys.readouterr().err
     assert err.count("pre-trained on sequences of at most 8 tokens") == 1, err
+
+
+THINGS = [("apple", "red"), ("leaf", "green"), ("banana", "yellow"), ("sky at noon", "blue"), ("tomato", "red"),
+          ("frog", "green")]
+
+
+@pytest.mark.parametrize("arch", ["decoder", "llama"])
+def test_sharing_the_prompts_prefix_changes_no_answer_and_no_score(arch, host, tiny_causal_lm, one_thread):
+    """An evaluation computes the keys and values of the prefix that every test prompt shares
+    once, and feeds each prompt and its answer once: the generated ids, the exact match and the
+    rank classification are those of the same evaluation without the shared prefix, token for
+    token; the answers' losses agree within float rounding, with each other and with the
+    training's forward pass (``cell.logits``). The prompt of one example, longer than the
+    model takes with the longest label, is scored from its own prompt shortened from the left."""
+    from clbench.cell import CellContext
+    from clbench.models.decoding import MIN_SHARED_PREFIX, shared_prefix
+    from clbench.suite import parse_suite
+
+    instruction = "Say the colour of the thing named, in one word.\n"
+    pairs = [(f"{instruction}Thing: {w}\nColour:", c) for w, c in THINGS]
+    labels = ("red", "green", "yellow", "blue")
+    if arch == "decoder":
+        tok, max_len = text_tokenizer("bytes"), 96
+        model_table = {**DECODER, "max_len": max_len}
+    else:
+        from clbench.models.backbones import resolve
+        from clbench.models.hf import HFTextTokenizer
+
+        backbone = resolve(str(tiny_causal_lm("llama")))
+        tok, max_len = HFTextTokenizer.load(backbone), 128
+        model_table = {"init": str(backbone.folder)}
+    if arch == "decoder":  # a prompt that fits the model with "red" and the end token, not with "yellow"
+        long = f"{instruction}Thing: "
+        pairs.append((long + "z" * (max_len - 5 - len(long) - len("\nColour:")) + "\nColour:", "red"))
+        assert len(tok.encode_prompts([pairs[-1][0]])[0]) == max_len - 5
+    stream = generative_stream("s", [TextTask("em", pairs, pairs, metric="exact_match", max_new_tokens=6),
+                                     TextTask("rank", pairs, pairs, metric="accuracy", labels=labels)], tok, max_len=max_len)
+    data = make_suite(["naive"], training={"eval_batch_size": 4})
+    data["model"] = model_table if arch == "llama" else {**data["model"], **model_table}
+    (cell,) = parse_suite(data, "t.toml").cells
+    model = Generation().build_model(cell, stream).eval()
+    ctx = CellContext(cell, stream, model, torch.device("cpu"))
+    em, rank = ctx.tasks
+    assert shared_prefix(rank.test.x, rank.test.start) >= MIN_SHARED_PREFIX
+    for task in (em, rank):
+        shared = Generation(share_prefix=True).run(ctx, task, generate=True, rank=task is rank)
+        plain = Generation(share_prefix=False).run(ctx, task, generate=True, rank=task is rank)
+        assert torch.equal(shared.generated, plain.generated)
+        assert len({tuple(r) for r in plain.generated.tolist()}) > 1  # not one answer for every prompt
+        torch.testing.assert_close(shared.nll, plain.nll, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            forward = Generation()._nll(ctx, task.test)
+        torch.testing.assert_close(plain.nll, forward, rtol=1e-5, atol=1e-5)
+        if task is rank:
+            assert torch.equal(shared.label_scores.argmax(1), plain.label_scores.argmax(1))
+            torch.testing.assert_close(shared.label_scores, plain.label_scores, rtol=1e-5, atol=1e-5)
+        a, b = Generation(share_prefix=True).evaluate(ctx, 0, task), Generation(share_prefix=False).evaluate(ctx, 0, task)
+        assert a["acc"] == b["acc"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+
+
+def test_length_batching_computes_a_mixed_batch_in_two_groups(host, one_thread):
+    """With ``batching = "length"`` a batch of short and long sequences (replay's new examples and
+    memory) is computed in two groups, each trimmed to its own longest: the same outputs, row for
+    row, as one pass, and the positions computed (what ``padding_fraction`` counts) are the two
+    groups'. A batch of similar lengths, or random batching, is one pass."""
+    from clbench.cell import CellContext
+    from clbench.suite import parse_suite
+    from clbench.tasks.batching import computed_positions, length_groups
+
+    tok = text_tokenizer("bytes")
+    pairs = [("ab" * (1 + i % 3), "xy") for i in range(6)] + [("a long prompt " * 4 + str(i), "answer") for i in range(4)]
+    stream = generative_stream("s", [TextTask("t", pairs, pairs)], tok, max_len=96)
+    for batching in ("length", "random"):
+        data = make_suite(["naive"], model={**DECODER, "max_len": 96}, training={"batching": batching})
+        (cell,) = parse_suite(data, "t.toml").cells
+        torch.manual_seed(0)
+        model = Generation().build_model(cell, stream)
+        ctx = CellContext(cell, stream, model, torch.device("cpu"))
+        batch = ctx.tasks[0].train
+        short, long = length_groups(batch.lengths)
+        assert short.tolist() == list(range(6)) and long.tolist() == [6, 7, 8, 9]
+        got, one_pass = ctx.logits(batch), Generation._logits(batch, model)
+        torch.testing.assert_close(got, one_pass, rtol=1e-5, atol=1e-5)
+        n = int(batch.lengths.max())
+        grouped = batching == "length"
+        assert int(computed_positions(batch.lengths, grouped=grouped)) == (9 * 6 + n * 4 if grouped else n * 10)
+        assert length_groups(batch.lengths[6:]) is None  # one length: one pass
+        ctx.loss(batch).backward()  # gradients flow through the regrouped outputs
+        assert model.lm_head.dense.weight.grad.abs().sum() > 0

@@ -640,3 +640,15 @@ def test_the_device_script_runs_through_in_a_dry_run(tmp_path):
     assert len(model) == 4 and all(r["ms"] > 0 for r in model.values())
     assert model["bf16", "ours (dQ atomic)"]["attention"] == "triton"
     assert model["fp32", "sdpa (the default)"]["attention"] == "sdpa"
+
+
+def test_causal_attention_of_fewer_queries_than_keys_aligns_them_with_the_last_keys():
+    """Queries that continue a cache (the last ``n_q`` of ``n_k`` positions) see the keys up to
+    their own position, on every path, with or without lengths (SDPA's own ``is_causal`` would
+    align them with the first keys)."""
+    q, k, v, lengths = make_inputs(2, 2, 12, 16, "fp32", seed=21)
+    q = q[:, :, -5:]
+    for lens in (None, lengths.clamp(min=8)):
+        want = reference_attention(q, k, v, lens, True)
+        torch.testing.assert_close(dispatch.sdpa_attention(q, k, v, lens, True), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(flash_attention(q, k, v, lengths=lens, causal=True), want, rtol=1e-4, atol=1e-4)

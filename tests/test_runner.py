@@ -240,3 +240,25 @@ def test_the_warm_up_is_outside_the_cell_and_changes_no_number(run_suite_dict, t
     key = ["train_task", "eval_task", "metric"]
     va, vb = (t.measurements.sort_values(key)["value"].to_numpy() for t in (warm, cold))
     assert np.array_equal(va, vb)
+
+
+def test_evaluations_run_on_the_cell_s_threads(run_suite_dict, monkeypatch, tmp_path):
+    """Every evaluation (before training, after each task, the stream's own) runs on
+    ``training.threads`` torch threads, as training does, whatever the process had."""
+    from clbench.kinds import Classification
+
+    seen = []
+    evaluate, evaluate_stream = Classification.evaluate, Classification.evaluate_stream
+    monkeypatch.setattr(Classification, "evaluate", lambda self, *a: seen.append(torch.get_num_threads()) or evaluate(self, *a))
+    monkeypatch.setattr(Classification, "evaluate_stream",
+                        lambda self, *a: seen.append(torch.get_num_threads()) or evaluate_stream(self, *a))
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        seen.clear()
+        torch.set_num_threads(3 - threads)
+        _, t = run_suite_dict(make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 2},
+                                         training={"threads": threads}), out=tmp_path / str(threads))
+        assert t.cells.iloc[0]["status"] == "ok" and t.cells.iloc[0]["threads"] == threads
+        assert seen and set(seen) == {threads}, seen
+        assert torch.get_num_threads() == 3 - threads  # the process's own count comes back
+    torch.set_num_threads(before)

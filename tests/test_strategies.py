@@ -4,6 +4,7 @@ DER's distillation targets, replay's batches, GDumb's restart; and parameter che
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -266,6 +267,28 @@ def test_replay_mixes_memory_into_each_batch(host, update):
         assert replay.memory.seen == len(ctx.stream.tasks[0].train)
     else:
         assert replay.memory.seen == 64 + 32
+
+
+def test_replay_with_length_batching_mixes_memory_of_the_batch_s_lengths(host):
+    """With ``batching = "length"`` each batch takes, from a pool of ``k × length_window`` memory
+    examples drawn uniformly, the ``k`` nearest its own lengths: every example of the pool is
+    used once, the batches stay short, and the memory is drawn as often as without."""
+    from clbench.tasks import Examples
+
+    replay = strategy(host, "replay", memory_size=16, ratio=0.5)
+    lengths = torch.randperm(16, generator=torch.Generator().manual_seed(1)) + 1  # 16 examples of 1..16 tokens
+    x = torch.arange(16)[:, None].expand(16, 16).clone()  # row i holds i: which example it is
+    replay.memory.add(Examples(x, torch.zeros(16, dtype=torch.long), lengths, torch.zeros(16, dtype=torch.long)),
+                      np.random.default_rng(0))
+    generator = torch.Generator().manual_seed(0)
+    used = []
+    for lo in (1, 13, 5, 9):  # four batches of 8 examples, each of lengths lo..lo+3
+        batch = Examples(torch.zeros(8, 16, dtype=torch.long), torch.zeros(8, dtype=torch.long),
+                         torch.arange(8) % 4 + lo, torch.zeros(8, dtype=torch.long))
+        mem = replay.by_length(batch, 4, generator, window=4)  # a pool of 16, drawn once
+        assert ((mem.lengths >= lo) & (mem.lengths <= lo + 3)).all(), (lo, mem.lengths)
+        used += mem.x[:, 0].tolist()
+    assert len(used) == len(set(used)) == 16 and len(replay.pool) == 0  # the pool, each example once
 
 
 def test_gdumb_retrains_from_the_initial_weights_on_a_balanced_memory(host):

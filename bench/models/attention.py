@@ -6,7 +6,9 @@
   and bf16 CUDA tensors;
 * ``sdpa``: torch's ``scaled_dot_product_attention``, the default for CPU tensors, for fp32 CUDA
   tensors, and on CUDA when Triton is missing or the inputs are outside what the kernels take
-  (head_dim > 128, fp64): then with one warning per reason;
+  (head_dim > 128, fp64): then with one warning per reason. On a CPU, bf16 and fp16 inputs are
+  attended in fp32 and the result cast back (:func:`cpu_fp32`: torch's CPU kernels are slower in
+  16-bit than in fp32);
 * ``reference``: a plain softmax(QKᵀ)V in the input dtype, for tests and debugging.
 
 ``CLBENCH_ATTENTION=triton|sdpa|reference`` forces one. Forcing ``triton`` on CPU tensors needs
@@ -83,8 +85,18 @@ def reference_attention(q, k, v, lengths=None, causal=False, scale=None, skip_pa
     return out
 
 
+def cpu_fp32(q: torch.Tensor) -> bool:
+    """Whether attention on ``q`` runs in fp32 although ``q`` is bf16 or fp16: on a CPU, where
+    torch's SDPA kernels are slower in 16-bit than in fp32 (docs/kernels.md#dispatch)."""
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+
+
 def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None, skip_padded_queries=False) -> torch.Tensor:
-    if lengths is None:
+    if cpu_fp32(q):  # in fp32, the result in the inputs' dtype (autocast off: it would cast them back)
+        with torch.autocast("cpu", enabled=False):
+            out = sdpa_attention(q.float(), k.float(), v.float(), lengths, causal, scale, skip_padded_queries)
+        return out.to(q.dtype)
+    if lengths is None and not (causal and q.shape[-2] != k.shape[-2]):  # SDPA's is_causal aligns top-left
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     mask = _key_mask(lengths, q.shape[-2], k.shape[-2], causal, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -94,6 +106,21 @@ def sdpa_attention(q, k, v, lengths=None, causal=False, scale=None, skip_padded_
     if skip_padded_queries:
         zero = zero | _padded_rows(lengths, q.shape[-2])
     return out.masked_fill(zero, 0.0)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Attention where ``allowed`` ``(B, 1, n_q, n_k)`` (bool) says which keys each query sees,
+    for what lengths cannot say (sequences continued at different positions: a KV cache fed
+    several tokens per sequence); every query must see a key. Torch's SDPA, in fp32 on a CPU for
+    16-bit inputs (:func:`cpu_fp32`)."""
+    q, k, v = autocast_inputs(q, k, v)
+    used = _used.get()
+    if used is not None:
+        used.add("sdpa")
+    if cpu_fp32(q):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=allowed).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
 def kernels():

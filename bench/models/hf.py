@@ -7,13 +7,16 @@ LM, safetensors weights, possibly sharded, and the tokenizer's files) resolves t
 reads its architecture).
 :func:`load_causal_lm` loads it with transformers' own modeling code (no architecture is
 re-implemented here) and wraps it in :class:`HFCausalLM`, which offers what the generation kind
-asks of a model: ``hidden_states``, ``lm_logits``, ``generate``, ``n_parameters``. Attention runs
+asks of a model: ``hidden_states``, ``lm_logits``, ``new_cache`` and ``extend``
+(:mod:`clbench.models.decoding`), ``generate``, ``n_parameters``. Attention runs
 through clbench's (``attn_implementation="clbench"``, :mod:`clbench.models.hf_attention`).
 :class:`HFTextTokenizer` is the model's tokenizer for generative streams. See docs/llm.md.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import warnings
 from functools import lru_cache
@@ -24,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .decoding import decode
 from .hf_attention import NAME, register
 from .sampling import Sampling
 
@@ -344,6 +348,48 @@ def has_chat_template(tok) -> bool:
 # -- the model ---------------------------------------------------------------------------------
 
 
+class HFCache:
+    """A KV cache of a Hugging Face model for :mod:`clbench.models.decoding`: transformers'
+    ``DynamicCache`` (keys appended in the order they were fed) and the position of every key in
+    its sequence (``positions`` ``(B, n_keys)``, -1 for padding and forgotten keys), from which
+    :meth:`HFCausalLM.extend` builds the attention mask."""
+
+    def __init__(self, batch: int, device):
+        self.cache = transformers().DynamicCache()
+        self.positions = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.length = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def take(self, index: torch.Tensor) -> HFCache:
+        """A new cache of the sequences ``index`` names (repeated or reordered)."""
+        new = HFCache(0, self.length.device)
+        new.cache = _take(self.cache, index)
+        new.positions, new.length = self.positions[index], self.length[index]
+        return new
+
+    def truncate(self, lengths: torch.Tensor) -> None:
+        """Forget the keys at positions ``>= lengths[b]``."""
+        self.positions = torch.where(self.positions < lengths[:, None], self.positions, -1)
+        self.length = torch.minimum(self.length, lengths)
+
+
+def _take(cache, index: torch.Tensor):
+    """A copy of transformers' ``DynamicCache`` holding the rows ``index`` of each layer's keys and
+    values (transformers 4.56+ keeps them in ``layers``, earlier releases in ``key_cache`` and
+    ``value_cache``)."""
+    new = copy.copy(cache)
+    if hasattr(cache, "layers"):
+        new.layers = []
+        for layer in cache.layers:
+            twin = copy.copy(layer)
+            if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:
+                twin.keys, twin.values = layer.keys[index], layer.values[index]
+            new.layers.append(twin)
+    else:
+        new.key_cache = [k[index] if k.dim() == 4 else k for k in cache.key_cache]
+        new.value_cache = [v[index] if v.dim() == 4 else v for v in cache.value_cache]
+    return new
+
+
 class HFCausalLM(nn.Module):
     """A transformers causal LM (``self.hf``) with the interface of the generation kind. Its
     parameters are the Hugging Face model's, so strategies and the optimizer see them (named
@@ -357,6 +403,8 @@ class HFCausalLM(nn.Module):
         self.max_len = getattr(text, "max_position_embeddings", None) or 1 << 30
         self.softcap = getattr(text, "final_logit_softcapping", None)  # Gemma 2
         self.logit_scale = getattr(text, "logit_scale", None)  # Cohere
+        params = inspect.signature(model.base_model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.25 renamed it
 
     @property
     def attn_implementation(self) -> str:
@@ -379,31 +427,44 @@ class HFCausalLM(nn.Module):
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def new_cache(self, batch: int, device) -> HFCache:
+        """An empty :class:`HFCache` of ``batch`` sequences (:mod:`clbench.models.decoding`)."""
+        return HFCache(batch, device)
+
+    def extend(self, cache: HFCache, x: torch.Tensor, n: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's states ``(B, m, C)`` (after the final norm) of ``x`` ``(B, m)`` fed
+        after what ``cache`` holds, each sequence at its own next position (``position_ids``);
+        the first ``n[b]`` tokens of row ``b`` are real (all when None). transformers' cache
+        appends the new keys after the old ones; an attention mask leaves out the keys that are
+        padding or were forgotten (:meth:`HFCache.truncate`)."""
+        B, m = x.shape
+        steps = torch.arange(m, device=x.device)
+        positions = cache.length[:, None] + steps  # (B, m)
+        new = positions if n is None else torch.where(steps[None, :] < n[:, None], positions, -1)
+        keys = torch.cat([cache.positions, new], dim=1)  # the position of every key, -1: none
+        if cache.positions.shape[1] == 0 and n is not None and bool((n >= m).all()):
+            n = None  # nothing is padded
+        mask = None if n is None and cache.positions.shape[1] == 0 else (keys >= 0).long()
+        ids = positions.clamp(max=self.max_len - 1)  # padding and finished sequences may run past the end: not read
+        h = self.hf.base_model(input_ids=x, attention_mask=mask, position_ids=ids, use_cache=True,
+                               **{self._cache_arg: cache.cache})[0]
+        cache.positions = keys
+        cache.length = cache.length + (m if n is None else n)
+        return h
+
     @torch.no_grad()
     def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int,
                  sampling: Sampling | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Greedy continuations ``(B, max_new_tokens)`` of right-padded prompts, by transformers'
-        ``generate`` on the same prompts left-padded; ``eos_id`` after a sequence's end. With
-        ``sampling``, each token is drawn by :meth:`Sampling.pick` with ``generator`` (a logits
-        processor that leaves only the drawn token to the greedy search), as clbench's decoder
-        draws it."""
-        B, N = x.shape
-        out = torch.full((B, max(max_new_tokens, 0)), eos_id, dtype=torch.long, device=x.device)
-        new = min(max_new_tokens, self.max_len - N)
-        if new <= 0:
-            return out
-        src = torch.arange(N, device=x.device)[None, :] - (N - lengths)[:, None]  # left padding
-        mask = src >= 0
-        left = torch.where(mask, x.gather(1, src.clamp(min=0)), torch.full_like(x, self.pad_id))
-        config = transformers().GenerationConfig(max_new_tokens=new, do_sample=False, num_beams=1,
-                                                 pad_token_id=self.pad_id, eos_token_id=eos_id)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            extra = {} if sampling is None else {"logits_processor": _sampler(sampling, generator)}
-            gen = self.hf.generate(input_ids=left, attention_mask=mask.long(), generation_config=config, **extra)[:, N:]
-        ended = torch.cumsum((gen == eos_id).long(), dim=1) - (gen == eos_id).long() > 0  # after the first end
-        out[:, : gen.shape[1]] = gen.masked_fill(ended, eos_id)
-        return out
+        """Greedy continuations ``(B, max_new_tokens)`` of right-padded prompts, from a KV cache
+        (:func:`clbench.models.decoding.decode`); ``eos_id`` after a sequence's end. With
+        ``sampling``, each token is drawn by :meth:`Sampling.pick` with ``generator``, as clbench's
+        decoder draws it."""
+        B = x.shape[0]
+        cache = self.new_cache(B, x.device)
+        h = self.extend(cache, x, lengths)
+        last = h[torch.arange(B, device=x.device), lengths - 1]
+        limits = (self.max_len - lengths).clamp(max=max_new_tokens)
+        return decode(self, cache, self.lm_logits(last), limits, max_new_tokens, eos_id, sampling, generator)
 
     def n_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -468,19 +529,6 @@ def causal_lm_skeleton(folder: str) -> HFCausalLM:
         with torch.device("meta"):
             model = tf.AutoModelForCausalLM.from_config(config)
     return HFCausalLM(model, pad_id=0)
-
-
-def _sampler(sampling: Sampling, generator: torch.Generator | None):
-    """A transformers ``LogitsProcessorList`` whose processor draws each row's token with
-    ``sampling`` and sets every other logit to -inf."""
-    tf = transformers()
-
-    class Draw(tf.LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            tok = sampling.pick(scores, generator)
-            return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
-
-    return tf.LogitsProcessorList([Draw()])
 
 
 def load_causal_lm(backbone, attn_implementation: str = "clbench", dtype: torch.dtype = torch.float32) -> HFCausalLM:

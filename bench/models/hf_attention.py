@@ -8,8 +8,8 @@ a CPU) when the mask is what ``lengths`` express: causal (or full) attention ove
 sequences, queries and keys of the same length. It reads the lengths off the mask the model
 built (its last row, for a causal mask) and checks the whole mask against them, once per mask
 (every layer of a forward pass shares one). Everything else goes to transformers' own SDPA
-function with the mask, unchanged: left padding (``generate``'s), decoding steps with a cache,
-sliding windows shorter than the sequence, soft-capping, attention sinks, position biases, and
+function with the mask, unchanged (in fp32 on a CPU for 16-bit inputs): left padding, a
+pass continued after a cache (decoding steps, prompts after their shared prefix), sliding windows shorter than the sequence, soft-capping, attention sinks, position biases, and
 attention dropout while training. (GPT-2 in some 4.x releases gives implementations other than
 its own a key-padding mask without the causal part; a causal self-attention layer gets the
 causal part added here.)
@@ -21,7 +21,7 @@ import weakref
 
 import torch
 
-from .attention import attention
+from .attention import attention, cpu_fp32
 
 NAME = "clbench"
 #: kwargs of transformers' attention functions that change the computation beyond a causal mask
@@ -83,6 +83,12 @@ def clbench_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     if not ok:
         if is_causal is not None:
             kwargs["is_causal"] = is_causal
+        if cpu_fp32(query):  # as clbench's own SDPA path: in fp32 on a CPU, the result in the inputs' dtype
+            mask = attention_mask.float() if attention_mask is not None and attention_mask.is_floating_point() else attention_mask
+            with torch.autocast("cpu", enabled=False):
+                out, weights = _sdpa()(module, query.float(), key.float(), value.float(), mask, dropout=dropout,
+                                       scaling=scaling, **kwargs)
+            return out.to(query.dtype), weights
         return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if lengths is not None and lengths.shape[0] != query.shape[0]:
         lengths = lengths.expand(query.shape[0])

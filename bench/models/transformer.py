@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import attention, masked_attention
+from .decoding import decode
 from .sampling import Sampling
 
 
@@ -114,30 +115,64 @@ class LMHead(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for batched greedy decoding, right-padded like everything
-    else: ``(B, H, n_max, D)`` buffers per layer. The prompt pass (``pos`` None) stores its
-    keys and values at positions ``0..N-1``; each later pass stores one token per sequence at its
-    own position ``pos[b]`` (sequences of different lengths decode side by side) and attends to
-    the first ``pos[b] + 1`` keys. ``n_keys`` (a host-side bound on ``max(pos) + 1``) trims
-    the keys attended to without a device sync."""
+    """Keys and values of every layer, right-padded like everything else: ``(B, H, capacity, D)``
+    buffers per layer, in the dtype of the layer's keys (bf16 or fp16 under autocast), with the key
+    of position ``p`` at index ``p``. ``length[b]`` is the next position of sequence ``b``; the keys
+    at or past it are not attended to (and are overwritten by the next tokens). ``bound`` (a
+    host-side bound on ``max(length)``) trims the keys attended to without a device sync;
+    ``uniform`` is the length of every sequence while they all have the same (None otherwise).
+    See :mod:`clbench.models.decoding` for what a cache offers."""
 
-    def __init__(self, model: "Transformer", batch: int, n_max: int, device, dtype):
-        cfg = model.cfg
-        shape = (batch, cfg.n_heads, n_max, cfg.d_model // cfg.n_heads)
-        self.k = {id(b.attn): torch.zeros(shape, device=device, dtype=dtype) for b in model.blocks}
-        self.v = {id(b.attn): torch.zeros(shape, device=device, dtype=dtype) for b in model.blocks}
-        self.pos: torch.Tensor | None = None
-        self.n_keys = 0
+    def __init__(self, batch: int, device):
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+        self.length = torch.zeros(batch, dtype=torch.long, device=device)
+        self.bound = 0
+        self.uniform: int | None = 0
+        self._n: torch.Tensor | None = None  # the tokens being fed: how many are real per sequence
+
+    def take(self, index: torch.Tensor) -> KVCache:
+        """A new cache of the sequences ``index`` names (repeated or reordered)."""
+        new = KVCache(len(index), self.length.device)
+        new.k = {key: t[index] for key, t in self.k.items()}
+        new.v = {key: t[index] for key, t in self.v.items()}
+        new.length, new.bound, new.uniform = self.length[index], self.bound, self.uniform
+        return new
+
+    def truncate(self, lengths: torch.Tensor) -> None:
+        """Forget the keys at positions ``>= lengths[b]``."""
+        self.length = torch.minimum(self.length, lengths)
+        self.uniform = None
+
+    def _buffers(self, layer: SelfAttention, k: torch.Tensor, v: torch.Tensor, need: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kc, vc = self.k.get(id(layer)), self.v.get(id(layer))
+        if kc is None or kc.shape[2] < need:  # (re)allocate, room for a few more tokens
+            B, H, _, D = k.shape
+            cap = need + 16
+            nk, nv = k.new_zeros(B, H, cap, D), v.new_zeros(B, H, cap, D)
+            if kc is not None:
+                nk[:, :, : kc.shape[2]], nv[:, :, : vc.shape[2]] = kc, vc
+            kc, vc = self.k[id(layer)], self.v[id(layer)] = nk, nv
+        return kc, vc
 
     def attend(self, layer: SelfAttention, q, k, v, lengths) -> torch.Tensor:
-        kc, vc = self.k[id(layer)], self.v[id(layer)]
-        if self.pos is None:  # the prompts
-            n = k.shape[2]
-            kc[:, :, :n], vc[:, :, :n] = k, v
-            return attention(q, k, v, lengths=lengths, causal=layer.causal)
-        rows = torch.arange(k.shape[0], device=k.device)
-        kc[rows, :, self.pos], vc[rows, :, self.pos] = k[:, :, 0], v[:, :, 0]
-        return attention(q, kc[:, :, : self.n_keys], vc[:, :, : self.n_keys], lengths=self.pos + 1, causal=False)
+        m = k.shape[2]
+        kc, vc = self._buffers(layer, k, v, self.bound + m)
+        if self.uniform is not None:  # every sequence at the same position: a causal pass after it
+            p = self.uniform
+            kc[:, :, p : p + m], vc[:, :, p : p + m] = k, v
+            if p == 0:  # the prompts (what a pass without a cache computes)
+                return attention(q, k, v, lengths=lengths, causal=layer.causal)
+            return attention(q, kc[:, :, : p + m], vc[:, :, : p + m], lengths=p + self._n, causal=True)
+        pos = self.length[:, None] + torch.arange(m, device=k.device)  # (B, m): each sequence at its own place
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+        kc[rows, :, pos], vc[rows, :, pos] = k.transpose(1, 2), v.transpose(1, 2)
+        n_keys = self.bound + m
+        if m == 1:  # a decoding step
+            return attention(q, kc[:, :, :n_keys], vc[:, :, :n_keys], lengths=self.length + 1, causal=False)
+        keys = torch.arange(n_keys, device=k.device)
+        allowed = (keys[None, None, :] <= pos[:, :, None])[:, None]  # (B, 1, m, n_keys)
+        return masked_attention(q, kc[:, :, :n_keys], vc[:, :, :n_keys], allowed)
 
 
 class Transformer(nn.Module):
@@ -183,11 +218,15 @@ class Transformer(nn.Module):
     def _encode(self, x: torch.Tensor, lengths: torch.Tensor | None,
                 cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last layer's states, and ``lengths`` (None when nothing is padded). With a
-        ``cache`` past its prompt pass, ``x`` is one token per sequence at ``cache.pos``."""
+        ``cache``, ``x`` continues each sequence at ``cache.length`` (:meth:`extend`)."""
         N = x.shape[1]
-        if N > self.cfg.max_len:
-            raise ValueError(f"sequence of {N} positions exceeds max_len={self.cfg.max_len}")
-        pos = torch.arange(N, device=x.device) if cache is None or cache.pos is None else cache.pos[:, None]
+        if cache is None or cache.uniform is not None:
+            start = 0 if cache is None else cache.uniform
+            if start + N > self.cfg.max_len:
+                raise ValueError(f"sequence of {start + N} positions exceeds max_len={self.cfg.max_len}")
+            pos = torch.arange(start, start + N, device=x.device)
+        else:  # padding and finished sequences may run past the last position: they are not read
+            pos = (cache.length[:, None] + torch.arange(N, device=x.device)).clamp(max=self.cfg.max_len - 1)
         h = self.drop(self.ln_e(self.embed(x) + self.pos(pos)))  # (B, N, C)
         if lengths is not None and not lengths.is_cuda and bool((lengths >= N).all()):
             lengths = None  # nothing is padded: the fast path (asked on the CPU only: a GPU would wait for the answer)
@@ -228,37 +267,38 @@ class Transformer(nn.Module):
         """Next-token logits ``(..., input_dim)`` of states ``h`` ``(..., d_model)``."""
         return self.lm_head(h, self.embed.weight)
 
+    def new_cache(self, batch: int, device) -> KVCache:
+        """An empty :class:`KVCache` of ``batch`` sequences (:mod:`clbench.models.decoding`)."""
+        return KVCache(batch, device)
+
+    def extend(self, cache: KVCache, x: torch.Tensor, n: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's states ``(B, m, d_model)`` of ``x`` ``(B, m)`` fed after what
+        ``cache`` holds, each sequence at its own next position; the first ``n[b]`` tokens of
+        row ``b`` are real (all when None). The cache keeps their keys and values."""
+        B, m = x.shape
+        n = torch.full((B,), m, dtype=torch.long, device=x.device) if n is None else n
+        cache._n = n
+        h, _ = self._encode(x, n if cache.uniform == 0 else None, cache)
+        cache._n = None
+        cache.length = cache.length + n
+        cache.bound += m
+        cache.uniform = None if cache.uniform is None or not bool((n == m).all()) else cache.uniform + m
+        return h
+
     @torch.no_grad()
     def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int,
                  sampling: Sampling | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Greedy continuations ``(B, max_new_tokens)`` of the right-padded prompts ``x``
         ``(B, N)`` of ``lengths`` tokens, with a KV cache; a sequence that produced ``eos_id``
-        gets ``eos_id`` from then on, and decoding stops when every sequence has. With
-        ``sampling``, each token is drawn by :meth:`Sampling.pick` with ``generator`` instead."""
-        B, N = x.shape
-        new = min(max_new_tokens, self.cfg.max_len - N)
-        out = torch.full((B, max(max_new_tokens, 0)), eos_id, dtype=torch.long, device=x.device)
-        if new <= 0:
-            return out
-        p = next(self.parameters())
-        cache = KVCache(self, B, N + new, x.device, p.dtype)
-        h, _ = self._encode(x, lengths, cache)
+        (or reached ``max_len`` positions) gets ``eos_id`` from then on, and decoding stops when
+        every sequence has. With ``sampling``, each token is drawn by :meth:`Sampling.pick` with
+        ``generator`` instead."""
+        B = x.shape[0]
+        cache = self.new_cache(B, x.device)
+        h = self.extend(cache, x, lengths)
         last = h[torch.arange(B, device=x.device), lengths - 1]  # (B, C): each prompt's last state
-        done = torch.zeros(B, dtype=torch.bool, device=x.device)
-        cache.pos, cache.n_keys = lengths.clone(), N + 1
-        for step in range(new):
-            logits = self.lm_logits(last)
-            tok = logits.argmax(-1) if sampling is None else sampling.pick(logits, generator)
-            tok = torch.where(done, torch.full_like(tok, eos_id), tok)
-            out[:, step] = tok
-            done |= tok == eos_id
-            if step == new - 1 or bool(done.all()):
-                break
-            h, _ = self._encode(tok[:, None], None, cache)
-            last = h[:, 0]
-            cache.pos += 1
-            cache.n_keys += 1
-        return out
+        limits = (self.cfg.max_len - lengths).clamp(max=max_new_tokens)
+        return decode(self, cache, self.lm_logits(last), limits, max_new_tokens, eos_id, sampling, generator)
 
     def n_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
