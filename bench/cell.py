@@ -21,10 +21,13 @@ import torch
 
 from . import hookspecs
 from .errors import UserError
+from .host import get_host, new_manager, register_checked
+from .kinds import KINDS, kind_name, kind_of
+from .models.backbones import check_stream, is_pretrained, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from .kinds import Kind
-    from .suite import Cell
+    from .config import CellConfig
     from clbench.tasks import Batch, Stream, Task
 
 
@@ -43,15 +46,15 @@ class WorkerDied:
 
 @dataclass
 class CellResult:
-    """What a cell produced: its ``cells`` row and its ``measurements`` rows
+    """What a cell produced: its ``cells`` row (``row``) and its ``measurements`` rows
     (:mod:`clbench.results.schema` describes both)."""
 
-    cell: dict[str, Any]
+    row: dict[str, Any]
     measurements: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
-        return self.cell["status"]
+        return self.row["status"]
 
 
 class CellContext:
@@ -61,8 +64,8 @@ class CellContext:
     ``steps_in_task`` as it goes; strategies read them and may write ``info``.
     """
 
-    config: Cell
-    """The cell's configuration (:class:`clbench.suite.Cell`): ``config.strategy``,
+    config: CellConfig
+    """The cell's configuration (:class:`clbench.config.CellConfig`): ``config.strategy``,
     ``config.model``, ``config.training``, ``config.seed``."""
     stream: Stream
     """The stream as built, its tasks on the CPU (``stream.union(k)`` for the training data of
@@ -95,14 +98,15 @@ class CellContext:
     """``(n_tasks, n_classes)`` bool on :attr:`device`: the classes of each task, in
     task-incremental streams; None otherwise."""
     info: dict[str, Any]
-    """Numbers a strategy reports for the cell's row (``buffer_size``)."""
+    """What a strategy reports for the cell's row: ``buffer_size``, and ``samples`` (examples it wrote,
+    :func:`clbench.strategies.synthetic.record`)."""
+    recorded: list[tuple[int, int, str, float]]
+    """Rows a strategy added to the cell's ``measurements`` with :meth:`record`, not yet written."""
     hook: pluggy.HookRelay
     """The cell's hooks, as the loop calls them (``cell.hook.after_step(...)``)."""
 
-    def __init__(self, config: Cell, stream: Stream, model: torch.nn.Module, device: torch.device,
+    def __init__(self, config: CellConfig, stream: Stream, model: torch.nn.Module, device: torch.device,
                  hook: pluggy.HookRelay | None = None, tasks: list[Task] | None = None):
-        from .kinds import kind_of
-
         self.config = config
         self.stream = stream
         self.tasks = list(stream.tasks) if tasks is None else tasks
@@ -120,8 +124,17 @@ class CellContext:
         mask = stream.class_mask()
         self.class_mask = None if mask is None else mask.to(device)
         self.info = {}
+        self.recorded = []
 
     # helpers strategies use -------------------------------------------------------------------
+    def record(self, metric: str, value: float, eval_task: int = -1) -> None:
+        """Add a row to the cell's ``measurements``: ``metric`` = ``value`` with ``train_task``
+        the task being trained (:attr:`task_index`, -1 before the first) and ``eval_task`` as
+        given (-1: not a task's; ``moe-lora`` puts the expert there, as ``train_loss`` puts the
+        epoch). Use a metric name of your own: ``acc`` and the task's scores belong to the
+        evaluation. The loop writes the rows after each evaluation of every task."""
+        self.recorded.append((self.task_index, int(eval_task), str(metric), float(value)))
+
     def logits(self, batch: Batch, model: torch.nn.Module | None = None, masked: bool = True) -> torch.Tensor:
         """The outputs of ``model`` (default: the cell's) for ``batch``, as the task's kind gives
         them: class logits masked to each example's task in task-incremental scenarios (unless
@@ -136,24 +149,6 @@ class CellContext:
 # --------------------------------------------------------------------------------------------
 # A cell's plugin manager, and what it refuses
 # --------------------------------------------------------------------------------------------
-
-
-def new_manager(specs) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("clbench")
-    pm.add_hookspecs(specs)
-    return pm
-
-
-def register_checked(pm: pluggy.PluginManager, plugin: Any, name: str, what: str) -> None:
-    """Register ``plugin`` on ``pm``, refusing (one line) a hook ``pm`` does not know: a cell hook
-    on a plugin of the host, or a registration hook on a strategy."""
-    try:
-        pm.register(plugin, name=name)
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        if pm.is_registered(plugin):
-            pm.unregister(plugin)
-        raise UserError(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
 def strategy_order(strategies: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -176,11 +171,9 @@ def cell_manager(strategies: list[tuple[str, Any]], observers: Iterable[Any] = (
     return pm
 
 
-def make_strategies(config: Cell, host=None) -> list[tuple[str, Any]]:
+def make_strategies(config: CellConfig) -> list[tuple[str, Any]]:
     """Instantiate the cell's strategy objects (one per combined strategy)."""
-    from .host import get_host
-
-    host = host or get_host()
+    host = get_host()
     return [(name, host.get("strategies", name).obj(**params)) for name, params in config.strategy.parts]
 
 
@@ -197,21 +190,44 @@ def firstresult_conflicts(pm: pluggy.PluginManager) -> list[tuple[str, list[str]
     return out
 
 
-def refuse(config: Cell, stream: Stream, pm: pluggy.PluginManager) -> None:
+def served_kinds(strategy: Any, name: str) -> tuple[str, ...] | None:
+    """The kinds of task (:data:`clbench.kinds.KINDS`) the strategy ``name`` declares it serves,
+    by its class attribute ``serves`` (a tuple of kind names); None, for every kind, when it
+    declares none. A name that is not a kind of task is a one-line :class:`UserError`."""
+    serves = getattr(strategy, "serves", None)
+    if serves is None:
+        return None
+    names = (serves,) if isinstance(serves, str) else tuple(serves)
+    for kind in names:
+        if kind not in KINDS:
+            raise UserError(f"strategy '{name}' declares serves = {names!r}, but {kind!r} is not a kind of task "
+                            f"(kinds: {', '.join(KINDS)})")
+    return names
+
+
+def refuse(config: CellConfig, stream: Stream, pm: pluggy.PluginManager) -> None:
     """Raise a one-line :class:`UserError` if the cell ``config`` cannot run on ``stream`` with
     the strategies registered on ``pm``, else return. In this order:
 
     1. two strategies decide the same ``firstresult`` hook ("cannot be combined");
-    2. the stream's positions exceed ``model.max_len``;
-    3. a pretrained ``model.init`` that the stream does not feed what it was trained on, or a
+    2. a strategy does not serve the stream's kind of task (its ``serves``, :func:`served_kinds`);
+    3. the stream's positions exceed ``model.max_len``;
+    4. a pretrained ``model.init`` that the stream does not feed what it was trained on, or a
        model that cannot do the stream's kind of task (a generative stream needs a causal model);
-    4. a strategy's own ``check_cell`` hook refuses the combination.
+    5. a strategy's own ``check_cell`` hook refuses the combination.
     """
-    from .kinds import kind_of
-    from .models.backbones import check_stream, is_pretrained, resolve
-
     for hook, who in firstresult_conflicts(pm):
         raise UserError(f"strategies {' and '.join(who)} cannot be combined: both decide '{hook}'")
+    kind = kind_name(stream)
+    for plugin_name, obj in pm.list_name_plugin():
+        if not plugin_name.startswith("strategy:"):
+            continue
+        name = plugin_name.split(":", 1)[1]
+        served = served_kinds(obj, name)
+        if served is not None and kind not in served:
+            who = "" if len(config.strategy.parts) == 1 else f"'{name}' "  # the error names the cell's strategy
+            raise UserError(f"{who}serves {' and '.join(served)} streams only, and stream '{config.stream}' has "
+                            f"{kind} tasks")
     if stream.max_len > config.model.max_len:
         raise UserError(
             f"model.max_len = {config.model.max_len} is below the {stream.max_len} positions "

@@ -1,4 +1,8 @@
-"""The ``clbench`` command line."""
+"""The ``clbench`` command line.
+
+Each command imports what it runs inside its function, not at the top of this module: ``clbench
+--help`` and a mistyped command answer in a tenth of a second instead of the seconds that
+importing torch and pandas takes."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 from rich.console import Console
@@ -14,13 +19,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
+from .host import get_host  # light: pluggy and the hook specs
 
 DEFAULT_SUITE = "quick"
 
 
 def _results_table(console: Console, tables, reporter: str = "console") -> None:
-    from .host import get_host
-
     get_host().get("reporters", reporter).obj(tables, None, console)
 
 
@@ -52,13 +56,11 @@ def _executor_args(args) -> tuple[str, dict]:
 
 
 def _run(args, console: Console) -> int:
-    from .host import get_host
     from .suite import load_suite
     from .suiterun import run_suite
     from clbench.results import load
 
-    host = get_host()
-    suite = load_suite(args.suite or DEFAULT_SUITE, host, args.set)
+    suite = load_suite(args.suite or DEFAULT_SUITE, args.set)
     out = Path(args.out) if args.out else Path("clbench-results") / suite.name
     err = Console(stderr=True)
     executor, options = _executor_args(args)
@@ -70,15 +72,14 @@ def _run(args, console: Console) -> int:
         force=args.force,
         console=err,
         progress=not args.no_progress,
-        host=host,
     )
     tables = load(out)
     mine = set(c.run_id for c in suite.cells)
     tables.summary = tables.summary[tables.summary["run_id"].isin(mine)]
     _results_table(console, tables)
     for r in run.not_ok:
-        err.print(f"[red]failed[/red] ({r.status}) {escape(str(r.cell['strategy']))} seed {r.cell['seed']} on "
-                  f"{escape(str(r.cell['stream']))}: {escape(str(r.cell['error']))}")
+        err.print(f"[red]failed[/red] ({r.status}) {escape(str(r.row['strategy']))} seed {r.row['seed']} on "
+                  f"{escape(str(r.row['stream']))}: {escape(str(r.row['error']))}")
     console.print(f"results: {out} (measurements.parquet, cells.parquet, summary.parquet)", soft_wrap=True)
     return 1 if run.not_ok else 0
 
@@ -88,19 +89,17 @@ def cmd_tune(args, console: Console) -> int:
 
 
 def _tune(args, console: Console) -> int:
-    from .host import get_host
     from .suite import parse_suite, read_suite
     from .tune import Protocol, tune_suite
     from clbench.results.tuning import tuned_vs_default
 
-    host = get_host()
     data, where = read_suite(args.suite)
-    suite = parse_suite(data, where, host)
+    suite = parse_suite(data, where)
     out = Path(args.out) if args.out else Path("clbench-tune") / suite.name
     protocol = Protocol(args.protocol, args.validation_fraction, args.first_tasks, args.seed)
     run = tune_suite(suite, data, out, trials=args.trials, protocol=protocol, metric=args.metric, mode=args.mode,
                      searcher=args.searcher, scheduler=args.scheduler, seed=args.seed, address=args.address,
-                     workers=args.workers, console=Console(stderr=True), host=host)
+                     workers=args.workers, console=Console(stderr=True))
     board = tuned_vs_default(run.trials)
     table = Table(title=f"{suite.name}: {args.metric} on the validation matrix (%), protocol {args.protocol}")
     for col in ("stream", "strategy", "trials", "default", "tuned", "best configuration"):
@@ -156,8 +155,11 @@ def cmd_show(args, console: Console) -> int:
     from clbench.results import load
 
     tables = _only(_only(load(args.dir), "strategy", args.strategy), "stream", args.stream)
+    if args.samples:
+        return _show_samples(tables, console)
     if args.format != "console":
-        from clbench.results.report import leaderboard, leaderboard_rows, render_markdown
+        from clbench.results.analysis import leaderboard
+        from clbench.results.render import leaderboard_rows, render_markdown
         from clbench.results.summary import stream_title
 
         board = leaderboard(tables.summary)
@@ -184,25 +186,68 @@ def cmd_show(args, console: Console) -> int:
     return 0
 
 
+def _show_samples(tables, console: Console) -> int:
+    """The rehearsal examples strategies wrote (the ``samples`` column of ``cells``)."""
+    import json
+
+    shown = 0
+    cells = tables.cells
+    for _, c in cells.iterrows():
+        records = json.loads(c["samples"]) if "samples" in cells and isinstance(c["samples"], str) else []
+        if not records:
+            continue
+        tasks = json.loads(c["tasks"])
+        table = Table(title=f"{escape(str(c['strategy']))} seed {c['seed']} on {escape(str(c['stream']))}: examples it wrote",
+                      show_lines=True)
+        for col in ("for task", "of task", "generated", "kept", "examples (prompt → answer)"):
+            table.add_column(col)
+        for r in records:
+            examples = "\n".join(f"{e['prompt']!r} → {e['answer']!r}" for e in r["examples"])
+            table.add_row(escape(tasks[r["train_task"]]), escape(r["task_name"]), str(r["generated"]), str(r["kept"]),
+                          escape(examples))
+        console.print(table)
+        shown += 1
+    if not shown:
+        console.print("no written examples in these results (only lamol and ssr write them)")
+    return 0
+
+
 def cmd_check(args, console: Console) -> int:
-    from .host import get_host
     from .suite import load_suite
     from .suiterun import preflight
 
-    host = get_host()
-    suite = load_suite(args.suite, host, args.set)
-    preflight(suite, host)
+    suite = load_suite(args.suite, args.set)
+    preflight(suite)
     table = Table(title=f"suite {suite.name}: {len(suite.cells)} cells (checked, not run)")
     for col in ("stream", "order", "strategy", "seed", "run_id (config hash)"):
         table.add_column(col, justify="right" if col == "seed" else "left")
     for c in suite.cells:
         table.add_row(escape(c.stream), escape(str(c.order)), escape(c.strategy.label), str(c.seed), c.run_id)
     console.print(table)
+    _describe_strategies(suite, console)
     return 0
 
 
+def _describe_strategies(suite, console: Console) -> None:
+    """What each strategy of the suite will do to its model, where it says (a strategy's
+    ``describe(config)``: LoRA names the layers its adapters adapt), once per strategy and model."""
+    from .cell import make_strategies
+
+    said = set()
+    for c in suite.cells:
+        if (c.strategy.label, c.model.init) in said:
+            continue
+        said.add((c.strategy.label, c.model.init))
+        for name, obj in make_strategies(c):
+            lines = obj.describe(c) if callable(getattr(obj, "describe", None)) else []
+            if lines:
+                console.print(f"strategy '{escape(c.strategy.label)}'" + (f" ({escape(name)})" if name != c.strategy.label else "")
+                              + f" on {escape(c.model.init)}: {escape(lines[0])}", soft_wrap=True)
+                for line in lines[1:]:
+                    console.print(escape(line), soft_wrap=True, highlight=False)
+
+
 def cmd_report(args, console: Console) -> int:
-    from .host import get_host
     from clbench.results import load
 
     tables = load(*args.dirs)
@@ -213,52 +258,53 @@ def cmd_report(args, console: Console) -> int:
 
 def cmd_compare(args, console: Console) -> int:
     from clbench.results import load
-    from clbench.results.report import METRICS, compare
+    from clbench.results.analysis import METRICS, compare
     from clbench.results.summary import config_differences, stream_title
 
     a, b = load(args.a), load(args.b)
-    df = compare(a, b, tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b)
+    df = compare(a, b, tuple(args.metric or METRICS), strategy_a=args.strategy_a, strategy_b=args.strategy_b,
+                 test=args.test)
     differ = config_differences(a.cells, b.cells)
     if differ:
         console.print("configurations differ between A and B:")
         for line in differ:
             console.print(f"  {escape(line)}")
-    table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · Welch's t-test over seeds")
-    for col in ("stream", "order", "strategy", "metric", "A", "B", "B − A", "p"):
-        table.add_column(col, justify="left" if col in ("stream", "order", "strategy", "metric") else "right")
+    table = Table(title=f"A = {args.a} · B = {args.b} · mean ± sd over seeds (%) · a two-sided test over seeds")
+    for col in ("stream", "order", "strategy", "metric", "A", "B", "B − A", "test", "p", "p Holm"):
+        table.add_column(col, justify="left" if col in ("stream", "order", "strategy", "metric", "test") else "right")
 
     def side(mean, std, n):
         return "–" if n == 0 else f"{mean * 100:.1f}" + ("" if n < 2 else f" ± {std * 100:.1f}") + f" (n={n})"
 
     for _, r in df.iterrows():
-        p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}" + (" *" if r["p"] < 0.05 else "")
+        p = "–" if r["p"] != r["p"] else f"{r['p']:.3g}"
+        ph = "–" if r["p_holm"] != r["p_holm"] else f"{r['p_holm']:.3g}" + (" *" if r["p_holm"] < 0.05 else "")
         table.add_row(escape(stream_title(r["stream"], r["variant"])), escape(str(r["order"])), escape(str(r["strategy"])), str(r["metric"]),
                       side(r["a_mean"], r["a_std"], r["a_n"]), side(r["b_mean"], r["b_std"], r["b_n"]),
-                      "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", p)
+                      "–" if r["diff"] != r["diff"] else f"{r['diff'] * 100:+.1f}", r["test"], p, ph)
     console.print(table)
-    console.print("* p < 0.05; p is – with fewer than two seeds on a side, or when no side varies")
+    console.print("test: paired-t where the two sides have the same seeds (auto), else welch (Welch's t-test); "
+                  "p Holm: p adjusted by Holm's method over every row; * p Holm < 0.05; p is – with fewer than two "
+                  "seeds on a side, or when no side varies")
     return 0
 
 
 def cmd_list(args, console: Console) -> int:
-    from .host import get_host
     from .suite import builtin_suites
 
     host = get_host()
-    for kind in ("streams", "strategies"):
-        table = Table(title=kind, show_header=True)
+    for category in ("streams", "strategies"):
+        table = Table(title=category, show_header=True)
         table.add_column("name")
         table.add_column("description")
         table.add_column("plugin")
-        for name in host.names(kind):
-            e = host.get(kind, name)
+        for name in host.names(category):
+            e = host.get(category, name)
             table.add_row(name, e.description, e.plugin)
         console.print(table)
     table = Table(title="suites")
     table.add_column("name")
     table.add_column("description")
-    import tomllib
-
     for name, text in sorted(builtin_suites().items()):
         table.add_row(name, tomllib.loads(text).get("description", ""))
     console.print(table)
@@ -274,22 +320,18 @@ def cmd_list(args, console: Console) -> int:
 
 
 def cmd_plugins(args, console: Console) -> int:
-    from .host import get_host
-
     for name, what in get_host().plugins():
         console.print(f"[bold]{name}[/bold]")
-        for kind, names in what.items():
-            console.print(f"  {kind}: {', '.join(names)}")
+        for category, names in what.items():
+            console.print(f"  {category}: {', '.join(names)}")
     return 0
 
 
 def _model_overrides(pairs: list[str]):
     """``--set key=value`` pairs as a ModelConfig (values parsed as TOML: 128, true, "post"),
     checked as a suite's [model] table is."""
-    import tomllib
-
+    from .config import dataclass_from
     from .models.transformer import ModelConfig
-    from .suite import _dataclass_from
 
     fields = ModelConfig.field_names()
     values = {}
@@ -302,13 +344,13 @@ def _model_overrides(pairs: list[str]):
             values[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             values[key] = raw.strip()  # a bare word: a string
-    return _dataclass_from(ModelConfig, values, "--set", "model")
+    return dataclass_from(ModelConfig, values, "--set", "model")
 
 
 def cmd_pretrain(args, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .models.pretrain import PretrainConfig, pretrain
+    from .pretrain import PretrainConfig, pretrain
 
     model = _model_overrides(args.set)
     if args.init:
@@ -384,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="console table (default), or the leaderboard as Markdown, CSV or a LaTeX tabular")
     s.add_argument("--strategy", action="append", help="only this strategy (repeatable)")
     s.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    s.add_argument("--samples", action="store_true",
+                   help="print the examples the generative-replay strategies wrote (lamol, ssr) instead of the summary")
     s.set_defaults(fn=cmd_show)
 
     ck = sub.add_parser("check", help="check a suite and list its cells and config hashes, without running them")
@@ -403,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", action="append", help="a summary metric (repeatable; default: acc, bwt, fwt, forgetting)")
     c.add_argument("--strategy-a", help="compare this strategy of A ...")
     c.add_argument("--strategy-b", help="... with this strategy of B (matched on stream, stream params and order)")
+    c.add_argument("--test", default="auto", choices=["auto", "welch", "paired-t", "wilcoxon"],
+                   help="auto (default): the paired t-test where the seeds pair up, else Welch's t-test; "
+                        "or welch, paired-t, wilcoxon (signed-rank)")
     c.set_defaults(fn=cmd_compare)
 
     pt = sub.add_parser(

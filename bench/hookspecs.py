@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from clbench.cell import CellContext
-    from clbench.suite import Cell
+    from clbench.config import CellConfig
     from clbench.tasks import Batch, Examples, Stream, Task
 
 hookspec = pluggy.HookspecMarker("clbench")
@@ -101,16 +101,18 @@ class CellSpecs:
     """Cell hooks, in the order a cell calls them (docs/hooks.md, "A cell, step by step")."""
 
     @hookspec
-    def check_cell(self, config: Cell, stream: Stream) -> None:
+    def check_cell(self, config: CellConfig, stream: Stream) -> None:
         """Called before any cell runs (and before the results folder exists), once per
         combination of strategies and stream of a suite, and again when the cell starts.
 
-        :param config: the :class:`clbench.suite.Cell`: ``config.strategy.parts`` names every
+        :param config: the :class:`clbench.config.CellConfig`: ``config.strategy.parts`` names every
             strategy the cell combines, ``config.model`` and ``config.training`` its settings.
         :param stream: the built stream (scenario, input kind, label space, tasks).
 
         Raise :class:`clbench.errors.UserError` with a one-line reason to refuse the combination:
-        the suite then stops there, as for any bad field, instead of failing cell by cell.
+        the suite then stops there, as for any bad field, instead of failing cell by cell. A
+        refusal that depends only on the stream's kind of task is declared instead, by the
+        strategy class's ``serves`` (a tuple of kind names; :func:`clbench.cell.refuse`).
         """
 
     @hookspec

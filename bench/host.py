@@ -1,6 +1,11 @@
 """The plugin host: loads built-in plugins, then the ``clbench`` entry-point group, and keeps the
 registries that the registration hooks fill.
 
+Every part of clbench reaches the loaded plugins one way: :func:`get_host`, the process's host,
+loaded on first use. Nothing takes a host as an argument. To run with other plugins (a test
+registering its own, a worker process loading the driver's), build a :class:`Host` and install
+it: ``with use_host(host): ...`` for a block, :func:`set_host` for the rest of the process.
+
 ``CLBENCH_PLUGINS`` (comma-separated) restricts which plugins load: built-ins by module name
 (``clbench.strategies.naive``) or short name (``naive``), third-party plugins by entry-point name.
 Set it to an empty string to load none.
@@ -8,16 +13,17 @@ Set it to an empty string to load none.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any, Iterator
 
+import pluggy
 
 from . import hookspecs
-from .cell import new_manager, register_checked
 from .errors import UserError
 
 #: Built-in plugins, loaded before any third-party one. They use the same hooks as everyone.
@@ -41,6 +47,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.strategies.si",
     "clbench.strategies.gdumb",
     "clbench.strategies.lora",
+    "clbench.strategies.lamol",
+    "clbench.strategies.ssr",
+    "clbench.strategies.ilora",
+    "clbench.strategies.moelora",
+    "clbench.strategies.migu",
     "clbench.results.metrics",
     "clbench.plugins.executors",
     "clbench.plugins.reporters",
@@ -48,7 +59,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.plugins.avalanche",
 )
 
-KINDS = ("streams", "strategies", "metrics", "reporters", "executors", "observers")
+#: The registries, one per registration hook (``register_<category>``).
+CATEGORIES = ("streams", "strategies", "metrics", "reporters", "executors", "observers")
 SINGULAR = {"streams": "stream", "strategies": "strategy", "metrics": "metric", "reporters": "reporter",
             "executors": "executor", "observers": "observer"}
 
@@ -64,9 +76,10 @@ def implemented_hooks(obj: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered thing: its name, the object, a description and the plugin that gave it."""
+    """One registered thing: its category (:data:`CATEGORIES`), name, the object, a description
+    and the plugin that gave it."""
 
-    kind: str
+    category: str
     name: str
     obj: Any
     description: str
@@ -75,6 +88,26 @@ class Entry:
 
 def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
+
+
+def new_manager(specs) -> pluggy.PluginManager:
+    """A plugin manager that knows the hooks of ``specs`` (:class:`clbench.hookspecs.HostSpecs`,
+    or :class:`~clbench.hookspecs.CellSpecs` for a cell's)."""
+    pm = pluggy.PluginManager("clbench")
+    pm.add_hookspecs(specs)
+    return pm
+
+
+def register_checked(pm: pluggy.PluginManager, plugin: Any, name: str, what: str) -> None:
+    """Register ``plugin`` on ``pm``, refusing (one line) a hook ``pm`` does not know: a cell hook
+    on a plugin of the host, or a registration hook on a strategy."""
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        raise UserError(f"{what}: {str(exc).splitlines()[0]}") from None
 
 
 class Host:
@@ -124,54 +157,56 @@ class Host:
         return self._registries
 
     def _collect(self) -> dict[str, dict[str, Entry]]:
-        regs: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
-        for kind in KINDS:
-            caller = getattr(self.pm.hook, f"register_{kind}")
+        regs: dict[str, dict[str, Entry]] = {c: {} for c in CATEGORIES}
+        for category in CATEGORIES:
+            caller = getattr(self.pm.hook, f"register_{category}")
             for impl in caller.get_hookimpls():
                 plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
 
-                def register(name: str, obj: Any, description: str = "", *, _kind=kind, _p=plugin_name) -> None:
+                def register(name: str, obj: Any, description: str = "", *, _category=category, _p=plugin_name) -> None:
                     if not isinstance(name, str) or not name:
-                        raise ValueError(f"plugin {_p!r} registered a {SINGULAR[_kind]} without a name")
+                        raise ValueError(f"plugin {_p!r} registered a {SINGULAR[_category]} without a name")
                     if not callable(obj):
-                        raise ValueError(f"plugin {_p!r}: {SINGULAR[_kind]} {name!r} is not callable")
-                    if name in regs[_kind]:
-                        other = regs[_kind][name].plugin
+                        raise ValueError(f"plugin {_p!r}: {SINGULAR[_category]} {name!r} is not callable")
+                    if name in regs[_category]:
+                        other = regs[_category][name].plugin
                         raise UserError(
-                            f"{SINGULAR[_kind]} {name!r} is registered twice: by {other!r} and by {_p!r}"
+                            f"{SINGULAR[_category]} {name!r} is registered twice: by {other!r} and by {_p!r}"
                         )
                     doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-                    regs[_kind][name] = Entry(_kind, name, obj, doc, _p)
+                    regs[_category][name] = Entry(_category, name, obj, doc, _p)
 
                 impl.function(register=register)
         return regs
 
-    def get(self, kind: str, name: str) -> Entry:
-        """The entry ``name`` of ``kind``; an unknown name is a one-line error listing the known."""
-        reg = self.registries[kind]
+    def get(self, category: str, name: str) -> Entry:
+        """The entry ``name`` of ``category`` (``"strategies"``, ...); an unknown name is a one-line
+        error listing the known."""
+        reg = self.registries[category]
         if name not in reg:
             known = ", ".join(sorted(reg)) or "none"
-            raise UserError(f"unknown {SINGULAR[kind]} {name!r} (known {kind}: {known})")
+            raise UserError(f"unknown {SINGULAR[category]} {name!r} (known {category}: {known})")
         return reg[name]
 
-    def names(self, kind: str) -> list[str]:
-        return sorted(self.registries[kind])
+    def names(self, category: str) -> list[str]:
+        """The names registered in ``category``, sorted."""
+        return sorted(self.registries[category])
 
     def plugins(self) -> list[tuple[str, dict[str, list[str]]]]:
-        """Each loaded plugin with what it registered, by kind (a strategy is listed with the
+        """Each loaded plugin with what it registered, by category (a strategy is listed with the
         cell hooks it implements, e.g. ``"joint (train_data)"``)."""
         out = []
         for name, _plugin in self.pm.list_name_plugin():
             what: dict[str, list[str]] = {}
-            for kind, reg in self.registries.items():
+            for category, reg in self.registries.items():
                 names = []
                 for e in reg.values():
                     if e.plugin != name:
                         continue
-                    hooks = implemented_hooks(e.obj) if kind == "strategies" else []
+                    hooks = implemented_hooks(e.obj) if category == "strategies" else []
                     names.append(f"{e.name} ({', '.join(hooks)})" if hooks else e.name)
                 if names:
-                    what[kind] = names
+                    what[category] = names
             out.append((name, what))
         return out
 
@@ -180,17 +215,28 @@ _host: Host | None = None
 
 
 def get_host() -> Host:
-    """The process-wide host, loaded on first use."""
+    """The process's host, loaded on first use (honouring ``CLBENCH_PLUGINS``): the one way
+    clbench reaches its plugins."""
     global _host
     if _host is None:
         _host = Host().load(os.environ.get("CLBENCH_PLUGINS"))
     return _host
 
 
-def reset_host() -> None:
-    """Forget the process-wide host (the next :func:`get_host` loads plugins again)."""
+def set_host(host: Host | None) -> Host | None:
+    """Make ``host`` the process's host (None: load one on the next :func:`get_host`); returns
+    the one it replaces. A worker process installs the driver's plugins with it."""
     global _host
-    _host = None
+    previous, _host = _host, host
+    return previous
 
 
-Register = Callable[..., None]
+@contextlib.contextmanager
+def use_host(host: Host) -> Iterator[Host]:
+    """``with use_host(host):`` makes ``host`` the process's host inside the block (a test with a
+    plugin of its own, a host restricted to some plugins), then puts the previous one back."""
+    previous = set_host(host)
+    try:
+        yield host
+    finally:
+        set_host(previous)

@@ -4,6 +4,9 @@ into scores.
 The loop (:mod:`clbench.loop`) never looks inside a batch: it asks the stream's kind
 (``Stream.kind``). A kind has:
 
+* ``class_logits``: True when a batch's outputs are one row of logits over the stream's label
+  space per example (classification), False when they are next-token logits at the answer
+  tokens (generation): what a strategy that works on class logits branches on;
 * ``check(config, stream)``: a one-line :class:`~clbench.errors.UserError` if the cell's model
   cannot do the stream's tasks (called by :func:`clbench.cell.refuse`, before anything runs);
 * ``build_model(config, stream)``: the cell's model, seeded with the cell's seed;
@@ -31,17 +34,25 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .models.backbones import is_pretrained, load_into, resolve
+from .models.hf import load_causal_lm
+from .models.transformer import Transformer
+
+from clbench.tasks.generative import examples_of
+from clbench.tasks.scoring import SCORERS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cell import CellContext
-    from .suite import Cell
+    from .config import CellConfig
     from clbench.tasks import Batch, Examples, Stream, Task
 
 
 class Kind(Protocol):
-    def check(self, config: Cell, stream: Stream) -> None: ...
+    class_logits: bool
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module: ...
+    def check(self, config: CellConfig, stream: Stream) -> None: ...
+
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module: ...
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor: ...
 
@@ -52,9 +63,7 @@ class Kind(Protocol):
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]: ...
 
 
-def _backbone(config: Cell):
-    from .models.backbones import is_pretrained, resolve
-
+def _backbone(config: CellConfig):
     return resolve(config.model.init) if is_pretrained(config.model.init) else None
 
 
@@ -63,13 +72,12 @@ class Classification:
     label space (masked to the example's task in task-incremental streams), cross-entropy, and
     accuracy (``acc``) and mean cross-entropy (``loss``) on the test split."""
 
-    def check(self, config: Cell, stream: Stream) -> None:
+    class_logits = True
+
+    def check(self, config: CellConfig, stream: Stream) -> None:
         pass
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
-        from .models.backbones import load_into
-        from .models.transformer import Transformer
-
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         backbone = _backbone(config)
         torch.manual_seed(config.seed)
         model = Transformer(
@@ -143,20 +151,17 @@ class Generation:
     or ``accuracy`` by the likelihood of each of the task's label texts after the prompt. Every
     task also gets ``loss``, the cross-entropy of its reference answers."""
 
-    def check(self, config: Cell, stream: Stream) -> None:
+    class_logits = False
+
+    def check(self, config: CellConfig, stream: Stream) -> None:
         backbone = _backbone(config)
-        if not config.model.causal and (backbone is None or backbone.kind != "hf-causal"):
+        if not config.model.causal and (backbone is None or backbone.family != "hf-causal"):
             raise UserError(f"stream '{stream.name}' has generative tasks: they need a causal model "
                             "(model.causal = true, a causal clbench checkpoint, or a Hugging Face causal LM)")
 
-    def build_model(self, config: Cell, stream: Stream) -> torch.nn.Module:
-        from .models.backbones import load_into
-        from .models.transformer import Transformer
-
+    def build_model(self, config: CellConfig, stream: Stream) -> torch.nn.Module:
         backbone = _backbone(config)
-        if backbone is not None and backbone.kind == "hf-causal":
-            from .models.hf import load_causal_lm
-
+        if backbone is not None and backbone.family == "hf-causal":
             torch.manual_seed(config.seed)
             return load_causal_lm(backbone)
         self.check(config, stream)
@@ -191,8 +196,6 @@ class Generation:
 
     @torch.inference_mode()
     def evaluate(self, cell: CellContext, task_index: int, task: Task) -> dict[str, float]:
-        from clbench.tasks.scoring import SCORERS
-
         data = task.test
         bs = cell.config.training.eval_batch_size
         nll = torch.zeros((), dtype=torch.float64, device=cell.device)
@@ -201,7 +204,7 @@ class Generation:
         tokens = int((data.lengths - data.start).sum())
         out = {"loss": nll.item() / max(tokens, 1)}
         if task.metric == "accuracy":
-            score = self._rank(cell, task)
+            score, out["acc_norm"] = self._rank(cell, task)
         else:
             predictions, references = self.answers(cell, task)
             score = SCORERS[task.metric](predictions, references)
@@ -221,18 +224,19 @@ class Generation:
         refs = [tok.decode(data.x[i, int(data.start[i]) : int(data.lengths[i]) - 1].tolist()) for i in range(len(data))]
         return preds, refs
 
-    def _rank(self, cell: CellContext, task: Task) -> float:
+    def _rank(self, cell: CellContext, task: Task) -> tuple[float, float]:
         """Accuracy of choosing, for each prompt, the label text the model finds likeliest
-        (summed log-probability of the label's tokens and the end token). A prompt that would not
+        (summed log-probability of the label's tokens and the end token), and ``acc_norm``, the
+        same with each log-probability divided by the label text's length in characters
+        (lm-evaluation-harness's ``acc_norm``: ``lls / completion_len``). A prompt that would not
         fit the model with the longest label loses tokens from its left, the same for every label."""
-        from clbench.tasks.generative import _examples
-
         data, tok = task.test, cell.stream.tokenizer
         bs = cell.config.training.eval_batch_size
         labels = tok.encode_answers(list(task.labels))
         L = len(labels)
         room = cell.config.model.max_len - max(len(lab) for lab in labels) - 1  # every candidate fits the model
-        correct = 0
+        chars = torch.tensor([max(len(lab), 1) for lab in task.labels], dtype=torch.float64)
+        correct = correct_norm = 0
         for idx in _by_length(_prompts(data), max(1, bs // L)):
             seqs, starts = [], []
             for i in idx.tolist():
@@ -240,20 +244,24 @@ class Generation:
                 for lab in labels:
                     seqs.append(prompt + list(lab) + [tok.eos_id])
                     starts.append(len(prompt))
-            cand = _examples(seqs, starts, [0] * len(seqs), 0).to(cell.device)
+            cand = examples_of(seqs, starts, [0] * len(seqs), 0).to(cell.device)
             scores = -self._nll(cell, cand).view(len(idx), L)
             correct += int((scores.argmax(1) == data.y[idx]).sum())
-        return correct / max(len(data), 1)
+            correct_norm += int(((scores / chars.to(scores.device)).argmax(1) == data.y[idx]).sum())
+        return correct / max(len(data), 1), correct_norm / max(len(data), 1)
 
     @torch.inference_mode()
     def evaluate_stream(self, cell: CellContext) -> dict[str, float]:
+        from clbench.tasks.generative import scored_bytes
+
         general = cell.stream.general
         if general is None:
             return {}
         general = general.to(cell.device)
         nll = sum(float(self._nll(cell, general[idx]).sum()) for idx in _by_length(general, cell.config.training.eval_batch_size))
         tokens = int((general.lengths - 1).sum())
-        return {"general_ppl": math.exp(nll / max(tokens, 1))}
+        scored = scored_bytes(cell.stream.tokenizer, cell.stream.general)  # bits per byte: tokenizer-independent
+        return {"general_ppl": math.exp(nll / max(tokens, 1)), "general_bpb": nll / math.log(2) / max(scored, 1)}
 
 
 def _prompts(data: Examples) -> Examples:
@@ -264,9 +272,14 @@ def _prompts(data: Examples) -> Examples:
 KINDS: dict[str, Kind] = {"classification": Classification(), "generation": Generation()}
 
 
+def kind_name(stream: Stream) -> str:
+    """The name of ``stream``'s kind of task (``stream.kind``; "classification" by default)."""
+    return getattr(stream, "kind", "classification")
+
+
 def kind_of(stream: Stream) -> Kind:
     """The kind of ``stream``'s tasks (``stream.kind``, "classification" by default)."""
-    name = getattr(stream, "kind", "classification")
+    name = kind_name(stream)
     if name not in KINDS:
         raise ValueError(f"stream {stream.name!r} has tasks of an unknown kind {name!r} (known: {', '.join(KINDS)})")
     return KINDS[name]

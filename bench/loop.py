@@ -29,6 +29,7 @@ import resource
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, Iterable
 
 import torch
@@ -36,10 +37,11 @@ import torch
 from . import __version__
 from .cell import CellContext, CellResult, Diverged, cell_manager, make_strategies, refuse
 from .errors import UserError
+from .host import get_host
 from .kinds import kind_of
 from .models.attention import recording
 from .params import device_from
-from .suite import Cell
+from .config import CellConfig
 
 from clbench.results.schema import new_cell_row
 from clbench.tasks import Batch, Stream, Task
@@ -66,12 +68,9 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def build_stream(config: Cell, host=None) -> Stream:
+def build_stream(config: CellConfig) -> Stream:
     """The cell's stream, built by its registered factory with the cell's parameters and order."""
-    from .host import get_host
-
-    host = host or get_host()
-    entry = host.get("streams", config.stream)
+    entry = get_host().get("streams", config.stream)
     stream = entry.obj(**config.stream_params, order=config.order_value)
     if not isinstance(stream, Stream):
         raise TypeError(f"stream factory {config.stream!r} returned {type(stream).__name__}, not a Stream")
@@ -197,13 +196,11 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 #: each cell's ``versions``; "" where one is not installed.
 RESULT_PACKAGES = (
     "torch", "numpy", "pandas", "scikit-learn", "scipy", "tokenizers", "safetensors", "transformers",
-    "peft", "triton", "avalanche-lib", "qpsolvers", "quadprog", "pyarrow",
+    "peft", "triton", "avalanche-lib", "qpsolvers", "quadprog", "pyarrow", "rouge-score", "rouge",
 )
 
 
 def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     def of(dist: str) -> str:
         try:
             return version(dist)
@@ -216,7 +213,7 @@ def versions() -> str:
     return json.dumps(found)
 
 
-def cell_row(cell: Cell) -> dict[str, Any]:
+def cell_row(cell: CellConfig) -> dict[str, Any]:
     """A cell's ``cells`` row before it runs: :func:`run_cell` fills in the rest; the suite
     records it as it is (status ``failed``) for a cell whose worker process died."""
     return new_cell_row({
@@ -238,18 +235,17 @@ def cell_row(cell: Cell) -> dict[str, Any]:
     })
 
 
-def build_model(config: Cell, stream: Stream) -> torch.nn.Module:
+def build_model(config: CellConfig, stream: Stream) -> torch.nn.Module:
     """The cell's model for ``stream``, as its kind builds it, seeded with the cell's seed (and
     loaded from its pretrained ``model.init``)."""
     return kind_of(stream).build_model(config, stream)
 
 
 def run_cell(
-    cell: Cell,
+    cell: CellConfig,
     *,
     observers: Iterable[Any] = (),
     stream: Stream | None = None,
-    host=None,
     on_evaluated: Callable[[int, list[dict[str, float]]], None] | None = None,
 ) -> CellResult:
     """Run one cell. ``observers`` are extra plugins for the cell's hooks (progress bars);
@@ -274,6 +270,9 @@ def run_cell(
             stream_scores = ctx.kind.evaluate_stream(ctx)
         for metric, value in stream_scores.items():  # not a task's: eval_task -1
             record(after, -1, metric, value)
+        for row in ctx.recorded:  # what strategies recorded (cell.record) since the last evaluation
+            record(*row)
+        ctx.recorded.clear()
         seconds = time.perf_counter() - t0
         if on_evaluated is not None:
             on_evaluated(after, scores)
@@ -291,7 +290,7 @@ def run_cell(
         row["threads"] = torch.get_num_threads()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        stream = stream if stream is not None else build_stream(cell, host)
+        stream = stream if stream is not None else build_stream(cell)
         row["scenario"] = stream.scenario
         row["tasks"] = json.dumps([t.name for t in stream.tasks])
         row["n_tasks"] = stream.n_tasks
@@ -299,7 +298,7 @@ def run_cell(
         model = build_model(cell, stream).to(device)
         row["total_params"] = model.n_parameters()
 
-        pm = cell_manager(make_strategies(cell, host), observers)
+        pm = cell_manager(make_strategies(cell), observers)
         refuse(cell, stream, pm)
         ctx = CellContext(cell, stream, model, device, pm.hook, tasks)
         tally = Tally(tokens=torch.zeros((), dtype=torch.long, device=device),
@@ -319,6 +318,7 @@ def run_cell(
         computed = int(tally.positions.item())
         row["padding_fraction"] = 1.0 - row["tokens_seen"] / computed if computed else float("nan")
         row["buffer_size"] = int(ctx.info.get("buffer_size", 0))
+        row["samples"] = json.dumps(ctx.info.get("samples", []))
         row["peak_memory_mb"], row["memory_kind"] = _peak_memory_mb(device)
     except Diverged as exc:
         row["status"], row["error"] = "diverged", str(exc)

@@ -13,17 +13,19 @@ import types
 import typing
 from typing import Any, Callable, Literal
 
+import torch
+
 from .errors import UserError
 
 _MISSING = inspect.Parameter.empty
 
 
-def _type_ok(value: Any, annotation: Any) -> bool:
+def type_ok(value: Any, annotation: Any) -> bool:
     if annotation is _MISSING or annotation is Any:
         return True
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+        return any(type_ok(value, a) for a in typing.get_args(annotation))
     if origin is Literal:
         return value in typing.get_args(annotation)
     if annotation is type(None):
@@ -32,7 +34,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         if not isinstance(value, (list, tuple)):
             return False
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-        return not args or all(_type_ok(v, args[0]) for v in value)
+        return not args or all(type_ok(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if annotation is float:
@@ -44,7 +46,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
-def _type_name(annotation: Any) -> str:
+def type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
     if isinstance(annotation, type):
@@ -68,7 +70,7 @@ def signature_params(fn: Callable) -> dict[str, inspect.Parameter]:
     return out
 
 
-def _suite_name(name: str) -> str:
+def suite_name(name: str) -> str:
     """How a suite spells a parameter: ``lambda_`` (a keyword's Python spelling) is ``lambda``."""
     return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
@@ -86,12 +88,12 @@ def check_params(fn: Callable, params: dict[str, Any], *, what: str, exclude: tu
     for key, value in params.items():
         name = key + "_" if keyword.iskeyword(key) and key + "_" in accepted else key
         if name not in accepted:
-            names = ", ".join(sorted(_suite_name(k) for k in accepted)) or "none"
+            names = ", ".join(sorted(suite_name(k) for k in accepted)) or "none"
             raise UserError(f"{what} has no parameter '{key}' (it takes: {names})")
         ann = accepted[name].annotation
-        if not _type_ok(value, ann):
+        if not type_ok(value, ann):
             raise UserError(
-                f"{what}: parameter '{key}' must be {_type_name(ann)}, got {value!r}"
+                f"{what}: parameter '{key}' must be {type_name(ann)}, got {value!r}"
             )
     params = {(k + "_" if keyword.iskeyword(k) and k + "_" in accepted else k): v for k, v in params.items()}
     full = {}
@@ -117,8 +119,6 @@ def require(ok: bool, name: str, must: str, value: Any) -> None:
 def device_from(name: str, what: str = "training.device"):
     """The torch device ``name`` names (``auto``: CUDA when available); a one-line
     :class:`UserError` naming the setting ``what`` when it is not one, or is CUDA without CUDA."""
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -9,10 +9,13 @@ A dimension is written the same way in a strategy's default space (its class att
     memory_size = 500                         # a plain value fixes the parameter (not searched)
     training.lr = { log-uniform = [1e-4, 1e-2] }   # a [training] field
 
-What a strategy searches, lowest precedence first: the default space of each strategy it
-combines, less the parameters the suite sets in the entry's ``params`` (and the training fields
-its ``training`` table sets); the suite's top-level ``[search]`` (training fields, for every
-strategy); the entry's own ``search`` table. Every dimension is checked before anything runs: an
+What a strategy searches, lowest precedence first: the learning rate, log-uniform over a decade
+either side of the suite's ``training.lr`` (:data:`DEFAULT_LR_DECADES`: every strategy gets the
+same search of it, unless the entry's own ``training`` table sets ``lr``); the default space of
+each strategy it combines, less the parameters the suite sets in the entry's ``params`` (and the
+training fields its ``training`` table sets); the suite's top-level ``[search]`` (training
+fields, for every strategy: ``lr = 1e-3`` fixes the rate for all); the entry's own ``search``
+table. Every dimension is checked before anything runs: an
 unknown parameter, a range that is empty or a log range through zero, a float range over an
 integer parameter, and an end of a range (or a choice) that the strategy itself refuses are each
 one line.
@@ -25,30 +28,36 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .config import TrainingConfig, dataclass_from
 from .errors import UserError
-from .params import check_params
+from .host import get_host
+from .params import check_params, suite_name
 
-#: The kinds of dimension, each a ray.tune sampling function.
-KINDS = ("uniform", "log-uniform", "int", "log-int", "choice")
+#: Every strategy's default search of the learning rate: log-uniform over this many decades on
+#: either side of the suite's ``training.lr`` (1e-3: [1e-4, 1e-2]).
+DEFAULT_LR_DECADES = 1
+
+#: The distributions a dimension is sampled from, each a ray.tune sampling function.
+DISTRIBUTIONS = ("uniform", "log-uniform", "int", "log-int", "choice")
 
 Key = tuple[str, str]  # (strategy name, parameter) or ("training", field); Python names
 
 
 @dataclass(frozen=True)
 class Dim:
-    """One searched dimension: ``kind`` (one of :data:`KINDS`) over ``values`` (the range's two
-    ends, or the choices)."""
+    """One searched dimension: ``distribution`` (one of :data:`DISTRIBUTIONS`) over ``values`` (the
+    range's two ends, or the choices)."""
 
-    kind: str
+    distribution: str
     values: tuple
 
     @property
     def log(self) -> bool:
-        return self.kind.startswith("log")
+        return self.distribution.startswith("log")
 
     def domain(self):
         """The dimension as a Ray Tune search space domain (ranges include both ends)."""
-        from ray import tune
+        from ray import tune  # optional (clbench[tune]): only a tune asks for domains
 
         lo, hi = self.values[0], self.values[-1]
         return {
@@ -57,13 +66,13 @@ class Dim:
             "int": lambda: tune.randint(lo, hi + 1),  # randint's upper end is exclusive
             "log-int": lambda: tune.lograndint(lo, hi + 1),
             "choice": lambda: tune.choice(list(self.values)),
-        }[self.kind]()
+        }[self.distribution]()
 
     def to_toml(self) -> dict:
-        return {self.kind: list(self.values)}
+        return {self.distribution: list(self.values)}
 
     def __str__(self) -> str:
-        return f"{self.kind} {list(self.values)}"
+        return f"{self.distribution} {list(self.values)}"
 
 
 @dataclass(frozen=True)
@@ -101,15 +110,11 @@ def _py(name: str) -> str:
     return name + "_" if keyword.iskeyword(name) else name
 
 
-def _suite(name: str) -> str:
-    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
-
-
 def key_name(key: Key, single: bool = True) -> str:
     """How a report and the trials table name a dimension: ``lambda``, ``ewc.lambda`` (in a
     combination), ``training.lr``."""
     part, name = key
-    return f"{part}.{_suite(name)}" if part == "training" or not single else _suite(name)
+    return f"{part}.{suite_name(name)}" if part == "training" or not single else suite_name(name)
 
 
 def _number(v: Any) -> bool:
@@ -117,27 +122,27 @@ def _number(v: Any) -> bool:
 
 
 def parse_dim(value: Any, what: str) -> Dim | Any:
-    """A dimension (a one-key table naming its kind), or a plain value to fix."""
+    """A dimension (a one-key table naming its distribution), or a plain value to fix."""
     if not isinstance(value, dict):
         return value
-    if len(value) != 1 or next(iter(value)) not in KINDS:
-        raise UserError(f"{what}: a dimension is one of {', '.join(f'{{ {k} = [...] }}' for k in KINDS)}, "
+    if len(value) != 1 or next(iter(value)) not in DISTRIBUTIONS:
+        raise UserError(f"{what}: a dimension is one of {', '.join(f'{{ {k} = [...] }}' for k in DISTRIBUTIONS)}, "
                         f"or a plain value to fix it; got {value!r}")
-    kind, args = next(iter(value.items()))
-    if kind == "choice":
+    dist, args = next(iter(value.items()))
+    if dist == "choice":
         if not isinstance(args, list) or not args:
             raise UserError(f"{what}: choice needs a non-empty list of values, got {args!r}")
-        return Dim(kind, tuple(args))
+        return Dim(dist, tuple(args))
     if not (isinstance(args, list) and len(args) == 2 and all(_number(a) for a in args)):
-        raise UserError(f"{what}: {kind} needs [low, high] (two finite numbers), got {args!r}")
+        raise UserError(f"{what}: {dist} needs [low, high] (two finite numbers), got {args!r}")
     lo, hi = args
-    if kind in ("int", "log-int") and not all(isinstance(a, int) for a in args):
-        raise UserError(f"{what}: {kind} needs integer ends, got {args!r}")
+    if dist in ("int", "log-int") and not all(isinstance(a, int) for a in args):
+        raise UserError(f"{what}: {dist} needs integer ends, got {args!r}")
     if not lo < hi:
         raise UserError(f"{what}: empty range {args!r} (low must be below high; a plain value fixes it)")
-    if kind.startswith("log") and lo <= 0:
-        raise UserError(f"{what}: log range through zero {args!r} (a {kind} range must be above 0)")
-    return Dim(kind, (lo, hi))
+    if dist.startswith("log") and lo <= 0:
+        raise UserError(f"{what}: log range through zero {args!r} (a {dist} range must be above 0)")
+    return Dim(dist, (lo, hi))
 
 
 def _candidates(dim: Dim | Any) -> list:
@@ -145,16 +150,21 @@ def _candidates(dim: Dim | Any) -> list:
     which an integer parameter refuses), or its choices, or the fixed value."""
     if not isinstance(dim, Dim):
         return [dim]
-    if dim.kind in ("uniform", "log-uniform"):
+    if dim.distribution in ("uniform", "log-uniform"):
         lo, hi = dim.values
         return [lo, hi, float(math.sqrt(lo * hi) if dim.log else (lo + hi) / 2)]
     return list(dim.values)
 
 
-def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[Key, Any, str]]:
+def _entries(spec, request: SearchRequest, defaults: bool, training=None) -> list[tuple[Key, Any, str]]:
     """Every (key, raw dimension, where) that applies to the entry, lowest precedence first."""
     out: list[tuple[Key, Any, str]] = []
     names = [n for n, _ in spec.parts]
+    if defaults and training is not None and "lr" not in request.given.get("training", ()) and training.lr > 0:
+        d = 10.0 ** DEFAULT_LR_DECADES
+        ends = [float(f"{training.lr / d:.6g}"), float(f"{training.lr * d:.6g}")]  # 3e-05 * 10: 0.0003, not 0.00030000000000000003
+        out.append((("training", "lr"), {"log-uniform": ends},
+                    "clbench tune's default search of training.lr"))
 
     def table(t: Any, what: str) -> dict:
         if not isinstance(t, dict):
@@ -163,7 +173,7 @@ def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[K
 
     if defaults:
         for n in names:
-            space = getattr(host.get("strategies", n).obj, "search_space", None) or {}
+            space = getattr(get_host().get("strategies", n).obj, "search_space", None) or {}
             what = f"strategy '{n}': default search space"
             for k, v in table(space, what).items():
                 if k == "training":
@@ -186,22 +196,20 @@ def _entries(spec, request: SearchRequest, host, defaults: bool) -> list[tuple[K
     return out
 
 
-def resolve_space(spec, training, request: SearchRequest, host, *, defaults: bool = True) -> Space:
-    """The space a strategy entry (``spec``: a :class:`clbench.suite.StrategySpec`, with
+def resolve_space(spec, training, request: SearchRequest, *, defaults: bool = True) -> Space:
+    """The space a strategy entry (``spec``: a :class:`clbench.config.StrategySpec`, with
     ``training``, its TrainingConfig) is tuned over, every dimension checked (see the module
     docstring); ``defaults=False`` leaves out the strategies' default spaces (the suite's check)."""
-    from .suite import TrainingConfig, _dataclass_from
-
     merged: dict[Key, tuple[Any, str]] = {}
-    for key, raw, what in _entries(spec, request, host, defaults):
+    for key, raw, what in _entries(spec, request, defaults, training):
         merged[key] = (parse_dim(raw, what), what)
     params = dict(spec.parts)
     for (part, name), (dim, what) in merged.items():
         for value in _candidates(dim):
             if part == "training":
-                _dataclass_from(TrainingConfig, {name: value}, what, "training")
+                dataclass_from(TrainingConfig, {name: value}, what, "training")
                 continue
-            factory = host.get("strategies", part).obj
+            factory = get_host().get("strategies", part).obj
             try:
                 full = check_params(factory, {**params[part], name: value}, what=f"strategy '{part}'")
                 factory(**full)
@@ -214,7 +222,7 @@ def resolve_space(spec, training, request: SearchRequest, host, *, defaults: boo
 
 
 def apply(cell, values: dict[Key, Any]):
-    """``cell`` (a :class:`clbench.suite.Cell`) with ``values`` set: strategy parameters and
+    """``cell`` (a :class:`clbench.config.CellConfig`) with ``values`` set: strategy parameters and
     training fields, by :data:`Key`."""
     values = {k: _plain(v) for k, v in values.items()}
     parts = tuple((n, {**p, **{name: v for (part, name), v in values.items() if part == n}}) for n, p in cell.strategy.parts)

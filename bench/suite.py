@@ -1,129 +1,30 @@
-"""Suite files (TOML) and the cells they expand into.
+"""Suite files (TOML): read, checked and expanded into cells, and written back.
 
 A suite names streams (each with parameters and task orders), strategies (each with
 parameters; several names combine into one cell), seeds, and the model and training sections.
 Every field is checked before any cell runs; a mistake is a one-line :class:`UserError` that
-names the field and the file. See docs/suites.md for the format.
+names the field and the file. See docs/suites.md for the format. What a suite parses into (the
+config types: :class:`clbench.config.CellConfig`, ...) lives in :mod:`clbench.config`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .models.backbones import is_pretrained, resolve
+from .config import CellConfig, StrategySpec, Suite, TrainingConfig, dataclass_from, order_label
 from .errors import UserError
+from .host import get_host
+from .models.backbones import is_pretrained, resolve
 from .models.transformer import ModelConfig
-from .params import _type_ok, _type_name, check_params
+from .params import check_params
 from .search import SearchRequest, resolve_space
-
-#: Bumped when a change makes earlier results incomparable (it is part of every config hash).
-RESULTS_FORMAT = 2  # 2: training.threads fixes a cell's CPU thread count
-
-
-@dataclass
-class TrainingConfig:
-    epochs: int = 3  # passes over each task's training data
-    batch_size: int = 32  # examples per optimizer step
-    lr: float = 1e-3  # learning rate
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # rebuilt at the start of every task
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # for sgd
-    grad_clip: float = 1.0  # max gradient norm (keeps class-incremental heads from collapsing the features); 0 disables
-    batching: Literal["random", "length"] = "random"  # "length": batches from length-sorted windows (less padding)
-    length_window: int = 16  # batching = "length": batches per length-sorted window
-    eval_batch_size: int = 256  # examples per evaluation forward pass
-    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
-    threads: int = 1  # torch intra-op threads of a cell on a CPU (sums run in another order with another count)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # "bf16", "fp16": forward passes under autocast (fp16 with a grad scaler)
-
-
-@dataclass(frozen=True)
-class StrategySpec:
-    """One strategy column of a suite: a label and the (name, params) pairs it combines."""
-
-    label: str
-    parts: tuple[tuple[str, dict], ...]
-
-    def to_json(self) -> list:
-        return [[name, params] for name, params in self.parts]
-
-
-@dataclass
-class Cell:
-    """One cell of a suite: everything that determines its results."""
-
-    suite: str
-    stream: str
-    stream_params: dict[str, Any]
-    order: str  # a label: "default", a named order, or "2-0-1-..."
-    order_value: Any  # what the stream factory gets as ``order`` (None for default)
-    strategy: StrategySpec
-    seed: int
-    model: ModelConfig
-    training: TrainingConfig
-    init_digest: str = ""  # a hash of the initial weights when model.init is a backbone
-    tasks: tuple[int, ...] | None = None  # the positions of the (ordered) stream's tasks the cell runs on; None: all
-
-    def config(self) -> dict[str, Any]:
-        model = asdict(self.model)
-        for key in _LATER_MODEL_FIELDS:  # at their defaults, left out: earlier results keep their hashes
-            if model[key] == getattr(_DEFAULT_MODEL, key):
-                del model[key]
-        if self.init_digest:
-            model["init_digest"] = self.init_digest
-        out = {
-            "format": RESULTS_FORMAT,
-            "stream": self.stream,
-            "stream_params": self.stream_params,
-            "order": self.order_value,
-            "strategy": self.strategy.to_json(),
-            "seed": self.seed,
-            "model": model,
-            "training": {k: v for k, v in asdict(self.training).items() if k not in ("device", "eval_batch_size")
-                         and not (k in _LATER_TRAINING_FIELDS and v == getattr(_DEFAULT_TRAINING, k))},
-        }
-        if self.tasks is not None:  # only when set: other cells keep their hashes
-            out["tasks"] = list(self.tasks)
-        return out
-
-    @property
-    def config_hash(self) -> str:
-        blob = json.dumps(self.config(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @property
-    def run_id(self) -> str:
-        return self.config_hash
-
-    def describe(self) -> str:
-        return f"{self.stream}[{self.order}] · {self.strategy.label} · seed {self.seed}"
-
-
-@dataclass
-class Suite:
-    name: str
-    path: str
-    description: str
-    cells: list[Cell] = field(default_factory=list)
-    #: strategy label -> what the suite says about searching it (``clbench tune``; clbench.search)
-    search: dict[str, Any] = field(default_factory=dict)
-
-
-#: Model and training fields added after results format 1 (training: after format 2): at their
-#: defaults they leave a hash unchanged.
-_LATER_MODEL_FIELDS = ("norm", "norm_eps", "embed_norm", "init")
-_DEFAULT_MODEL = ModelConfig()
-_LATER_TRAINING_FIELDS = ("precision",)
-_DEFAULT_TRAINING = TrainingConfig()
-
-# ----------------------------------------------------------------------------------------------
 
 TOP_KEYS = {"name", "description", "seeds", "model", "training", "streams", "strategies", "search"}
 
@@ -163,72 +64,13 @@ def _need(cond: bool, where: str, msg: str) -> None:
         raise UserError(f"{where}: {msg}")
 
 
-#: Range of each numeric field of [model] and [training] (fields not listed take any value of their
-#: type): ("positive", "non-negative" or "fraction" = [0, 1)). Floats must also be finite.
-FIELD_RANGES: dict[str, dict[str, str]] = {
-    "ModelConfig": {
-        "d_model": "positive", "n_layers": "positive", "n_heads": "positive", "mlp_ratio": "positive",
-        "max_len": "positive", "dropout": "fraction", "norm_eps": "positive",
-    },
-    "TrainingConfig": {
-        "epochs": "positive", "batch_size": "positive", "lr": "positive", "weight_decay": "non-negative",
-        "momentum": "non-negative", "grad_clip": "non-negative", "length_window": "positive",
-        "eval_batch_size": "positive", "threads": "positive",
-    },
-}
-
-_RANGE_OK = {
-    "positive": (lambda v: v > 0, "greater than 0"),
-    "non-negative": (lambda v: v >= 0, "at least 0"),
-    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
-}
-
-
-def _check_range(cls, key: str, value: Any, where: str, section: str) -> None:
-    if isinstance(value, float):
-        _need(math.isfinite(value), where, f"field '{section}.{key}' must be a finite number, got {value!r}")
-    kind = FIELD_RANGES.get(cls.__name__, {}).get(key)
-    if kind is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-        ok, what = _RANGE_OK[kind]
-        _need(ok(value), where, f"field '{section}.{key}' must be {what}, got {value!r}")
-
-
-def _dataclass_from(cls, table: Any, where: str, section: str):
-    _need(isinstance(table, dict), where, f"[{section}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    for key, value in table.items():
-        _need(key in known, where, f"unknown field '{section}.{key}' (fields: {', '.join(known)})")
-        _need(
-            _type_ok(value, hints[key]),
-            where,
-            f"field '{section}.{key}' must be {_type_name(hints[key])}, got {value!r}",
-        )
-        _check_range(cls, key, value, where, section)
-    return cls(**table)
-
-
 def _training(table: Any, where: str, section: str) -> TrainingConfig:
-    return _dataclass_from(TrainingConfig, table, where, section)  # the device: in the suite's preflight
+    return dataclass_from(TrainingConfig, table, where, section)  # the device: in the suite's preflight
 
 
-def _order_label(value: Any, tasks: list[int] | None = None) -> str:
-    if value is None:
-        label = "default"
-    elif isinstance(value, str):
-        label = value
-    else:
-        label = "-".join(str(v) for v in value)
-    return label if tasks is None else f"{label}, tasks {'-'.join(str(t) for t in tasks)}"
-
-
-def parse_suite(data: dict, where: str, host=None) -> Suite:
+def parse_suite(data: dict, where: str) -> Suite:
     """Validate a parsed suite against the loaded plugins and expand it into cells."""
-    from .host import get_host
-
-    host = host or get_host()
+    host = get_host()
     for key in data:
         _need(key in TOP_KEYS, where, f"unknown field '{key}' (fields: {', '.join(sorted(TOP_KEYS))})")
     name = data.get("name", Path(where).stem if where.endswith(".toml") else "suite")
@@ -249,7 +91,7 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     _need(not repeated, where, f"field 'seeds' lists seed {repeated[0]} twice: a cell would be counted twice" if repeated else "")
     model_table = data.get("model", {})
-    model = _dataclass_from(ModelConfig, model_table, where, "model")
+    model = dataclass_from(ModelConfig, model_table, where, "model")
     init_digest = ""
     if is_pretrained(model.init):
         # the backbone fixes the architecture; a suite may only restate it
@@ -354,14 +196,14 @@ def parse_suite(data: dict, where: str, host=None) -> Suite:
 
     # the search tables (clbench tune), checked here so that every command refuses a bad one
     for strat, tcfg in strategy_specs:
-        _wrap(lambda: resolve_space(strat, tcfg, searches[strat.label], host, defaults=False), where)
+        _wrap(lambda: resolve_space(strat, tcfg, searches[strat.label], defaults=False), where)
 
     cells = []
     for sname, sparams, orders, tasks in stream_specs:
         for order in orders:
             for strat, tcfg in strategy_specs:
                 for seed in seeds:
-                    cells.append(Cell(name, sname, sparams, _order_label(order, tasks), order, strat, seed, model,
+                    cells.append(CellConfig(name, sname, sparams, order_label(order, tasks), order, strat, seed, model,
                                       tcfg, init_digest, None if tasks is None else tuple(tasks)))
     return Suite(name=name, path=where, description=description, cells=cells, search=searches)
 
@@ -380,8 +222,6 @@ def override(data: dict, pairs: list[str] | None) -> dict:
     word is a string. The result is checked as any suite is. ``model.init`` naming a pretrained
     model replaces the suite's architecture fields with the model's (a suite sized for a small
     decoder on a CPU runs a real checkpoint with one ``--set``), unless ``--set`` gives them too."""
-    import copy
-
     data = copy.deepcopy(data)
     given = {p.partition("=")[0].strip() for p in pairs or []}
     for pair in pairs or []:
@@ -408,12 +248,12 @@ def override(data: dict, pairs: list[str] | None) -> dict:
     return data
 
 
-def load_suite(spec: str, host=None, overrides: list[str] | None = None) -> Suite:
+def load_suite(spec: str, overrides: list[str] | None = None) -> Suite:
     """The suite ``spec`` names (a file or a built-in suite), with ``overrides`` (``--set``)."""
     data, where = read_suite(spec)
     if overrides:
         data, where = override(data, overrides), f"{where} (with --set {' '.join(overrides)})"
-    return parse_suite(data, where, host)
+    return parse_suite(data, where)
 
 
 def _toml_key(k: str) -> str:

@@ -9,6 +9,9 @@ the same budget, on Ray Tune, under a protocol that never reads a test split (do
 * :func:`tune_suite` runs the searches, records each trial as it ends
   (:mod:`clbench.results.tuning`), and writes the best configurations as a suite file and the
   report.
+
+Ray Tune and Optuna are optional (``clbench[tune]``): they are imported inside the functions that
+use them.
 """
 
 from __future__ import annotations
@@ -27,20 +30,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 
 from . import search
+from .config import CellConfig, Suite, order_label
 from .errors import UserError
 from .host import get_host
-from .suite import Cell, Suite, _order_label, to_toml
-from .suiterun import WorkerSetup, _stream_key, make_executor, preflight
+from .loop import build_stream, run_cell
+from .params import suite_name
+from .suite import to_toml
+from .suiterun import WorkerSetup, make_executor, preflight, stream_key, worker_stream
+
+from clbench.results import Matrices
+from clbench.results.summary import fwt_undefined
+from clbench.results.tuning import (TRIALS, best_trials, budget_notes, read_trials, write_report, write_trial,
+                                    write_trials)
+from clbench.tasks.validation import validation_split
 
 PROTOCOLS = ("validation", "first-tasks")
 SEARCHERS = ("random", "tpe")
 SCHEDULERS = ("asha", "fifo")
 #: Summary metrics for which lower is better (for the others, higher is).
-LOWER_IS_BETTER = frozenset({"forgetting", "intransigence", "intransigence_last"})
+LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_since_learned", "intransigence", "intransigence_last"})
 #: Metrics measured against a ``cumulative`` run, which a trial does not have.
 NEEDS_REFERENCE = frozenset({"intransigence", "intransigence_last"})
 #: Statuses of trials a resumed tune does not run again (a failed trial runs again).
@@ -68,7 +81,7 @@ class Job:
     """One search, a (stream, strategy) of the suite: what its trials need (it travels to Ray's
     workers) and where its best configuration goes in the suite file."""
 
-    cell: Cell  # the template: the search's fixed values set; first-tasks: the first tasks only
+    cell: CellConfig  # the template: the search's fixed values set; first-tasks: the first tasks only
     space: search.Space
     protocol: Protocol
     metric: str
@@ -105,7 +118,7 @@ class Job:
 
 
 def check_options(*, trials: int, protocol: Protocol, metric: str, mode: str | None, searcher: str,
-                  scheduler: str, host) -> str:
+                  scheduler: str) -> str:
     """Check the tune's options (one line each); return the mode (max or min) of the objective."""
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
@@ -115,7 +128,7 @@ def check_options(*, trials: int, protocol: Protocol, metric: str, mode: str | N
         raise UserError(f"--validation-fraction must be in (0, 1), got {protocol.fraction}")
     if protocol.first_tasks < 1:
         raise UserError(f"--first-tasks must be at least 1, got {protocol.first_tasks}")
-    metrics = host.names("metrics")
+    metrics = get_host().names("metrics")
     if metric not in metrics:
         raise UserError(f"unknown metric {metric!r} (metrics: {', '.join(metrics)})")
     if metric in NEEDS_REFERENCE:
@@ -143,13 +156,10 @@ def _labels(data: dict) -> list[str]:
 
 
 def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str, searcher: str, scheduler: str,
-         seed: int, host=None) -> list[Job]:
+         seed: int) -> list[Job]:
     """One :class:`Job` per (stream, strategy) of the suite: the stream's first order, the suite's
     first seed, the strategy's search space; a one-line error for anything that cannot run."""
-    from clbench.tasks.validation import validation_split
-
-    host = host or get_host()
-    streams = preflight(suite, host)
+    streams = preflight(suite)
     labels = _labels(data)
     entries: dict[str, int] = {}  # stream key (without order) -> index of its [[streams]] entry
     jobs, seen = [], set()
@@ -160,7 +170,7 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
             continue  # the first cell of each (stream, strategy): first order, first seed
         seen.add((skey, cell.strategy.label))
         where = f"{suite.path}: stream '{cell.stream}'"
-        stream = streams[_stream_key(cell)]
+        stream = streams[stream_key(cell)]
         report_tasks = None
         if protocol.name == "first-tasks":
             k, T = protocol.first_tasks, stream.n_tasks
@@ -168,14 +178,14 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
                 raise UserError(f"{where}: --first-tasks {k} leaves no task to report on (the stream has {T} tasks)")
             base = list(cell.tasks) if cell.tasks is not None else list(range(T))
             report_tasks = tuple(base[k:])
-            cell = replace(cell, tasks=tuple(base[:k]), order=_order_label(cell.order_value, base[:k]))
+            cell = replace(cell, tasks=tuple(base[:k]), order=order_label(cell.order_value, base[:k]))
             stream = stream.reorder(list(range(k)))
         try:
             validation_split(stream, protocol.fraction, protocol.seed)
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
         try:
-            space = search.resolve_space(cell.strategy, cell.training, suite.search[cell.strategy.label], host)
+            space = search.resolve_space(cell.strategy, cell.training, suite.search[cell.strategy.label])
         except UserError as exc:
             raise UserError(f"{suite.path}: {exc}") from None
         group_seed = int(hashlib.sha256(f"{seed}:{skey}:{cell.strategy.label}".encode()).hexdigest()[:8], 16)
@@ -187,24 +197,16 @@ def plan(suite: Suite, data: dict, *, protocol: Protocol, metric: str, mode: str
 
 # -- a trial, in a Ray worker -------------------------------------------------------------------
 
-_worker: dict[str, Any] = {}  # this worker process's host and last stream, for one WorkerSetup
+def trial_stream(cell: CellConfig, protocol: Protocol):
+    """The stream a trial of ``cell`` runs on: the cell's stream with each task's validation
+    split in place of its test split, and nothing derived from the test split (docs/tuning.md)."""
+    return validation_split(build_stream(cell), protocol.fraction, protocol.seed)
 
 
-def _host_and_stream(job: Job, cell: Cell):
-    from . import host as host_mod
-    from .loop import build_stream
-    from clbench.tasks.validation import validation_split
-
-    if _worker.get("token") != job.setup.token:
-        _worker.clear()
-        _worker.update(token=job.setup.token, host=job.setup.host())
-        host_mod._host = _worker["host"]
-    host = _worker["host"]
-    key = (_stream_key(cell), job.protocol)
-    if _worker.get("stream_key") != key:
-        _worker["stream"] = validation_split(build_stream(cell, host), job.protocol.fraction, job.protocol.seed)
-        _worker["stream_key"] = key
-    return host, _worker["stream"]
+def _trial_stream(job: Job, cell: CellConfig):
+    """The trial's stream (:func:`trial_stream`), in a worker set up as the driver."""
+    return worker_stream(job.setup, cell, key=(stream_key(cell), job.protocol),
+                         build=lambda cell: trial_stream(cell, job.protocol))
 
 
 def _values(config: dict) -> dict[search.Key, Any]:
@@ -229,8 +231,6 @@ def _trial_number(trial, searcher: str) -> int:
 def objective(metric_fn, acc: dict[int, list[float]], n: int, why: str | None) -> float:
     """The metric of the accuracy matrix over the first ``n`` tasks (``acc[i]``: the accuracies
     after training task i; ``acc[-1]``: before training)."""
-    from clbench.results import Matrices
-
     R = np.array([acc[i][:n] for i in range(n)])
     return float(metric_fn(Matrices(R=R, b=np.array(acc[-1][:n]), R_ref=None, fwt_undefined=why)))
 
@@ -254,18 +254,14 @@ def run_trial(config: dict, job: Job) -> None:
     objective after each task but the last, then the trial's result."""
     from ray import tune
 
-    from clbench.results.summary import fwt_undefined
-
-    from .loop import run_cell
-
     cell = search.apply(job.cell, _values(config))
     cached = job.cache.get(cell.run_id)  # the same configuration finished in an earlier run
     if cached is not None:
         return _replay(cached)
     started = time.perf_counter()
     try:
-        host, stream = _host_and_stream(job, cell)
-        metric_fn = host.get("metrics", job.metric).obj
+        stream = _trial_stream(job, cell)
+        metric_fn = get_host().get("metrics", job.metric).obj
     except Exception as exc:  # the worker could not be set up: the trial fails, the search goes on
         return tune.report({"objective": math.nan, "objective_by_task": "[]", "tasks_trained": 0, "status": "failed",
                             "error": f"worker setup: {type(exc).__name__}: {exc}".splitlines()[0],
@@ -284,10 +280,10 @@ def run_trial(config: dict, job: Job) -> None:
             tune.report({"objective": objectives[-1], "objective_by_task": json.dumps(objectives),
                          "tasks_trained": after + 1, "status": "running"})
 
-    result = run_cell(cell, stream=stream, host=host, on_evaluated=on_evaluated)
+    result = run_cell(cell, stream=stream, on_evaluated=on_evaluated)
     ok = result.status == "ok"
     tune.report({"objective": objectives[-1] if ok else math.nan, "objective_by_task": json.dumps(objectives),
-                 "tasks_trained": len(objectives), "status": result.status, "error": result.cell["error"],
+                 "tasks_trained": len(objectives), "status": result.status, "error": result.row["error"],
                  "seconds": time.perf_counter() - started})
 
 
@@ -303,11 +299,9 @@ class TuneRun:
     ran: int = 0  # trials run (not replayed from an earlier run)
 
 
-def _recorder(job: Job, suite_name: str, out: Path, rows: list, counts: dict):
+def _recorder(job: Job, suite: str, out: Path, rows: list, counts: dict):
     """A Ray Tune callback, in the driver, that writes each trial's row as it ends."""
     from ray import tune
-
-    from clbench.results.tuning import write_trial
 
     class Recorder(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -332,7 +326,7 @@ def _recorder(job: Job, suite_name: str, out: Path, rows: list, counts: dict):
             status = "stopped" if status == "running" else status
             done = int(r.get("tasks_trained", 0))
             row = {
-                "trial_key": key, "search_key": job.search_key, "suite": suite_name, "stream": cell.stream,
+                "trial_key": key, "search_key": job.search_key, "suite": suite, "stream": cell.stream,
                 "stream_params": json.dumps(cell.stream_params, sort_keys=True), "order": cell.order,
                 "strategy": cell.strategy.label, "protocol": json.dumps(job.protocol.describe()), "metric": job.metric,
                 "mode": job.mode, "searcher": job.searcher, "scheduler": job.scheduler, "trial": number,
@@ -418,25 +412,22 @@ def _search(job: Job, *, trials: int, workers: int | None, storage: str, callbac
 def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol: Protocol = Protocol(),
                metric: str = "acc", mode: str | None = None, searcher: str = "random", scheduler: str = "asha",
                seed: int = 0, address: str | None = None, workers: int | None = None,
-               console: Console | None = None, host=None) -> TuneRun:
+               console: Console | None = None) -> TuneRun:
     """Tune every (stream, strategy) of ``suite`` (``data``: its parsed TOML, to write the tuned
     suite from) with ``trials`` trials each, into ``out``; see docs/tuning.md."""
-    from clbench.results.tuning import read_trials, write_report, write_trials
-
-    host = host or get_host()
     console = console or Console(stderr=True)
     mode = check_options(trials=trials, protocol=protocol, metric=metric, mode=mode, searcher=searcher,
-                         scheduler=scheduler, host=host)
-    executor = make_executor("ray", {k: v for k, v in (("address", address), ("workers", workers)) if v is not None}, host)
+                         scheduler=scheduler)
+    executor = make_executor("ray", {k: v for k, v in (("address", address), ("workers", workers)) if v is not None})
     jobs = plan(suite, data, protocol=protocol, metric=metric, mode=mode, searcher=searcher, scheduler=scheduler,
-                seed=seed, host=host)
+                seed=seed)
     out = Path(out)
     try:
         (out / "trials").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to {out}: {exc.strerror or exc}") from None
     finished = [r for r in read_trials(out).to_dict("records") if r["status"] in FINISHED]
-    setup = WorkerSetup.of(host)
+    setup = WorkerSetup.of()
     jobs = [replace(j, setup=setup, cache={r["run_id"]: r for r in finished if r["search_key"] == j.search_key})
             for j in jobs]
     done = {r["trial_key"]: r for r in finished}
@@ -461,7 +452,7 @@ def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol
                     rows += [done[k] for k in keys]
                 else:
                     if started is None:  # as `clbench run --executor ray`: a local instance, or --address
-                        started = executor._start()
+                        started = executor.start()
                     _search(job, trials=trials, workers=workers, storage=storage,
                             callback=_recorder(job, suite.name, out, rows, counts))
                 mine = rows[before:]
@@ -477,22 +468,16 @@ def tune_suite(suite: Suite, data: dict, out: Path, *, trials: int = 8, protocol
 
             ray.shutdown()
 
-    import pandas as pd
-
-    from clbench.results.tuning import TRIALS, best_trials
-
     write_trials(out, read_trials(out))
     table = pd.DataFrame(rows, columns=list(TRIALS))
+    for line in budget_notes(table) if len(table) else []:
+        console.print(f"[yellow]{escape(line)}[/yellow]", soft_wrap=True)
     suites = write_best_suites(data, suite.name, jobs, best_trials(table), out)
     report = write_report(table, out)[0] if len(table) else None
     return TuneRun(out, table, suites, report, counts["ran"])
 
 
 # -- the tuned suite ------------------------------------------------------------------------------
-
-
-def _suite_name(name: str) -> str:
-    return search._suite(name)
 
 
 def best_suite_data(data: dict, name: str, jobs: list[Job], best, stream_entry: int) -> dict:
@@ -524,9 +509,9 @@ def best_suite_data(data: dict, name: str, jobs: list[Job], best, stream_entry: 
             if part == "training":
                 entry.setdefault("training", {})[pname] = v
             elif job.single:
-                entry.setdefault("params", {})[_suite_name(pname)] = v
+                entry.setdefault("params", {})[suite_name(pname)] = v
             else:
-                entry.setdefault("params", {}).setdefault(part, {})[_suite_name(pname)] = v
+                entry.setdefault("params", {}).setdefault(part, {})[suite_name(pname)] = v
     return new
 
 

@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from clbench.host import get_host
 from clbench.results import load
 from clbench.suite import parse_suite
 from clbench.suiterun import run_suite
@@ -48,8 +47,8 @@ def timed(suite, out: Path, executor: str, options: dict) -> tuple[float, list[f
     t0 = time.perf_counter()
     run = run_suite(suite, out, executor=executor, executor_options=options, force=True, progress=False)
     wall = time.perf_counter() - t0
-    assert not run.not_ok, [r.cell["error"] for r in run.not_ok]
-    return wall, [r.cell["total_seconds"] for r in run.ran], load(out)
+    assert not run.not_ok, [r.row["error"] for r in run.not_ok]
+    return wall, [r.row["total_seconds"] for r in run.ran], load(out)
 
 
 def main() -> None:
@@ -60,15 +59,14 @@ def main() -> None:
     args = ap.parse_args()
     only = args.only.split(",")
 
-    host = get_host()
-    suite = parse_suite(suite_data(args.epochs), "benchmarks/executors.py", host)
+    suite = parse_suite(suite_data(args.epochs), "benchmarks/executors.py")
     cores = os.cpu_count() or 1
     n = len(suite.cells)
     rows = []
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         if "local" in only:
-            many = parse_suite(suite_data(args.epochs, cores), "benchmarks/executors.py", host)
+            many = parse_suite(suite_data(args.epochs, cores), "benchmarks/executors.py")
             wall, secs, results["local"] = timed(many, Path(tmp) / "local", "local", {})
             rows.append((f"local (in-process, training.threads = {cores})", 1, wall, secs, ""))
         if "local-1" in only:

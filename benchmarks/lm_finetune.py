@@ -197,12 +197,12 @@ def side_clbench(args) -> dict:
         "streams": [{"name": "cl-prompts", "params": {"max_len": args.max_len, "n_train": args.steps * args.batch, "n_test": args.eval_n}}],
         "strategies": [{"name": "seq-lora", "params": LORA}],
     }
-    cell = parse_suite(suite, "lm_finetune", host).cells[0]
+    cell = parse_suite(suite, "lm_finetune").cells[0]
     device = torch.device(args.device)
-    stream = build_stream(cell, host)
+    stream = build_stream(cell)
     torch.manual_seed(0)
     model = load_causal_lm(resolve(str(args.model_dir)), attn_implementation=args.attn).to(device)
-    pm = cell_manager(make_strategies(cell, host))
+    pm = cell_manager(make_strategies(cell))
     refuse(cell, stream, pm)
     tasks = [replace(t, train=t.train.to(device), test=t.test.to(device)) for t in stream.tasks]
     ctx = CellContext(cell, stream, model, device, pm.hook, tasks)
@@ -293,7 +293,7 @@ def side_trainer(args) -> dict:
     suite = {"name": "lm-finetune", "seeds": [0], "model": {"init": str(args.model_dir)},
              "streams": [{"name": "cl-prompts", "params": {"max_len": args.max_len, "n_train": args.steps * args.batch, "n_test": 1}}],
              "strategies": [{"name": "naive"}]}
-    stream = build_stream(parse_suite(suite, "lm_finetune", host).cells[0], host)  # the same token ids
+    stream = build_stream(parse_suite(suite, "lm_finetune").cells[0])  # the same token ids
     device = torch.device(args.device)
     hf_tok = tf.AutoTokenizer.from_pretrained(str(args.model_dir))
     model = tf.AutoModelForCausalLM.from_pretrained(str(args.model_dir), attn_implementation="sdpa").to(device)

@@ -89,7 +89,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result = run_cell(cell, stream=stream)
         ours.append(time.perf_counter() - t0)
-        assert result.status == "ok", result.cell["error"]
+        assert result.status == "ok", result.row["error"]
         bare.append(bare_loop(cell, stream))
     mo, mb = statistics.median(ours), statistics.median(bare)
     print(f"split-digits (patch 4), d_model 64, 2 layers, {cell.training.epochs} epochs, batch {cell.training.batch_size}, "

@@ -19,7 +19,6 @@ import time
 
 import torch
 
-from clbench.host import get_host
 from clbench.loop import build_stream, run_cell
 from clbench.suite import load_suite
 
@@ -33,20 +32,19 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    host = get_host()
-    suite = load_suite(args.suite, host)
+    suite = load_suite(args.suite)
     cells = [c for c in suite.cells if c.seed == args.seed]
-    stream = build_stream(cells[0], host)
+    stream = build_stream(cells[0])
     wall: dict[str, list[float]] = {c.strategy.label: [] for c in cells}
     cpu: dict[str, list[float]] = {c.strategy.label: [] for c in cells}
     for r in range(args.rounds):
         k = (r * len(cells)) // args.rounds
         for cell in cells[k:] + cells[:k]:
             c0 = time.process_time()
-            res = run_cell(cell, stream=stream, host=host)
+            res = run_cell(cell, stream=stream)
             cpu[cell.strategy.label].append(time.process_time() - c0)
-            assert res.status == "ok", res.cell["error"]
-            wall[cell.strategy.label].append(res.cell["train_seconds"])
+            assert res.status == "ok", res.row["error"]
+            wall[cell.strategy.label].append(res.row["train_seconds"])
             print(f"round {r}: {cell.strategy.label}: {wall[cell.strategy.label][-1]:.1f} s", flush=True)
     w0, c0 = statistics.median(wall["naive"]), statistics.median(cpu["naive"])
     print(f"\n{suite.name}, seed {args.seed}, {args.rounds} rounds, torch threads {torch.get_num_threads()}\n")

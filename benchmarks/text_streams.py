@@ -106,7 +106,7 @@ def main() -> None:
                                                         "test_per_class": 50, "max_len": args.max_len}}],
                 "strategies": [{"name": "naive"}],
             }, "padding.toml")
-            row = run_cell(suite.cells[0]).cell
+            row = run_cell(suite.cells[0]).row
             print(f"| {mode} | {row['padding_fraction']:.3f} | {row['tokens_seen']} | {row['train_seconds']:.1f} |")
 
 

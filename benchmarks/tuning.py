@@ -19,11 +19,12 @@ suite as it is (defaults) and the tuned suite (``best.toml``), each over the sui
 the test split, into fresh folders. It prints each strategy's ACC (mean ± sd over seeds) with
 its defaults and tuned, the difference, and both rankings. ``--epochs`` overrides the suite's
 training epochs everywhere (to fit a small machine), ``--strategies`` keeps some of its entries
-(by label), and ``--search-lr`` also searches the learning rate for every strategy (so that
-strategies without a hyper-parameter of their own, naive, joint, cumulative, are tuned too).
+(by label). ``clbench tune`` searches the learning rate for every strategy by default;
+``--fix-lr`` fixes it at the suite's rate for all (``[search] lr = 1e-3``), leaving each
+strategy's own space (naive, joint, cumulative then get one trial).
 
     python benchmarks/tuning.py speed [--trials 8] [--epochs 2]
-    python benchmarks/tuning.py strategies [--trials 4] [--epochs 2] [--workers 2] [--strategies naive,ewc,...] [--search-lr]
+    python benchmarks/tuning.py strategies [--trials 4] [--epochs 2] [--workers 2] [--strategies naive,ewc,...] [--fix-lr]
 
 Wall times on a machine that other work shares are not precise: say so when you quote them.
 """
@@ -37,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from clbench.host import get_host
 from clbench.results import aggregate, load
 from clbench.suite import parse_suite, read_suite
 from clbench.suiterun import run_suite
@@ -47,7 +47,6 @@ from clbench.tune import tune_suite
 def speed(args) -> None:
     import ray
 
-    host = get_host()
     data = {
         "name": "tune-speed", "seeds": [0],
         "model": {"d_model": 64, "n_layers": 2, "n_heads": 4},
@@ -55,20 +54,20 @@ def speed(args) -> None:
         "streams": [{"name": "split-digits", "params": {"patch_size": 4}}],
         "strategies": [{"name": "ewc"}],
     }
-    suite = parse_suite(data, "benchmarks/tuning.py", host)
+    suite = parse_suite(data, "benchmarks/tuning.py")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run = run_suite(suite, Path(tmp) / "run", progress=False, host=host)
+        run = run_suite(suite, Path(tmp) / "run", progress=False)
         run_wall = time.perf_counter() - t0
-        run_cell_s = run.ran[0].cell["total_seconds"]
+        run_cell_s = run.ran[0].row["total_seconds"]
         for workers in (1, 2):
             t0 = time.perf_counter()
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
             init = time.perf_counter() - t0
             t0 = time.perf_counter()
             tuned = tune_suite(suite, data, Path(tmp) / f"tune-{workers}", trials=args.trials, scheduler="fifo",
-                               workers=workers, host=host)
+                               workers=workers)
             wall = time.perf_counter() - t0
             t0 = time.perf_counter()
             ray.shutdown()
@@ -91,7 +90,6 @@ def _acc(out: Path) -> dict[str, tuple[float, float, int]]:
 
 
 def strategies(args) -> None:
-    host = get_host()
     data, where = read_suite("strategies")
     if args.epochs:
         data["training"]["epochs"] = args.epochs
@@ -99,26 +97,26 @@ def strategies(args) -> None:
         keep = args.strategies.split(",")
         data["strategies"] = [s for s in data["strategies"]
                               if s.get("label", "+".join([s["name"]] if isinstance(s["name"], str) else s["name"])) in keep]
-    if args.search_lr:
-        data["search"] = {"lr": {"log-uniform": [1e-4, 1e-2]}}
-    suite = parse_suite(data, where, host)
+    if args.fix_lr:
+        data["search"] = {"lr": data["training"]["lr"]}
+    suite = parse_suite(data, where)
     out = Path(args.out or tempfile.mkdtemp(prefix="clbench-bench-tuning-"))
     t0 = time.perf_counter()
-    tuned = tune_suite(suite, data, out / "tune", trials=args.trials, workers=args.workers, host=host)
+    tuned = tune_suite(suite, data, out / "tune", trials=args.trials, workers=args.workers)
     tune_wall = time.perf_counter() - t0
     executor = {"executor": "pool", "executor_options": {"workers": args.workers}} if args.workers > 1 else {}
     t0 = time.perf_counter()
-    ran = run_suite(suite, out / "default", progress=False, host=host, **executor).ran  # cells already there: kept
+    ran = run_suite(suite, out / "default", progress=False, **executor).ran  # cells already there: kept
     default_wall = time.perf_counter() - t0
     best_data, best_where = read_suite(str(tuned.suites[0]))
     t0 = time.perf_counter()
-    run_suite(parse_suite(best_data, best_where, host), out / "tuned", progress=False, host=host, **executor)
+    run_suite(parse_suite(best_data, best_where), out / "tuned", progress=False, **executor)
     tuned_wall = time.perf_counter() - t0
     default, after = _acc(out / "default"), _acc(out / "tuned")
     trials = tuned.trials
     print(f"strategies suite (split-digits, class-incremental), {suite.cells[0].training.epochs} epochs; tune: "
           f"{args.trials} trials per strategy, validation protocol, ACC, random search, ASHA"
-          f"{', lr searched for every strategy' if args.search_lr else ''}; "
+          f"{', lr fixed for every strategy' if args.fix_lr else ', lr searched for every strategy'}; "
           f"{len(trials)} trials ({(trials['status'] == 'stopped').sum()} stopped by ASHA) in {tune_wall / 60:.1f} min; "
           f"{len(suite.cells)} cells each: default {default_wall / 60:.1f} min ({len(ran)} run), tuned {tuned_wall / 60:.1f} min "
           f"({'pool, ' + str(args.workers) + ' workers' if args.workers > 1 else 'in this process'})\n")
@@ -141,7 +139,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--strategies", help="strategies suite: the entries to keep, by label (default: all)")
-    ap.add_argument("--search-lr", action="store_true", help="strategies suite: also search the learning rate")
+    ap.add_argument("--fix-lr", action="store_true", help="strategies suite: fix the learning rate at the suite's for all")
     ap.add_argument("--out", help="strategies suite: where to keep the results (default: a new temporary folder)")
     args = ap.parse_args()
     if args.what == "speed":

@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clbench.host import get_host
 from clbench.models import Transformer
 from clbench.loop import build_stream, run_cell
 from clbench.suite import parse_suite
@@ -102,7 +101,7 @@ def clbench_side(cell, stream, device) -> tuple[float, float, float, float]:
     res = run_cell(cell, stream=stream)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if res.status != "ok":
-        raise RuntimeError(res.cell["traceback"] or res.cell["error"])
+        raise RuntimeError(res.row["traceback"] or res.row["error"])
     T = stream.n_tasks
     final = [m["value"] for m in res.measurements if m["metric"] == "acc" and m["train_task"] == T - 1]
     return wall, memory_peak(device, start), float(np.mean(final)), cpu
@@ -215,7 +214,6 @@ def main() -> None:
 
     from clbench.plugins.avalanche import benchmark_from_stream
 
-    host = get_host()
     rows = []
     for sname in args.streams:
         params = dict(STREAMS[sname])
@@ -235,9 +233,8 @@ def main() -> None:
                 "strategies": [clbench_strategy(s, args) for s in args.strategies],
             },
             "vs_avalanche",
-            host,
         )
-        stream = build_stream(suite.cells[0], host)
+        stream = build_stream(suite.cells[0])
         bench = benchmark_from_stream(stream)
         for label, strategy in zip([clbench_strategy(s, args)["name"] for s in args.strategies], args.strategies):
             cells = [c for c in suite.cells if c.strategy.label == label]

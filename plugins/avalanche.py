@@ -12,22 +12,28 @@ strategies (``avalanche:EWC``, ``avalanche:Replay``, ...).
   Suite parameters go to the class's constructor; clbench supplies the model, optimizer, batch
   size, epochs and device from the suite's ``[model]`` and ``[training]``.
 
-Avalanche is imported only when one of these is used (importing it takes seconds), so loading
-clbench stays fast. See docs/avalanche.md.
+Avalanche is imported only when one of these is used, inside the functions that use it (importing
+it takes seconds), so loading clbench stays fast. See docs/avalanche.md.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import typing
 import warnings
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from clbench import hookimpl
+from clbench.cell import Diverged
 from clbench.errors import UserError
+from clbench.loop import make_optimizer
 from clbench.tasks import Examples, Stream, Task
+from clbench.tasks.batching import batch_indices
+from clbench.tasks.digits import check_order
 
 #: Avalanche strategy classes registered as ``avalanche:<name>`` (all in
 #: ``avalanche.training.supervised``; they train a plain classifier).
@@ -126,8 +132,6 @@ class PackedModel(torch.nn.Module):
 
 def _tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All (x, y, task label) of an Avalanche dataset, stacked."""
-    from torch.utils.data import DataLoader
-
     collate = getattr(dataset, "collate_fn", None)
     xs, ys, ts = [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
@@ -191,8 +195,6 @@ def stream_from_benchmark(
     :param pad_id: the padding token of integer (token id) inputs.
     :param order: the order in which the experiences arrive (indices; default as in ``bench``).
     """
-    from clbench.tasks.digits import check_order
-
     train_exps, test_exps = list(bench.train_stream), list(bench.test_stream)
     if len(train_exps) != len(test_exps) or not train_exps:
         raise UserError(
@@ -206,19 +208,19 @@ def stream_from_benchmark(
     lut = torch.zeros(max(classes) + 1, dtype=torch.long)
     lut[torch.tensor(classes)] = torch.arange(len(classes))
 
-    kinds, tasks, max_len, input_dim = set(), [], 0, 0
+    input_kinds, tasks, max_len, input_dim = set(), [], 0, 0
     for pos, (tr, te) in enumerate(raw):
         split = {}
         for part, (x, y, _t) in (("train", tr), ("test", te)):
-            seq, lengths, kind = _as_sequences(x, patch_size, pad_id)
-            kinds.add(kind)
+            seq, lengths, input_kind = _as_sequences(x, patch_size, pad_id)
+            input_kinds.add(input_kind)
             max_len = max(max_len, seq.shape[1])
-            input_dim = max(input_dim, int(seq.max()) + 1 if kind == "tokens" else seq.shape[2])
+            input_dim = max(input_dim, int(seq.max()) + 1 if input_kind == "tokens" else seq.shape[2])
             split[part] = Examples(seq, lut[y], lengths, torch.full_like(y, pos))
         task_classes = tuple(sorted(index[int(c)] for c in tr[1].unique()))
         label = "-".join(str(classes[c]) for c in task_classes)
         tasks.append(Task(f"experience {pos} ({label})", task_classes, split["train"], split["test"]))
-    if len(kinds) > 1:
+    if len(input_kinds) > 1:
         raise UserError("the Avalanche benchmark mixes token and float inputs")
 
     if scenario is None:
@@ -232,7 +234,7 @@ def stream_from_benchmark(
     stream = Stream(
         name=name,
         scenario=scenario,
-        input_kind=kinds.pop(),
+        input_kind=input_kinds.pop(),
         labels=tuple(str(c) for c in classes),
         tasks=tasks,
         input_dim=input_dim,
@@ -306,8 +308,6 @@ class _Batches:
         self.cell = cell
 
     def __iter__(self):
-        from clbench.tasks.batching import batch_indices
-
         tcfg = self.cell.config.training
         for idx in batch_indices(self.lengths, tcfg.batch_size, self.cell.generator, tcfg.batching, tcfg.length_window):
             yield idx.tolist()
@@ -321,8 +321,6 @@ def resolve_class(target: Any):
     """An Avalanche strategy class from a class or a name (``"EWC"`` or a dotted path)."""
     if not isinstance(target, str):
         return target
-    import importlib
-
     if "." in target:
         module, _, attr = target.rpartition(".")
         return getattr(importlib.import_module(module), attr)
@@ -343,6 +341,10 @@ class AvalancheStrategy:
     :param log: keep Avalanche's default evaluator and loggers (they print).
     """
 
+    #: Avalanche's strategies train a classifier (a :class:`PackedModel`): generative streams are
+    #: refused before anything runs.
+    serves = ("classification",)
+
     def __init__(self, cls, params: dict[str, Any], log: bool = False):
         self.cls = cls
         self.params = params
@@ -359,7 +361,6 @@ class AvalancheStrategy:
             )
 
     def _build(self, cell) -> None:
-        from clbench.loop import make_optimizer
         from avalanche.models.base_model import BaseModel
 
         BaseModel.register(PackedModel)  # it implements get_features
@@ -388,8 +389,6 @@ class AvalancheStrategy:
     def _make_train_dataloader(self, **kwargs) -> None:
         """clbench's batch order for the experience's data (a strategy plugin may still replace
         the loader afterwards, as Replay's does)."""
-        from torch.utils.data import DataLoader
-
         data = self.strategy.adapted_dataset
         task = self._cell.task
         if len(data) == len(task.train):
@@ -402,8 +401,6 @@ class AvalancheStrategy:
 
     @hookimpl
     def fit_task(self, cell, task, data):
-        from clbench.cell import Diverged
-
         self._cell = cell
         if self.strategy is None:
             self._build(cell)

@@ -5,7 +5,8 @@ An executor's ``map(fn, cells)`` yields ``fn(cell)`` for every cell as each fini
 process running a cell dies (killed, out of memory, a crash in native code), it yields
 :class:`clbench.cell.WorkerDied` for that cell instead, and goes on with the others; the driver records the
 cell as failed. Out-of-process executors get a picklable ``fn`` (see
-:func:`clbench.suiterun.run_cell_in_worker`).
+:func:`clbench.suiterun.run_cell_in_worker`). Ray is optional (``clbench[ray]``): it is imported
+inside the methods that use it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator
+
+import torch
 
 from clbench import hookimpl
 from clbench.cell import WorkerDied
@@ -37,11 +41,6 @@ class LocalExecutor:
 
 
 def _init_worker(threads: int, driver: int) -> None:
-    import threading
-    import time
-
-    import torch
-
     torch.set_num_threads(threads)
 
     def exit_with_driver() -> None:  # a killed driver must not leave workers training on
@@ -132,14 +131,14 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, workers: int | None = None):
         try:
-            import ray  # noqa: F401
+            import ray  # noqa: F401  (optional: clbench[ray]; imported where it is used)
         except ImportError:
             raise UserError("Ray is not installed: pip install 'clbench[ray]'") from None
         require(workers is None or workers >= 1, "workers", "at least 1", workers)
         self.address = address
         self.workers = workers
 
-    def _start(self) -> bool:
+    def start(self) -> bool:
         """Connect to (or start) Ray; True if this call started it."""
         import ray
 
@@ -169,7 +168,7 @@ class RayExecutor:
         queue = deque(cells)
         if not queue:
             return
-        started = self._start()
+        started = self.start()
         running: dict = {}
         try:
             # max_retries=0: a cell whose worker dies is recorded as failed, not run again and

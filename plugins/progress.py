@@ -56,8 +56,8 @@ class SuiteProgress:
         self.progress.advance(self._suite)
         if result.status != "ok":
             self.progress.console.print(
-                f"[red]failed[/red] ({result.status}): {escape(str(result.cell['strategy']))} seed {result.cell['seed']}: "
-                f"{escape(str(result.cell['error']))}"
+                f"[red]failed[/red] ({result.status}): {escape(str(result.row['strategy']))} seed {result.row['seed']}: "
+                f"{escape(str(result.row['error']))}"
             )
 
 

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 
 from clbench import hookimpl
-from clbench.results.summary import aggregate, stream_title
+from clbench.errors import UserError
+from clbench.results.report import write_html, write_markdown
+from clbench.results.summary import aggregate, fewer_values, stream_title
 
 SHOWN = ("acc", "aia", "bwt", "fwt", "forgetting", "intransigence", "plasticity", "general_ppl_change")
 #: Column headings, short so that the table fits 100 columns (the caption spells them out).
@@ -54,19 +57,15 @@ def console_report(tables, out, console) -> None:
                 escape(str(r["strategy"])),
                 f"{r['seeds']}" + (f" (+{r['not_ok']} failed)" if r["not_ok"] else ""),
             ]
-            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) for m in shown]
+            cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], stacked=stacked) + fewer_values(r, m) for m in shown]
             cells.append(_fmt(r["train_seconds_mean"], r["train_seconds_std"], pct=False, stacked=stacked))
             table.add_row(*cells)
         console.print(table)
 
 
 def _need_out(out, name: str):
-    from clbench.errors import UserError
-
     if out is None:
         raise UserError(f"the {name} reporter writes files: give an output folder (--out)")
-    from pathlib import Path
-
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -75,14 +74,10 @@ def _need_out(out, name: str):
 
 
 def markdown_report(tables, out, console) -> None:
-    from clbench.results.report import write_markdown
-
     console.print(f"wrote {write_markdown(tables, _need_out(out, 'markdown'))}", soft_wrap=True)
 
 
 def html_report(tables, out, console) -> None:
-    from clbench.results.report import write_html
-
     console.print(f"wrote {write_html(tables, _need_out(out, 'html'))}", soft_wrap=True)
 
 

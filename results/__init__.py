@@ -6,7 +6,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import pandas as pd
+
+from clbench.errors import UserError
 
 from .metrics import Matrices
 from .store import Tables, read_parts, write_tables
@@ -19,12 +24,6 @@ def load(path: str | Path, *more: str | Path) -> Tables:
     A cell (by config hash) found in several folders is taken from the first that has it, with
     one warning line: its seed is counted once.
     """
-    import sys
-
-    import pandas as pd
-
-    from clbench.errors import UserError
-
     paths = [Path(p) for p in (path, *more)]
     meas, cells, seen = [], [], set()
     for p in paths:

@@ -5,10 +5,11 @@ the accuracy on task j before any training, and ``R_ref`` the accuracy matrix of
 ``cumulative`` run with the same stream, order, seed, model and training config.
 
 Libraries disagree on some of these; the variants are here under their own names so a report
-can say which it uses (see docs/metrics.md):
+can say which it uses (see docs/results.md):
 
-* ``forgetting`` is max-based (Chaudhry et al. 2018); ``forgetting_last`` is Avalanche's
-  "accuracy just after learning minus final accuracy".
+* ``forgetting`` is max-based over every earlier row (Chaudhry et al. 2018, A-GEM's code);
+  ``forgetting_since_learned`` takes the max only over the rows after the task was learned;
+  ``forgetting_last`` is Avalanche's "accuracy just after learning minus final accuracy".
 * ``bwt`` divides by T-1 (Lopez-Paz & Ranzato 2017); ``bwt_over_t`` divides by T. ``fwt`` divides
   by T-1; ``fwt_over_t`` divides the same sum by T, as the GEM code does.
 * ``intransigence`` is the mean of I_k over the tasks; ``intransigence_last`` is I_T, the last
@@ -33,13 +34,14 @@ class Matrices:
     """A cell's accuracy matrices. ``R``: (T, T); ``b``: (T,); ``R_ref``: (T, T) or None.
     ``fwt_undefined``: why forward transfer means nothing for this cell (None: it is defined).
     ``general``: (T + 1,) the perplexity of the stream's general text before training and after
-    each task (generative streams that name one), else None."""
+    each task (generative streams), else None; ``general_bpb``: the same text's bits per byte."""
 
     R: np.ndarray
     b: np.ndarray | None = None
     R_ref: np.ndarray | None = None
     fwt_undefined: str | None = None
     general: np.ndarray | None = None
+    general_bpb: np.ndarray | None = None
 
     @property
     def T(self) -> int:
@@ -87,12 +89,30 @@ def fwt_over_t(R: np.ndarray, b: np.ndarray) -> float:
     return float(sum(R[j - 1, j] - b[j] for j in range(1, T)) / T)
 
 
-def forgetting(R: np.ndarray) -> float:
-    """F = 1/(T-1) Σ_{j<T} (max_{l<T} R[l, j] − R[T, j]) (Chaudhry et al. 2018); NaN when T = 1.
+def forgetting_terms(R: np.ndarray) -> np.ndarray:
+    """Each task's forgetting f_j = max_{l<T} R[l, j] − R[T, j] for j < T (Chaudhry et al. 2018,
+    "Riemannian Walk", f_j^k = max_{l∈{1..k−1}} a_{l,j} − a_{k,j}): the max runs over every row
+    before the last, those before task j was learned included; the accuracy before any training
+    (b) is not a row of R. This is A-GEM's code (facebookresearch/agem, ``utils/utils.py``,
+    ``compute_fgt``: ``np.max(data[:T, i]) - data[T, i]`` on the matrix of evaluations after each
+    task, which has no row for the untrained model). Shape ``(T-1,)``."""
+    T = R.shape[0]
+    return np.array([R[: T - 1, j].max() - R[-1, j] for j in range(T - 1)], dtype=float)
 
-    The max runs over l = j..T-1 (before task j is learned its accuracy is not "knowledge"); the
-    final row is excluded from the max as in the paper.
-    """
+
+def forgetting(R: np.ndarray) -> float:
+    """F = 1/(T-1) Σ_{j<T} (max_{l<T} R[l, j] − R[T, j]) (Chaudhry et al. 2018, as A-GEM's code
+    computes it: :func:`forgetting_terms`); NaN when T = 1."""
+    if R.shape[0] < 2:
+        return float("nan")
+    return float(np.mean(forgetting_terms(R)))
+
+
+def forgetting_since_learned(R: np.ndarray) -> float:
+    """The variant whose max runs over the rows from task j's own on, j ≤ l < T: accuracy a task
+    had before it was learned (zero-shot, or transferred from earlier tasks) does not count as
+    knowledge to forget. clbench's ``forgetting`` until results format 3. Never larger than
+    :func:`forgetting`; NaN when T = 1."""
     T = R.shape[0]
     if T < 2:
         return float("nan")
@@ -139,17 +159,30 @@ def general_ppl_change(general: np.ndarray | None) -> float:
     return float((general[-1] - general[0]) / general[0])
 
 
+def general_bpb_change(bpb: np.ndarray | None) -> float:
+    """bpb_T − bpb_0: the change of the general text's bits per byte (the summed negative
+    log-likelihood in bits over the UTF-8 bytes of the scored text) from before training to after
+    the last task, in bits per byte: unlike a perplexity per token, comparable between models
+    with different tokenizers. NaN without a general text."""
+    if bpb is None or len(bpb) < 2 or not np.isfinite(bpb[0]):
+        return float("nan")
+    return float(bpb[-1] - bpb[0])
+
+
 #: name -> (function of Matrices, description); the built-in metrics plugin registers these.
 BUILTIN = {
     "acc": (lambda m: acc(m.R), "mean final accuracy"),
     "aia": (lambda m: average_incremental_accuracy(m.R), "average incremental accuracy"),
     "bwt": (lambda m: bwt(m.R), "backward transfer"),
     "fwt": (_fwt, "forward transfer (NaN where undefined: class-incremental streams, joint)"),
-    "forgetting": (lambda m: forgetting(m.R), "max-based forgetting"),
+    "forgetting": (lambda m: forgetting(m.R), "max-based forgetting over every earlier row (Chaudhry et al. 2018, A-GEM's code)"),
+    "forgetting_since_learned": (lambda m: forgetting_since_learned(m.R),
+                                 "max-based forgetting over the rows after each task was learned"),
     "intransigence": (lambda m: intransigence(m.R, m.R_ref), "against cumulative, same seed"),
     "intransigence_last": (lambda m: intransigence_last(m.R, m.R_ref), "the last task's intransigence"),
     "plasticity": (lambda m: plasticity(m.R), "accuracy right after learning each task"),
     "general_ppl_change": (lambda m: general_ppl_change(m.general), "relative change of the general text's perplexity"),
+    "general_bpb_change": (lambda m: general_bpb_change(m.general_bpb), "change of the general text's bits per byte"),
 }
 
 

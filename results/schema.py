@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from clbench.host import get_host
+
 NAN = float("nan")
 
 MEASUREMENTS: tuple[str, ...] = (
@@ -29,7 +31,7 @@ CELLS: dict[str, Any] = {
     "scenario": "", "tasks": "[]", "n_tasks": 0,
     "train_seconds": 0.0, "eval_seconds": 0.0, "total_seconds": 0.0,
     "peak_memory_mb": NAN, "memory_kind": "",
-    "trainable_params": 0, "total_params": 0, "buffer_size": 0,
+    "trainable_params": 0, "total_params": 0, "buffer_size": 0, "samples": "[]",
     "examples_seen": 0, "tokens_seen": 0, "padding_fraction": NAN,
     "device": "", "threads": 0, "attention": "", "versions": None, "started_at": None,
 }
@@ -75,8 +77,6 @@ def metric_columns(columns: Iterable[str], metrics: Iterable[str] | None = None)
     """The metric columns among a summary's ``columns``, in their order: those named by a
     registered metric (``metrics``: by default the loaded host's)."""
     if metrics is None:
-        from clbench.host import get_host
-
         metrics = get_host().names("metrics")
     known = set(metrics)
     return [c for c in columns if c in known]

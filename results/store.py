@@ -41,7 +41,9 @@ class Tables:
     sources: list[str] = field(default_factory=list)  # the results folders they were read from
 
 
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+def atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` atomically (a temporary file in the same folder, then a rename), with
+    the permissions ``open`` would give it: a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -77,8 +79,8 @@ def write_cell(out: Path, cell: dict, measurements: list[dict]) -> None:
     """Write one cell's rows: its measurements first, then its cells row (the completion mark)."""
     d = Path(out) / "cells"
     m = pd.DataFrame(measurements, columns=MEASUREMENT_COLUMNS)
-    _atomic_parquet(m, d / f"{cell['run_id']}.measurements.parquet")
-    _atomic_parquet(pd.DataFrame([cell]), d / f"{cell['run_id']}.cell.parquet")
+    atomic_parquet(m, d / f"{cell['run_id']}.measurements.parquet")
+    atomic_parquet(pd.DataFrame([cell]), d / f"{cell['run_id']}.cell.parquet")
 
 
 QUARANTINE = "quarantine"  # cells/quarantine/: the files of damaged cell records, moved aside
@@ -154,6 +156,6 @@ def read_parts(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def write_tables(out: Path, tables: Tables) -> None:
     out = Path(out)
-    _atomic_parquet(tables.measurements, out / "measurements.parquet")
-    _atomic_parquet(tables.cells, out / "cells.parquet")
-    _atomic_parquet(tables.summary, out / "summary.parquet")
+    atomic_parquet(tables.measurements, out / "measurements.parquet")
+    atomic_parquet(tables.cells, out / "cells.parquet")
+    atomic_parquet(tables.summary, out / "summary.parquet")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
+
+from clbench.host import get_host
 
 from .metrics import Matrices
 from .schema import COST_COLUMNS, IDENTITY, metric_columns
@@ -29,10 +32,10 @@ def accuracy_matrix(measurements: pd.DataFrame, run_id: str, metric: str = "acc"
     return R, b
 
 
-def general_series(measurements: pd.DataFrame, run_id: str) -> np.ndarray | None:
-    """The perplexity of a cell's general text before training and after each task (``metric``
-    ``general_ppl``, ``eval_task`` -1), or None when it has none."""
-    m = measurements[(measurements["run_id"] == run_id) & (measurements["metric"] == "general_ppl")]
+def general_series(measurements: pd.DataFrame, run_id: str, metric: str = "general_ppl") -> np.ndarray | None:
+    """The perplexity (``general_ppl``; ``general_bpb``: bits per byte) of a cell's general text
+    before training and after each task (``eval_task`` -1), or None when it has none."""
+    m = measurements[(measurements["run_id"] == run_id) & (measurements["metric"] == metric)]
     if m.empty:
         return None
     return m.sort_values("train_task")["value"].to_numpy(float)
@@ -96,8 +99,6 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
     for metrics undefined for the cell: see :func:`fwt_undefined`), and ``reference_run_id``, the
     ``cumulative`` cell intransigence was measured against ("" for none)."""
     if metrics is None:
-        from clbench.host import get_host
-
         metrics = {n: e.obj for n, e in get_host().registries["metrics"].items()}
     keep = [*IDENTITY, *COST_COLUMNS]
     rows = []
@@ -110,7 +111,8 @@ def summarize(measurements: pd.DataFrame, cells: pd.DataFrame, metrics: dict | N
             R, b = matrices[c["run_id"]]
             ref = reference.get(c["run_id"])
             m = Matrices(R=R, b=b, R_ref=matrices[ref][0] if ref else None, fwt_undefined=fwt_undefined(c),
-                         general=general_series(measurements, c["run_id"]))
+                         general=general_series(measurements, c["run_id"]),
+                         general_bpb=general_series(measurements, c["run_id"], "general_bpb"))
             for name, fn in metrics.items():
                 row[name] = float(fn(m))
             row["reference_run_id"] = ref or ""
@@ -259,8 +261,6 @@ def drop_repeated_seeds(df: pd.DataFrame, what: str = "results") -> pd.DataFrame
     """``df`` (summary or cells rows, strategies labelled by :func:`config_labels`) without a seed
     counted twice: a second row of the same configuration and seed (another run id: e.g. cells run
     by an earlier clbench whose hash differs) is left out with a one-line warning."""
-    import sys
-
     if df.empty:
         return df
     cols = [c for c in ("stream", "stream_params", "order", "strategy", "seed") if c in df]
@@ -278,12 +278,21 @@ def stream_title(stream: str, variant: str) -> str:
     return f"{stream} ({variant})" if variant else str(stream)
 
 
+def fewer_values(row, col: str) -> str:
+    """`` (n=k)`` where the mean of ``col`` in an :func:`aggregate` row stands on fewer values
+    than the row's ``seeds`` (a metric undefined for some cells), else ""."""
+    n = row.get(f"{col}_n")
+    return f" (n={int(n)})" if n is not None and not pd.isna(n) and 0 < n < row["seeds"] else ""
+
+
 def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
     """Mean, standard deviation and standard error over seeds per (stream, stream_params, order,
     strategy) of each of ``metrics`` (default: every registered metric in ``summary``) and each
     cost column, with the rank by mean ACC within each (stream, stream_params, order). Failed
-    cells are left out (and counted). ``variant`` labels a stream's parameters where it appears with
-    several sets of them (:func:`variant_labels`), else is empty."""
+    cells are left out (and counted: ``not_ok``). ``seeds`` counts the finished cells, and
+    ``<column>_n`` the values behind each mean (fewer where a metric is NaN for some cells).
+    ``variant`` labels a stream's parameters where it appears with several sets of them
+    (:func:`variant_labels`), else is empty."""
     if summary.empty:
         return pd.DataFrame()
     if metrics is None:
@@ -301,12 +310,10 @@ def aggregate(summary: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
             row[f"{col}_mean"] = vals.mean() if len(vals) else np.nan
             row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
             row[f"{col}_sem"] = vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else np.nan
+            row[f"{col}_n"] = len(vals)
         out.append(row)
     agg = pd.DataFrame(out)
     if "acc_mean" in agg:
         agg["rank"] = agg.groupby(["stream", "stream_params", "order"], sort=False)["acc_mean"].rank(ascending=False, method="min")
     return agg
 
-
-def params_of(cell_row: pd.Series) -> list:
-    return json.loads(cell_row["params"])

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .report import Figure, _png, _pyplot, _slug, render_html, render_markdown
-from .store import _atomic_parquet
+from .figures import Figure, png, pyplot, slug
+from .render import render_html, render_markdown
+from .store import atomic_parquet
+from .summary import stream_title, variant_labels
 
 TRIALS: tuple[str, ...] = (
     "trial_key", "search_key", "suite", "stream", "stream_params", "order", "strategy", "protocol", "metric", "mode",
@@ -33,7 +35,7 @@ def write_trial(out: Path, row: dict) -> None:
     """Write one trial's row (atomically) under ``out/trials/``."""
     d = Path(out) / "trials"
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_parquet(pd.DataFrame([{k: row.get(k) for k in TRIALS}], columns=list(TRIALS)), d / f"{row['trial_key']}.parquet")
+    atomic_parquet(pd.DataFrame([{k: row.get(k) for k in TRIALS}], columns=list(TRIALS)), d / f"{row['trial_key']}.parquet")
 
 
 def read_trials(out: Path) -> pd.DataFrame:
@@ -50,7 +52,7 @@ def read_trials(out: Path) -> pd.DataFrame:
 
 
 def write_trials(out: Path, trials: pd.DataFrame) -> None:
-    _atomic_parquet(trials, Path(out) / "trials.parquet")
+    atomic_parquet(trials, Path(out) / "trials.parquet")
 
 
 def searched(trials: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +104,7 @@ def effects(trials: pd.DataFrame) -> pd.DataFrame:
     dimension's value with the objective over the trials that ran every task (NaN for a
     dimension whose values are not numbers, or with fewer than three such trials), and the best
     trial's value."""
-    from scipy import stats
+    from scipy import stats  # here: importing scipy.stats takes seconds
 
     best = best_trials(trials).set_index(["stream", "stream_params", "strategy"])
     rows = []
@@ -131,7 +133,7 @@ def effect_plot(g: pd.DataFrame, title: str) -> Figure | None:
     dims = sorted({k for s in g["searched"] for k in json.loads(s or "{}")})
     if not dims:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(dims), figsize=(3.6 * len(dims), 3.0), squeeze=False)
     obj = wide["objective"].astype(float)
     done = obj[wide["status"] == "ok"]
@@ -161,7 +163,28 @@ def effect_plot(g: pd.DataFrame, title: str) -> Figure | None:
     axes[0][0].set_ylabel(f"{g['metric'].iloc[0]} (validation)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    return Figure(_slug("tune", title), title, f"objective against each hyper-parameter: {title}", _png(fig))
+    return Figure(slug("tune", title), title, f"objective against each hyper-parameter: {title}", png(fig))
+
+
+def budget_notes(trials: pd.DataFrame) -> list[str]:
+    """One line per stream whose strategies did not get the same search: trials of different
+    numbers (a strategy with nothing to search gets one), or the learning rate searched for some
+    strategies and not for others (a suite's ``training.lr`` for one entry fixes it there)."""
+    from .summary import stream_title, variant_labels
+
+    variants = variant_labels(set(zip(trials["stream"], trials["stream_params"])))
+    lines = []
+    for (stream, params), g in trials.groupby(["stream", "stream_params"], sort=False):
+        where = stream_title(stream, variants[(stream, params)])
+        counts = g.groupby("strategy", sort=False).size()
+        if counts.nunique() > 1:
+            lines.append(f"Unequal budget on {where}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                         + " trials (a strategy with nothing to search runs its default once).")
+        lr = {k: any("training.lr" in json.loads(x or "{}") for x in gg["searched"]) for k, gg in g.groupby("strategy", sort=False)}
+        if len(set(lr.values())) > 1:
+            lines.append(f"Unequal search on {where}: the learning rate is searched for "
+                         f"{', '.join(k for k, v in lr.items() if v)}, not for {', '.join(k for k, v in lr.items() if not v)}.")
+    return lines
 
 
 def _pct(v: float) -> str:
@@ -169,9 +192,7 @@ def _pct(v: float) -> str:
 
 
 def blocks(trials: pd.DataFrame, heading: str = "Tuning") -> list[tuple]:
-    """The report section of a set of trials (blocks for clbench.results.report's renderers)."""
-    from .summary import stream_title, variant_labels
-
+    """The report section of a set of trials (blocks for :mod:`clbench.results.render`)."""
     if trials.empty:
         return [("h2", heading), ("p", "no trials")]
     first = trials.iloc[0]
@@ -191,6 +212,10 @@ def blocks(trials: pd.DataFrame, heading: str = "Tuning") -> list[tuple]:
                      _pct(r["default"]) if r["default_status"] in ("ok", "") else r["default_status"],
                      _pct(r["tuned"]), "–" if diff != diff else f"{diff * 100:+.1f}", r["best"] or "–"])
     out.append(("h3", "Tuned vs default"))
+    notes = budget_notes(trials)
+    out.append(("p", " ".join(notes) if notes else
+                "Equal budget: every strategy of each stream got the same number of trials, and the learning rate "
+                "was searched for all of them or for none."))
     out.append(("table", ["stream", "strategy", "trials (ok/stopped/diverged/failed)", "budget used", "default", "tuned",
                           "tuned − default", "best configuration"], rows))
     eff = effects(trials)

@@ -8,8 +8,9 @@ examples (the paper draws as many as the batch has). The batch is offered to the
 the terms are computed, with its logits from this step's forward pass.
 
 In task-incremental streams the stored logits are masked to the example's task (the other
-entries are −inf) and the matching runs over the finite entries only. Generative streams are
-refused: an example's logits there are the whole vocabulary at every answer token.
+entries are −inf) and the matching runs over the finite entries only. DER serves classification
+streams only (``serves``): on a generative stream an example's logits are the whole vocabulary at
+every answer token (vocabulary × answer tokens floats per example to store).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from clbench import hookimpl
-from clbench.errors import UserError
 from clbench.params import require
 
 from .buffer import Buffer, Policy
@@ -39,6 +39,8 @@ class DER:
     search_space = {"alpha": {"log-uniform": [0.01, 1.0]}}
 
     plus = False
+    #: The kinds of task it runs on (clbench.kinds): generative streams are refused before anything runs.
+    serves = ("classification",)
 
     def __init__(self, memory_size: int = 200, alpha: float = 0.3, ratio: float = 1.0, policy: Policy = "reservoir"):
         require(alpha >= 0 and math.isfinite(alpha), "alpha", "a number >= 0", alpha)
@@ -47,14 +49,6 @@ class DER:
         self.alpha = alpha
         self.beta = 0.0
         self.ratio = ratio
-
-    @hookimpl
-    def check_cell(self, config, stream):
-        if stream.kind != "classification":
-            raise UserError(
-                f"strategy '{self.memory.name}' stores each example's logits; on generative tasks those are the "
-                "whole vocabulary at every answer token (vocabulary × answer tokens floats per example): not supported"
-            )
 
     @hookimpl
     def loss_terms(self, cell, batch, logits, loss):

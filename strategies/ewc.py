@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
 
 from clbench import hookimpl
 from clbench.params import require
@@ -45,7 +46,7 @@ def empirical_fisher(cell, examples, max_samples: int, chunk: int = 64) -> dict[
     was_training = model.training
     model.eval()
     try:
-        if cell.stream.kind != "classification":
+        if not cell.kind.class_logits:
             raise NotImplementedError  # the loss of an example is its answer's: the loop below
         with warnings.catch_warnings():  # "performance drop": ops vmap runs one by one
             warnings.filterwarnings("ignore", message=".*performance drop.*")
@@ -60,8 +61,6 @@ def empirical_fisher(cell, examples, max_samples: int, chunk: int = 64) -> dict[
 
 
 def _fisher_vmap(cell, data, params, fisher, chunk) -> None:
-    from torch.func import functional_call, grad, vmap
-
     frozen = {n: p.detach() for n, p in cell.model.named_parameters() if n not in params}
 
     def nll(p, x, y, mask):  # one example, unpadded

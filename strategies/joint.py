@@ -9,6 +9,7 @@ model).
 """
 
 from clbench import hookimpl
+from clbench.errors import UserError
 from clbench.tasks import Examples
 
 
@@ -17,8 +18,6 @@ class Joint:
 
     def __init__(self, repeat: int = 0):
         if repeat < 0:
-            from clbench.errors import UserError
-
             raise UserError(f"joint: repeat must be >= 0 (0 = the number of tasks), got {repeat}")
         self.repeat = repeat
 

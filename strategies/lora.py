@@ -20,8 +20,9 @@ adapters only from the second task on. ``target_modules`` names projections: ``q
 query/key/value layer), ``q``, ``k``, ``v`` (one third of it each: Hu et al. adapt ``q`` and
 ``v``), ``proj`` (attention output and MLP output), ``attn.proj``, ``mlp.proj``, ``fc`` (MLP in).
 On a Hugging Face model (:class:`clbench.models.hf.HFCausalLM`) these names stand for its layers
-(``q`` is ``q_proj``, or a third of GPT-2's fused ``c_attn``; ...) and any other name is one of
-its module names; there is no classification head there, so only the adapters train (the LM
+by their meaning (``q`` is ``q_proj``, or the query rows of a fused layer: GPT-2's ``c_attn``,
+Phi-3's ``qkv_proj``, GPT-NeoX's ``query_key_value`` interleaved per head; ...) and any other name
+is one of its module names; there is no classification head there, so only the adapters train (the LM
 head and the embeddings stay frozen, as in O-LoRA).
 
 ``seq-lora``, ``inc-lora`` and ``o-lora`` are the same strategy with the mode fixed. See
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import typing
 from typing import Literal
 
@@ -41,6 +43,8 @@ import torch.nn.functional as F
 
 from clbench import hookimpl
 from clbench.errors import UserError
+from clbench.models.backbones import is_pretrained, resolve
+from clbench.models.hf import causal_lm_skeleton
 from clbench.params import require
 
 Mode = Literal["per-task", "seq", "inc", "olora"]
@@ -48,23 +52,64 @@ Target = Literal["qkv", "q", "k", "v", "proj", "attn.proj", "mlp.proj", "fc"]
 DEFAULT_TARGETS = ("qkv", "proj", "fc")  # every attention and MLP projection
 
 
+Rows = typing.Union[tuple[int, int], typing.Sequence[tuple[int, int]]]
+
+
+def row_ranges(rows: Rows) -> tuple[tuple[int, int], ...]:
+    """The output rows of a part as sorted, merged ``(start, stop)`` ranges: ``rows`` is one
+    range, or several (the query rows of a fused layer interleaved per head are one per head)."""
+    pairs = [tuple(rows)] if len(rows) == 2 and all(isinstance(r, int) for r in rows) else [tuple(r) for r in rows]
+    merged: list[list[int]] = []
+    for start, stop in sorted(pairs):
+        if not 0 <= start < stop:
+            raise ValueError(f"an empty or negative row range ({start}, {stop})")
+        if merged and start < merged[-1][1]:
+            raise ValueError(f"overlapping row ranges in {rows}")
+        if merged and start == merged[-1][1]:
+            merged[-1][1] = stop
+        else:
+            merged.append([start, stop])
+    return tuple((a, b) for a, b in merged)
+
+
+def out_features(layer: nn.Module) -> int:
+    """The outputs of an ``nn.Linear`` or of transformers' ``Conv1D`` (weight ``(in, out)``)."""
+    return getattr(layer, "out_features", None) or layer.weight.shape[1]
+
+
 class LoRALinear(nn.Module):
     """An ``nn.Linear`` (``base``; or transformers' ``Conv1D``, whose weight is ``(in, out)``)
     plus named low-rank adapters, of which ``active`` ones are added to its output. ``parts``
-    maps a part name to the ``(start, stop)`` output rows it adapts: ``{"": (0, out)}`` for the
-    whole layer, ``{"q": (0, C), "v": (2C, 3C)}`` for slices of a fused qkv layer; each part of
-    an adapter has its own ``A`` and ``B``."""
+    maps a part name to the output rows it adapts, one ``(start, stop)`` range or several:
+    ``{"": (0, out)}`` for the whole layer, ``{"q": (0, C), "v": (2C, 3C)}`` for slices of a
+    fused qkv layer, ``{"q": ((0, h), (3h, 4h), ...)}`` for the query rows of a layer that
+    interleaves query, key and value per head (GPT-NeoX). Each part of an adapter has its own
+    ``A`` and ``B``; ``B``'s rows are the part's rows in output order."""
 
-    def __init__(self, base: nn.Linear, parts: dict[str, tuple[int, int]], rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, parts: dict[str, Rows], rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         self.base = base
         self.in_features = getattr(base, "in_features", None) or base.weight.shape[0]
-        self.parts = dict(sorted(parts.items(), key=lambda kv: kv[1]))
+        self.out_features = out_features(base)
+        ranges = {part: row_ranges(rows) for part, rows in parts.items()}
+        self.ranges = dict(sorted(ranges.items(), key=lambda kv: kv[1]))
+        # as given: one range as (start, stop), several as a tuple of them
+        self.parts = {p: r[0] if len(r) == 1 else r for p, r in self.ranges.items()}
+        # the output in row order: (start, stop, part, index of the part's range); rows between are gaps
+        self.segments = sorted((s, e, p, i) for p, r in self.ranges.items() for i, (s, e) in enumerate(r))
+        for (_, stop, p, _), (start, _, q, _) in zip(self.segments, self.segments[1:]):
+            if start < stop:
+                raise ValueError(f"parts {p!r} and {q!r} overlap")
+        if self.segments[-1][1] > self.out_features:
+            raise ValueError(f"parts {self.parts} exceed the layer's {self.out_features} outputs")
+        ends = [0] + [stop for _, stop, *_ in self.segments]
+        starts = [start for start, *_ in self.segments] + [self.out_features]
+        self.widest_gap = max(start - end for start, end in zip(starts, ends))  # zeros for rows left alone
         self.rank = rank
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout)
         self.lora_A = nn.ParameterDict()  # "<adapter>" or "<adapter>_<part>" -> (rank, in)
-        self.lora_B = nn.ParameterDict()  # same keys -> (stop - start, rank)
+        self.lora_B = nn.ParameterDict()  # same keys -> (rows of the part, rank)
         self.adapters: list[str] = []  # in the order they were added
         self.active: list[str] = []
 
@@ -72,39 +117,47 @@ class LoRALinear(nn.Module):
     def key(adapter: str, part: str) -> str:
         return f"{adapter}_{part}" if part else adapter
 
+    def rows(self, part: str) -> int:
+        return sum(e - s for s, e in self.ranges[part])
+
     def add(self, adapter: str) -> None:
         w = self.base.weight
-        for part, (start, stop) in self.parts.items():
+        for part in self.ranges:
             a = torch.empty(self.rank, self.in_features, device=w.device, dtype=w.dtype)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # as nn.Linear (and Hu et al.'s code)
             self.lora_A[self.key(adapter, part)] = nn.Parameter(a)
-            self.lora_B[self.key(adapter, part)] = nn.Parameter(w.new_zeros(stop - start, self.rank))
+            self.lora_B[self.key(adapter, part)] = nn.Parameter(w.new_zeros(self.rows(part), self.rank))
         self.adapters.append(adapter)
 
     def parameters_of(self, adapter: str) -> list[nn.Parameter]:
-        keys = [self.key(adapter, part) for part in self.parts]
+        keys = [self.key(adapter, part) for part in self.ranges]
         return [self.lora_A[k] for k in keys] + [self.lora_B[k] for k in keys]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if not self.active:
             return y
-        pieces, pos = [], 0
-        for part, (start, stop) in self.parts.items():
+        deltas = {}
+        for part, ranges in self.ranges.items():
             xd = self.dropout(x)  # a mask per part, as separate q and v layers would each draw
             keys = [self.key(a, part) for a in self.active]
             # several active adapters are one adapter of the summed rank: concatenate them
             A = self.lora_A[keys[0]] if len(keys) == 1 else torch.cat([self.lora_A[k] for k in keys])
             B = self.lora_B[keys[0]] if len(keys) == 1 else torch.cat([self.lora_B[k] for k in keys], dim=1)
-            delta = F.linear(F.linear(xd, A), B) * self.scaling  # (..., stop - start)
-            if (start, stop) == (0, y.shape[-1]):
+            delta = F.linear(F.linear(xd, A), B) * self.scaling  # (..., rows of the part)
+            if ranges == ((0, y.shape[-1]),):
                 return y + delta
+            # one split (its backward is one cat), not a slice per range
+            deltas[part] = delta.split([e - s for s, e in ranges], dim=-1) if len(ranges) > 1 else (delta,)
+        zeros = y.new_zeros(*y.shape[:-1], self.widest_gap) if self.widest_gap else None
+        pieces, pos = [], 0
+        for start, stop, part, i in self.segments:
             if start > pos:
-                pieces.append(y.new_zeros(*y.shape[:-1], start - pos))
-            pieces.append(delta)
+                pieces.append(zeros[..., : start - pos])
+            pieces.append(deltas[part][i])
             pos = stop
         if pos < y.shape[-1]:
-            pieces.append(y.new_zeros(*y.shape[:-1], y.shape[-1] - pos))
+            pieces.append(zeros[..., : y.shape[-1] - pos])
         return y + torch.cat(pieces, dim=-1)
 
     def orthogonality(self) -> torch.Tensor:
@@ -114,7 +167,7 @@ class LoRALinear(nn.Module):
         if len(self.adapters) < 2:
             return total
         *old, new = self.adapters
-        for part in self.parts:
+        for part in self.ranges:
             a_old = torch.cat([self.lora_A[self.key(a, part)] for a in old])  # (rank · n_old, in)
             total = total + (a_old @ self.lora_A[self.key(new, part)].T).abs().sum()
         return total
@@ -185,12 +238,57 @@ def _named_linears(model: nn.Module, targets) -> list[tuple[str, nn.Module, dict
 
 
 def _on_hf_model(config) -> bool:
-    from clbench.models.backbones import is_pretrained, resolve
-
-    return is_pretrained(config.model.init) and resolve(config.model.init).kind == "hf-causal"
+    return is_pretrained(config.model.init) and resolve(config.model.init).family == "hf-causal"
 
 
-def _check_targets(targets) -> None:
+def _hf_layers(config, targets) -> list[tuple[str, nn.Module, dict]] | str:
+    """The layers and parts ``targets`` name in the cell's Hugging Face model, read off its
+    skeleton (no weights loaded); a one-line :class:`UserError` where a target matches none; why
+    not, where the skeleton cannot be built (the cell's own model is checked when it runs)."""
+    try:
+        skeleton = causal_lm_skeleton(str(resolve(config.model.init).folder))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model transformers cannot build without its weights
+        return f"its layers cannot be read without loading it ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    return skeleton.lora_targets(targets)
+
+
+def describe_layers(found, rank: int) -> list[str]:
+    """What an adapter of ``rank`` on ``found`` (``lora_targets``' answer) adapts, one line per
+    layer of a block, the blocks' indices gathered (``model.layers.{0-23}.self_attn.qkv_proj
+    [q, v]``), with the parameters per layer; and the total per adapter first."""
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    total = 0
+    for name, module, parts in found:
+        name = name.removeprefix("hf.")
+        ranges = {part: row_ranges(rows) for part, rows in parts.items()}
+        n = sum(rank * ((getattr(module, "in_features", None) or module.weight.shape[0]) + sum(e - s for s, e in r))
+                for r in ranges.values())
+        total += n
+        block = re.search(r"\.(\d+)\.", name)
+        key = re.sub(r"\.(\d+)\.", ".{}.", name, count=1) if block else name
+        label = "" if "" in parts else f" [{', '.join(sorted(parts, key=lambda p: ranges[p]))}]"
+        groups.setdefault((key, label, n), []).append(int(block.group(1)) if block else -1)
+    lines = [f"{total:,} parameters per adapter (rank {rank}) in {len(found)} layers:"]
+    for (key, label, n), blocks in groups.items():
+        where = key.replace("{}", "{" + _spans(blocks) + "}") if "{}" in key else key
+        lines.append(f"  {where}{label}: {len(blocks)} × {n:,}" if len(blocks) > 1 else f"  {where}{label}: {n:,}")
+    return lines
+
+
+def _spans(numbers: list[int]) -> str:
+    """``0-3,5`` for ``[0, 1, 2, 3, 5]``."""
+    spans: list[list[int]] = []
+    for i in sorted(numbers):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
+
+
+def check_targets(targets) -> None:
     targets = list(targets)
     require(len(targets) > 0, "target_modules", "at least one projection", targets)
     require(len(set(targets)) == len(targets), "target_modules", "a list without repeats", targets)
@@ -198,6 +296,17 @@ def _check_targets(targets) -> None:
         overlap = [p for p in parts if p in targets]
         must = f"without {', '.join(repr(p) for p in overlap)} when it names '{whole}' (which contains them)"
         require(whole not in targets or not overlap, "target_modules", must, targets)
+
+
+def check_target_names(targets, config) -> None:
+    """Refuse (one line) a ``target_modules`` name outside clbench's projection names
+    (:data:`Target`) when the cell's model is clbench's own Transformer (a Hugging Face model
+    also takes its module names): what :meth:`LoRA.check_cell` checks, for the strategies built
+    on these adapters (``i-lora``, ``moe-lora``)."""
+    names = typing.get_args(Target)
+    if not all(t in names for t in targets) and not _on_hf_model(config):
+        require(False, "target_modules", f"a list of {' | '.join(map(repr, names))} (or, on a Hugging Face "
+                "model, of its module names)", list(targets))
 
 
 class LoRA:
@@ -220,7 +329,7 @@ class LoRA:
     changes_model = True
     #: What ``clbench tune`` searches by default (docs/tuning.md): the rank, and the learning rate
     #: (adapters train well at rates full fine-tuning does not).
-    search_space = {"rank": {"choice": [2, 4, 8, 16]}, "training": {"lr": {"log-uniform": [1e-4, 1e-2]}}}
+    search_space = {"rank": {"choice": [2, 4, 8, 16]}}
 
     def __init__(
         self,
@@ -236,7 +345,7 @@ class LoRA:
         require(rank >= 1, "rank", ">= 1", rank)
         require(alpha > 0, "alpha", "> 0", alpha)
         require(0.0 <= dropout < 1.0, "dropout", "in [0, 1)", dropout)
-        _check_targets(target_modules)
+        check_targets(target_modules)
         for name, value in (("lambda_orth", lambda_orth), ("lambda_l2", lambda_l2)):
             require(value is None or mode == "olora", name, f"left out unless mode is 'olora' (mode is {mode!r})", value)
             require(value is None or value >= 0, name, ">= 0", value)
@@ -265,6 +374,17 @@ class LoRA:
                 f"only task-incremental streams give at test time; {stream.name} is "
                 f"{stream.scenario} (use seq-lora, inc-lora or o-lora)"
             )
+        if _on_hf_model(config):
+            _hf_layers(config, self.targets)  # a target that matches no layer: refused before anything runs
+
+    def describe(self, config) -> list[str]:
+        """The layers (and parts of fused ones) that each adapter will adapt in the cell's model,
+        and its parameter count, for ``clbench check``; nothing unless the model is a Hugging Face
+        causal LM."""
+        if not _on_hf_model(config):
+            return []
+        found = _hf_layers(config, self.targets)
+        return [found] if isinstance(found, str) else describe_layers(found, self.rank)
 
     def _install(self, cell) -> None:
         model = cell.model

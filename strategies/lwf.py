@@ -55,7 +55,7 @@ class LwF:
         if cell.task_index == 0:
             return
         self.old = copy.deepcopy(cell.model).eval().requires_grad_(False)
-        if cell.stream.kind != "classification":
+        if not cell.kind.class_logits:  # next-token logits at the answer tokens
             self.groups = [None]  # the whole vocabulary
             return
         earlier = cell.stream.tasks[: cell.task_index]

@@ -95,6 +95,9 @@ class Task:
         :mod:`clbench.tasks.scoring`).
     :param labels: the answer texts to rank (generation tasks with a label set), else empty.
     :param max_new_tokens: the most tokens generated for an answer (generation).
+    :param max_new_tokens_derived: ``max_new_tokens`` was derived from the test answers (the
+        longest + 8, :func:`clbench.tasks.generative.answer_cap`), not given: a validation split
+        derives it again from its own examples, so that no statistic of the test split reaches it.
     """
 
     name: str
@@ -104,6 +107,7 @@ class Task:
     metric: str = "acc"
     labels: tuple[str, ...] = ()
     max_new_tokens: int = 0
+    max_new_tokens_derived: bool = False
 
 
 @dataclass

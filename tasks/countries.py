@@ -33,6 +33,7 @@ from clbench.params import require
 
 from .base import Stream
 from .generative import TextTask, generative_stream, text_tokenizer
+from .lmdata import default_general
 
 #: country | capital | language | continent.
 TABLE = """\
@@ -120,19 +121,10 @@ def ask(task: str, row: tuple[str, ...]) -> tuple[str, str]:
     question, col = QUESTIONS[task]
     return question.format(row[0]), " " + row[col]
 
-#: The held-out general text: the first six paragraphs of Jane Austen's *Pride and Prejudice*
-#: (1813, public domain; Project Gutenberg's text), one document each.
-GENERAL = (
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be "
-    "in want of a wife.",
-    "However little known the feelings or views of such a man may be on his first entering a "
-    "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is "
-    "considered the rightful property of some one or other of their daughters.",
-    '"My dear Mr. Bennet," said his lady to him one day, "have you heard that Netherfield Park is let at last?"',
-    '"But it is," returned she; "for Mrs. Long has just been here, and she told me all about it."',
-    '"Do you not want to know who has taken it?" cried his wife impatiently.',
-    '"_You_ want to tell me, and I have no objection to hearing it."',
-)
+#: The held-out general text: the first six paragraphs of clbench's default general text (the
+#: opening of Jane Austen's *Pride and Prejudice*, public domain; ``data/SOURCES.md``), one document
+#: each. Six, not all 24: each of them is scored four times per cell on a 135M model.
+GENERAL = tuple(default_general()[:6])
 
 
 def countries(

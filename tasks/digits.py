@@ -55,7 +55,7 @@ def split_digits(
         task i holds ``class_order[i*classes_per_task:(i+1)*classes_per_task]``.
     :param order: the order in which those tasks arrive (indices; default 0..n_tasks-1).
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # here: importing scikit-learn takes seconds (every host loads this plugin)
     from sklearn.model_selection import train_test_split
 
     if n_tasks * classes_per_task > 10 or n_tasks < 1 or classes_per_task < 1:

@@ -22,8 +22,13 @@ from typing import Protocol, Sequence
 import torch
 
 from clbench.errors import UserError
+from clbench.models.backbones import resolve
+from clbench.models.hf import HFTextTokenizer
 
 from .base import Examples, Stream, Task
+from .digits import check_order
+from .scoring import check_metric
+from .tokenizer import ByteTokenizer, load_tokenizer, pad, train_bpe
 
 
 @dataclass
@@ -34,7 +39,7 @@ class TextTask:
     :param labels: the answer texts it chooses among, if it has a label set (rank
         classification scores these; ``y`` is an answer's index among them).
     :param max_new_tokens: the most tokens generated per answer (0: the longest test answer's
-        token count plus 8).
+        token count plus 8; a validation split's own longest answer for ``clbench tune``).
     """
 
     name: str
@@ -97,18 +102,12 @@ def text_tokenizer(spec: str, texts: Sequence[str] = (), vocab_size: int = 8000)
     """The tokenizer ``spec`` names, for generative tasks: ``bytes``; ``bpe`` (trained on
     ``texts``, cached); a clbench checkpoint folder; or a Hugging Face causal LM (``hf:<name>``
     or its folder), whose own tokenizer is used."""
-    from .tokenizer import ByteTokenizer, load_tokenizer, train_bpe
-
     if spec == "bytes":
         return ClbenchTextTokenizer(ByteTokenizer())
     if spec == "bpe":
         return ClbenchTextTokenizer(train_bpe(list(texts), vocab_size=vocab_size))
-    from clbench.models.backbones import resolve
-
     backbone = resolve(spec, what="tokenizer")
-    if backbone.kind == "hf-causal":
-        from clbench.models.hf import HFTextTokenizer
-
+    if backbone.family == "hf-causal":
         return HFTextTokenizer.load(backbone)
     return ClbenchTextTokenizer(load_tokenizer(spec))
 
@@ -130,13 +129,32 @@ def _encode(tok: TextTokenizer, pairs: list[tuple[str, str]], max_len: int, wher
     return seqs, starts, cut
 
 
-def _examples(seqs: list[list[int]], starts: list[int], y: list[int], t: int) -> Examples:
-    from .tokenizer import pad
-
+def examples_of(seqs: list[list[int]], starts: list[int], y: list[int], t: int) -> Examples:
+    """Token sequences (prompt, answer, end token) as :class:`Examples` of task position ``t``:
+    padded, with each answer's ``start`` and label ``y``."""
     x, lengths = pad(seqs)
     n = len(seqs)
     return Examples(x, torch.tensor(y, dtype=torch.long), lengths, torch.full((n,), t, dtype=torch.long),
                     torch.tensor(starts, dtype=torch.long))
+
+
+def scored_bytes(tok: TextTokenizer, general: Examples) -> int:
+    """The UTF-8 bytes of the text whose tokens a general text's perplexity scores: in each
+    document (as cut to ``max_len`` tokens), the tokens after its first, which is not predicted
+    (a BOS token, or the text's first token where a tokenizer adds none). Bits per byte divide the
+    summed negative log-likelihood by this count, so that models with different tokenizers can be
+    compared. clbench's byte tokenizer counts its byte tokens; other tokenizers decode the tokens
+    (a multi-byte character cut by ``max_len`` counts as the replacement character)."""
+    rows = [row[1:n] for row, n in zip(general.x.tolist(), general.lengths.tolist())]
+    if isinstance(tok, ClbenchTextTokenizer) and getattr(tok.tok, "tok", None) is None:  # bytes: id = byte + 1
+        return sum(1 for row in rows for i in row if 0 < i < 257)
+    return sum(len(tok.decode(row).encode("utf-8")) for row in rows)
+
+
+def answer_cap(examples: Examples) -> int:
+    """The most tokens to generate for answers like ``examples``' (the split they are scored
+    on): the longest answer's tokens, its end token included, plus 8."""
+    return int((examples.lengths - examples.start).max()) + 8
 
 
 def label_index(labels: tuple[str, ...], answer: str) -> int:
@@ -156,9 +174,6 @@ def generative_stream(
 ) -> Stream:
     """A generative :class:`Stream` of ``tasks`` in ``order`` (indices), tokenized by
     ``tokenizer``; ``general`` texts (documents) are the held-out general text."""
-    from clbench.tasks.digits import check_order
-    from .scoring import check_metric
-
     if not tasks:
         raise UserError(f"stream '{name}' has no tasks")
     order = check_order(order, len(tasks))
@@ -178,11 +193,10 @@ def generative_stream(
             seqs, starts, cut = _encode(tokenizer, pairs, max_len, f"stream '{name}': task '{task.name}' ({part})")
             shortened += cut
             longest = max(longest, max(len(s) for s in seqs))
-            split[part] = _examples(seqs, starts, [label_index(task.labels, a) for _, a in pairs], pos)
-        answers = split["test"].lengths - split["test"].start
-        new = task.max_new_tokens or int(answers.max()) + 8  # the answer has its end token already
+            split[part] = examples_of(seqs, starts, [label_index(task.labels, a) for _, a in pairs], pos)
+        new = task.max_new_tokens or answer_cap(split["test"])
         built.append(Task(task.name, (), split["train"], split["test"], metric=task.metric, labels=task.labels,
-                          max_new_tokens=new))
+                          max_new_tokens=new, max_new_tokens_derived=not task.max_new_tokens))
     if shortened:
         print(f"clbench: warning: stream '{name}': {shortened} prompt(s) longer than max_len = {max_len} "
               "with their answer were shortened from the left", file=sys.stderr)
@@ -192,7 +206,7 @@ def generative_stream(
         seqs = [s[:max_len] for s in ids if len(s) > 1]
         if not seqs:
             raise UserError(f"stream '{name}': the general text has no document of two tokens or more")
-        general_ex = _examples(seqs, [0] * len(seqs), [0] * len(seqs), -1)
+        general_ex = examples_of(seqs, [0] * len(seqs), [0] * len(seqs), -1)
     return Stream(
         name=name,
         scenario=scenario,

@@ -23,11 +23,11 @@ from typing import Literal
 import numpy as np
 
 from clbench import hookimpl
+from clbench.cache import cache_root
 from clbench.errors import UserError
 
 from .base import Stream
 from .text import cap_per_class, text_stream
-from .tokenizer import cache_root
 
 STARS = ["very negative", "negative", "neutral", "positive", "very positive"]
 
@@ -59,7 +59,7 @@ def _sentence(row: dict, src: dict) -> str:
 
 def _build_task(folder: Path, task: str, src: dict, train_per_class: int, test_size: int, seed: int) -> None:
     try:
-        import datasets
+        import datasets  # optional: clbench[hub]
     except ImportError:
         raise UserError(
             "stream 'standard-cl' needs the 'datasets' package (pip install datasets) and a network; "

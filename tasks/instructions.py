@@ -93,7 +93,8 @@ def instructions(
     :param max_len: tokens per example; a longer prompt loses tokens from its left.
     :param skip_missing: skip the tasks an order names but the folder lacks (one warning line).
     :param unknown_labels: ``drop`` leaves out examples whose label is not in the task's labels.
-    :param general: held-out general text (``.txt`` files or folders, relative to the data folder).
+    :param general: held-out general text (``.txt`` files or folders, relative to the data folder);
+        default: clbench's default general text (English prose); ``[]``: none.
     :param order: a named order (``order1``-``order6``), a list of names, or of positions.
     """
     check_caps(train_per_class=train_per_class, test_per_class=test_per_class)

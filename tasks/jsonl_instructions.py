@@ -104,7 +104,8 @@ def jsonl_instructions(
     :param tokenizer: ``bytes``, ``bpe`` (``vocab_size``), a clbench checkpoint, or a causal LM's.
     :param max_len: tokens per example; a longer prompt loses tokens from its left.
     :param skip_missing: skip the tasks ``order`` names but the folder lacks (one warning line).
-    :param general: held-out general text (``.txt`` files or folders, relative to the data folder).
+    :param general: held-out general text (``.txt`` files or folders, relative to the data folder);
+        default: clbench's default general text (English prose); ``[]``: none.
     :param order: a list of task names or of positions into ``tasks``.
     """
     check_caps(train_per_task=train_per_task, test_per_task=test_per_task)

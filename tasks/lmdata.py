@@ -63,9 +63,24 @@ def task_metric(stream: str, name: str, metric: str, hint: str = "") -> str:
     return metric
 
 
+#: clbench's default general text: English prose in the public domain (data/SOURCES.md).
+DEFAULT_GENERAL = "general-english.txt"
+
+
+def default_general() -> list[str]:
+    """The documents (non-empty lines) of clbench's default general text, :data:`DEFAULT_GENERAL`."""
+    from importlib import resources
+
+    text = resources.files("clbench.tasks").joinpath("data", DEFAULT_GENERAL).read_text(encoding="utf-8")
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
 def read_general(general: str | list[str] | None, root: Path) -> list[str] | None:
     """The held-out general text: ``.txt`` files, or folders of them (every ``.txt`` below,
-    in name order), relative to the data folder; a document per non-empty line."""
+    in name order), relative to the data folder; a document per non-empty line. None (not set):
+    clbench's default general text (:func:`default_general`); an empty list: none."""
+    if general is None:
+        return default_general()
     if not general:
         return None
     docs: list[str] = []

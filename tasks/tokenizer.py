@@ -25,18 +25,16 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import tokenizers
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from clbench.cache import cache_root
+from clbench.errors import UserError
+from clbench.models.backbones import resolve
 
 PAD = 0
 _CUT = re.compile(r"(?<=\w) ")  # a space after a word character: a safe place to cut a text
-
-
-def cache_root() -> Path:
-    """Where clbench caches things: ``$CLBENCH_CACHE``, else ``$XDG_CACHE_HOME/clbench``."""
-    if os.environ.get("CLBENCH_CACHE"):
-        return Path(os.environ["CLBENCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "clbench"
 
 
 def pad(seqs: Sequence[Sequence[int] | np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,9 +128,6 @@ def train_bpe(
 
     ``max_len`` only truncates; it is not part of the cache key.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    import tokenizers
-
     settings = {
         "kind": "bytelevel-bpe",
         "vocab_size": vocab_size,
@@ -192,14 +187,10 @@ class PretrainedTokenizer:
 
 def load_tokenizer(spec: str, max_len: int = 256):
     """The tokenizer of the backbone ``spec`` names (``minilm``, a checkpoint folder, ``hf:<name>``)."""
-    from clbench.models.backbones import resolve
-    from clbench.errors import UserError
-    from tokenizers import Tokenizer
-
     if spec not in ("minilm", "smollm2") and not spec.startswith("hf:") and not Path(spec).expanduser().exists():
         raise UserError(f"tokenizer {spec!r}: not 'bytes', 'bpe', 'minilm', 'hf:<name>' or a checkpoint folder")
     backbone = resolve(spec, what="tokenizer")
-    if backbone.kind == "hf-causal":
+    if backbone.family == "hf-causal":
         raise UserError(f"tokenizer {spec!r} is a Hugging Face causal LM's: it runs generative streams "
                         "(prompts and answers), not a classification stream's texts")
     if backbone.input_kind != "tokens":

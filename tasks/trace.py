@@ -17,12 +17,14 @@ from .generative import TextTask
 from .lmdata import build, cap, check_answers, check_caps, folder_tasks, read_general, task_metric
 from .text import read_split
 
-#: TRACE's tasks in the order of its training scripts, each with the metric its paper reports
-#: (computed as its ``evaluations/eval_*.py`` compute them; see docs/llm.md, "Metrics").
+#: TRACE's tasks in the order of its training scripts, each with the metric its paper reports,
+#: computed as its ``evaluations/eval_*.py`` compute them (see docs/llm.md, "Metrics"): C-STANCE
+#: and FOMC by whole-string accuracy (``eval_CStance.py``, ``eval_FOMC.py``), ScienceQA by the
+#: answer's first character (``eval_ScienceQA.py``), MeetingBank by the ``rouge`` package.
 TRACE_METRICS: dict[str, str] = {
-    "C-STANCE": "choice_accuracy",
-    "FOMC": "choice_accuracy",
-    "MeetingBank": "rouge_l",
+    "C-STANCE": "strict_match",
+    "FOMC": "strict_match",
+    "MeetingBank": "trace_rouge_l",
     "Py150": "edit_similarity",
     "ScienceQA": "choice_accuracy",
     "NumGLUE-cm": "strict_match",
@@ -57,7 +59,8 @@ def trace(
     :param max_len: tokens per example; a longer prompt loses tokens from its left (TRACE's
         tokenizers truncate on the left too).
     :param skip_missing: skip the tasks ``order`` names but the folder lacks (one warning line).
-    :param general: held-out general text (``.txt`` files or folders, relative to the data folder).
+    :param general: held-out general text (``.txt`` files or folders, relative to the data folder);
+        default: clbench's default general text (English prose); ``[]``: none.
     :param order: a list of task names or of positions into ``tasks``.
     """
     check_caps(train_per_task=train_per_task, test_per_task=test_per_task)

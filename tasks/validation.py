@@ -2,7 +2,11 @@
 
 :func:`validation_split` returns the stream with each task's training examples split in two:
 the larger part to train on, the other in place of the test split. The test split itself is
-dropped: nothing that runs on the returned stream can read it.
+dropped, and so is every statistic the stream took from it: a generative task's
+``max_new_tokens`` (derived from the longest test answer) is derived again from the validation
+answers, and the stream's ``max_len`` from the training examples and the general text. Nothing
+that runs on the returned stream can read the test split or anything computed from it: two data
+folders that differ only in their test files give identical validation streams (tested).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from clbench.errors import UserError
 
 from .base import Stream
+from .generative import answer_cap
 
 
 def validation_indices(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -44,6 +49,8 @@ def validation_split(stream: Stream, fraction: float = 0.2, seed: int = 0) -> St
             raise UserError(f"task {task.name!r}: {len(y)} training examples cannot give a validation split "
                             f"of {fraction} and keep some to train on")
         keep = np.setdiff1d(np.arange(len(y)), val)
-        train = task.train[torch.from_numpy(keep)]
-        tasks.append(replace(task, train=train, test=task.train[torch.from_numpy(val)]))
-    return replace(stream, tasks=tasks)
+        train, test = task.train[torch.from_numpy(keep)], task.train[torch.from_numpy(val)]
+        caps = {"max_new_tokens": answer_cap(test)} if task.max_new_tokens_derived else {}
+        tasks.append(replace(task, train=train, test=test, **caps))
+    seqs = [t.train.lengths for t in stream.tasks] + ([stream.general.lengths] if stream.general is not None else [])
+    return replace(stream, tasks=tasks, max_len=max(int(n.max()) for n in seqs if len(n)))

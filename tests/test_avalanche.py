@@ -22,7 +22,7 @@ avalanche = pytest.importorskip("avalanche")
 
 
 def matrix(result) -> np.ndarray:
-    T = result.cell["n_tasks"]
+    T = result.row["n_tasks"]
     R = np.full((T, T), np.nan)
     for m in result.measurements:
         if m["metric"] == "acc" and m["train_task"] >= 0:
@@ -34,8 +34,8 @@ def run(host, strategies, **kw):
     from clbench.loop import run_cell
     from clbench.suite import parse_suite
 
-    suite = parse_suite(make_suite(strategies, **kw), "test-suite.toml", host)
-    return [run_cell(cell, host=host) for cell in suite.cells]
+    suite = parse_suite(make_suite(strategies, **kw), "test-suite.toml")
+    return [run_cell(cell) for cell in suite.cells]
 
 
 TWO_TASKS = {"patch_size": 4, "n_tasks": 2}
@@ -194,7 +194,7 @@ def test_avalanche_forgetting_is_clbench_forgetting_last_and_bwt_agrees():
 
 def test_clbench_forgetting_differs_from_avalanche_where_accuracy_rose_after_learning():
     av = avalanche_stream_metrics(R)
-    # clbench's forgetting takes the max over R[j..T-1, j]: task 0 peaked at 0.95, not 0.90
+    # clbench's forgetting takes the max over R[0..T-2, j] (every earlier row): task 0 peaked at 0.95, not 0.90
     assert metrics.forgetting(R) == pytest.approx(((0.95 - 0.50) + (0.80 - 0.60)) / 2)
     assert metrics.forgetting(R) - av["forgetting"] == pytest.approx((0.95 - 0.90) / 2, abs=1e-12)
     # on a matrix where nothing rises after it is learned, the two agree
@@ -286,7 +286,7 @@ def test_avalanche_naive_gives_clbench_naives_accuracy_matrix(host):
     """Same model, seed, batches (the adapter feeds Avalanche clbench's batch order), optimizer
     (fresh Adam per task), clipping and evaluation: the matrices are equal."""
     naive, av = run(host, ["naive", "avalanche:Naive"], stream_params=TWO_TASKS, training=LEARNS)
-    assert naive.status == av.status == "ok", av.cell["traceback"]
+    assert naive.status == av.status == "ok", av.row["traceback"]
     Rn, Ra = matrix(naive), matrix(av)
     assert Rn[0, 0] > 0.9 and Rn[1, 0] < 0.5  # a real run: the first task learned, then forgotten
     np.testing.assert_allclose(Ra, Rn, atol=1e-6)
@@ -298,22 +298,22 @@ def test_avalanche_strategy_parameters_come_from_the_suite(host, capsys, monkeyp
     from clbench.suite import parse_suite
 
     with pytest.raises(UserError, match="missing required parameter 'ewc_lambda'"):
-        parse_suite(make_suite(["avalanche:EWC"]), "s.toml", host)
+        parse_suite(make_suite(["avalanche:EWC"]), "s.toml")
     with pytest.raises(UserError, match="has no parameter 'lambda_'"):
-        parse_suite(make_suite([{"name": "avalanche:EWC", "params": {"lambda_": 1.0}}]), "s.toml", host)
+        parse_suite(make_suite([{"name": "avalanche:EWC", "params": {"lambda_": 1.0}}]), "s.toml")
     with pytest.raises(UserError, match="parameter 'mem_size' must be int"):
-        parse_suite(make_suite([{"name": "avalanche:Replay", "params": {"mem_size": "big"}}]), "s.toml", host)
-    suite = parse_suite(make_suite([{"name": "avalanche:EWC", "params": {"ewc_lambda": 5.0}}], stream_params=TWO_TASKS), "s.toml", host)
+        parse_suite(make_suite([{"name": "avalanche:Replay", "params": {"mem_size": "big"}}]), "s.toml")
+    suite = parse_suite(make_suite([{"name": "avalanche:EWC", "params": {"ewc_lambda": 5.0}}], stream_params=TWO_TASKS), "s.toml")
     (cell,) = suite.cells
-    [(_, obj)] = make_strategies(cell, host)
+    [(_, obj)] = make_strategies(cell)
     assert obj.params == {"ewc_lambda": 5.0, "mode": "separate", "decay_factor": None, "keep_importance_data": False}
     from clbench.loop import run_cell
 
     made = []
     init = AvalancheStrategy.__init__
     monkeypatch.setattr(AvalancheStrategy, "__init__", lambda self, *a, **k: (made.append(self), init(self, *a, **k))[1])
-    res = run_cell(cell, host=host)
-    assert res.status == "ok", res.cell["traceback"]
+    res = run_cell(cell)
+    assert res.status == "ok", res.row["traceback"]
     from avalanche.training.plugins import EWCPlugin
 
     (obj,) = made
@@ -324,7 +324,7 @@ def test_avalanche_strategy_parameters_come_from_the_suite(host, capsys, monkeyp
 
 def test_avalanche_strategy_cannot_be_combined(host):
     (res,) = run(host, [{"name": ["avalanche:Naive", "ewc"]}], stream_params=TWO_TASKS)
-    assert res.status == "failed" and "cannot be combined" in res.cell["error"]  # that cell's failure
+    assert res.status == "failed" and "cannot be combined" in res.row["error"]  # that cell's failure
 
 
 AVALANCHE_PARAMS = {
@@ -361,7 +361,7 @@ def test_avalanches_gem_has_a_qp_solver():
 @pytest.mark.parametrize("name", sorted(AVALANCHE_PARAMS))
 def test_each_avalanche_strategy_runs_and_learns(host, name):
     (res,) = run(host, [{"name": f"avalanche:{name}", "params": AVALANCHE_PARAMS[name]}], stream_params=TWO_TASKS, training=LEARNS)
-    assert res.status == "ok", res.cell["traceback"]
+    assert res.status == "ok", res.row["traceback"]
     R = matrix(res)
     assert R[0, 0] > 0.8  # it trained: the first task was learned (chance is 0.1 over ten labels)
 
@@ -370,7 +370,7 @@ def test_each_avalanche_strategy_runs_and_learns(host, name):
 def test_avalanche_strategies_on_a_task_incremental_stream(host):
     params = {**TWO_TASKS, "scenario": "task-incremental"}
     naive, av = run(host, ["naive", "avalanche:Naive"], stream_params=params, training=LEARNS)
-    assert av.status == "ok", av.cell["traceback"]
+    assert av.status == "ok", av.row["traceback"]
     np.testing.assert_allclose(matrix(av), matrix(naive), atol=1e-6)
     # Masked heads keep task 0 answerable after task 1; class-IL naive predicts only task 1's
     # classes (R[-1, 0] near 0). One seed cannot show it: at this budget task-IL's R[-1, 0] ranged

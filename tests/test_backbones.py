@@ -14,7 +14,7 @@ from clbench.models.backbones import latest_checkpoint, load_into, resolve
 from clbench.cli import main
 from clbench.errors import UserError
 from clbench.models import ModelConfig, Transformer
-from clbench.models.pretrain import PretrainConfig, pretrain
+from clbench.pretrain import PretrainConfig, pretrain
 from clbench.suite import parse_suite
 from clbench.tasks.tokenizer import load_tokenizer
 from conftest import make_suite
@@ -113,17 +113,17 @@ def test_hub_name_loads_a_bert_checkpoint_through_the_same_mapping(monkeypatch, 
     assert asked[0][0] == "sentence-transformers/all-MiniLM-L6-v2" and "*.safetensors" in asked[0][1]
     resolve(name)
     assert len(asked) == 1  # the hub is asked once per process, not once per cell
-    assert backbone.kind == "bert" and backbone.arch == resolve("minilm").arch
+    assert backbone.family == "bert" and backbone.arch == resolve("minilm").arch
     data = write_tasks(tmp_path / "data")
     suite = make_suite(["naive"], stream="text", stream_params={"data_dir": str(data)}, model={"init": name})
     for k in ("d_model", "n_layers", "n_heads"):
         del suite["model"][k]
-    cell = parse_suite(suite, "s.toml", host).cells[0]
+    cell = parse_suite(suite, "s.toml").cells[0]
     assert cell.stream_params["tokenizer"] == name
     from clbench.loop import build_stream
     from clbench.models.backbones import check_stream
 
-    check_stream(backbone, build_stream(cell, host))  # the stream speaks the checkpoint's tokens
+    check_stream(backbone, build_stream(cell))  # the stream speaks the checkpoint's tokens
 
 
 def test_unknown_backbone_and_tokenizer_names_are_user_errors(tmp_path):
@@ -144,14 +144,14 @@ def test_suite_init_minilm_takes_the_architecture_and_tokenizer(host, tmp_path):
     data = write_tasks(tmp_path / "data")
     suite = make_suite(["naive"], stream="text", stream_params={"data_dir": str(data)}, model={"init": "minilm"})
     del suite["model"]["d_model"], suite["model"]["n_layers"], suite["model"]["n_heads"]
-    cells = parse_suite(suite, "s.toml", host).cells
+    cells = parse_suite(suite, "s.toml").cells
     assert cells[0].model.d_model == 384 and cells[0].model.norm == "post" and cells[0].model.norm_eps == 1e-12
     assert cells[0].stream_params["tokenizer"] == "minilm"  # set for the stream, which left it out
     assert cells[0].config()["model"]["init_digest"] == resolve("minilm").digest()
 
     clash = make_suite(["naive"], stream="text", stream_params={"data_dir": str(data)}, model={"init": "minilm"})
     with pytest.raises(UserError, match=r"model.d_model = 32 conflicts with model.init 'minilm'"):
-        parse_suite(clash, "s.toml", host)
+        parse_suite(clash, "s.toml")
 
 
 def test_suite_with_a_stream_in_other_tokens_is_refused_before_anything_runs(host, tmp_path, run_suite_dict):
@@ -167,22 +167,22 @@ def test_suite_with_a_stream_in_other_tokens_is_refused_before_anything_runs(hos
 def test_default_model_config_keeps_its_hash():
     """Fields added to ModelConfig later are left out of the hash at their defaults, so results
     written before them are still found."""
-    from clbench.suite import Cell, StrategySpec, TrainingConfig
+    from clbench.config import CellConfig, StrategySpec, TrainingConfig
 
-    cell = Cell("s", "split-digits", {}, "default", None, StrategySpec("naive", (("naive", {}),)), 0, ModelConfig(), TrainingConfig())
+    cell = CellConfig("s", "split-digits", {}, "default", None, StrategySpec("naive", (("naive", {}),)), 0, ModelConfig(), TrainingConfig())
     assert set(cell.config()["model"]) == {"d_model", "n_layers", "n_heads", "mlp_ratio", "dropout", "causal", "pooling", "max_len", "bias"}
-    post = Cell(**{**cell.__dict__, "model": ModelConfig(norm="post")})
+    post = CellConfig(**{**cell.__dict__, "model": ModelConfig(norm="post")})
     assert post.config_hash != cell.config_hash
 
 
 def test_strategy_training_overrides_the_suite(host):
     suite = make_suite([{"name": "naive", "training": {"lr": 1e-5}}, "replay"], training={"lr": 1e-3, "epochs": 2})
-    cells = parse_suite(suite, "s.toml", host).cells
+    cells = parse_suite(suite, "s.toml").cells
     assert (cells[0].training.lr, cells[0].training.epochs) == (1e-5, 2)
     assert cells[1].training.lr == 1e-3 and cells[0].config_hash != cells[1].config_hash
     bad = make_suite([{"name": "naive", "training": {"lrr": 1}}])
     with pytest.raises(UserError, match=r"unknown field 'strategies\[0\].training.lrr'"):
-        parse_suite(bad, "s.toml", host)
+        parse_suite(bad, "s.toml")
 
 
 def test_minilm_cell_fine_tunes(tmp_path, run_suite_dict):
@@ -247,7 +247,7 @@ def test_pretrained_checkpoint_initialises_a_suite(tmp_path, run_suite_dict, hos
     out = tmp_path / "pt"
     last = pretrain(out, data, model=TINY, config=PretrainConfig(steps=3, save_every=3, seq_len=32, batch_size=4))
     suite = make_suite(["naive"], stream="text", stream_params={"data_dir": str(data)}, model={"init": str(out)})
-    cell = parse_suite(suite, "s.toml", host).cells[0]
+    cell = parse_suite(suite, "s.toml").cells[0]
     assert cell.stream_params["tokenizer"] == str(out) and cell.model.d_model == 32
     # the cell's model starts from the checkpoint's weights
     backbone = resolve(str(out))

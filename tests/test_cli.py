@@ -144,7 +144,7 @@ def test_check_lists_cells_and_hashes_without_running(tmp_path, suite_file, host
     monkeypatch.chdir(tmp_path)
     assert main(["check", str(path)]) == 0
     out = capsys.readouterr().out
-    cells = load_suite(str(path), host).cells
+    cells = load_suite(str(path)).cells
     assert "4 cells" in out and len(cells) == 4
     for c in cells:  # a row per cell: stream, order, strategy, seed, config hash
         assert any(c.run_id in ln and c.strategy.label in ln and f" {c.seed} " in ln and "split-digits" in ln

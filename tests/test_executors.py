@@ -82,7 +82,7 @@ def _check_isolated(t, run):
     assert status["nan-loss"] == "diverged" and "task 2" in err["nan-loss"]
     assert status["naive"] == "ok"
     assert len(_acc(t, "naive")) == 4 * 3  # before training + 3 tasks, × 3 eval tasks
-    assert sorted(r.cell["strategy"] for r in run.ran) == sorted(status)
+    assert sorted(r.row["strategy"] for r in run.ran) == sorted(status)
 
 
 def test_pool_runs_cells_in_workers_and_isolates_failures(run_suite_dict, faulty, tmp_path):
@@ -144,11 +144,11 @@ def test_a_cells_thread_count_is_part_of_its_configuration(host):
     from clbench.suite import parse_suite
 
     one, two = (
-        parse_suite(make_suite(["naive"], training={"threads": n}), "t.toml", host).cells[0] for n in (1, 2)
+        parse_suite(make_suite(["naive"], training={"threads": n}), "t.toml").cells[0] for n in (1, 2)
     )
     assert one.config_hash != two.config_hash
     with pytest.raises(clbench.errors.UserError, match="training.threads. must be greater than 0, got 0"):
-        parse_suite(make_suite(["naive"], training={"threads": 0}), "t.toml", host)
+        parse_suite(make_suite(["naive"], training={"threads": 0}), "t.toml")
 
 
 @pytest.mark.slow
@@ -177,7 +177,7 @@ def test_worker_setup_carries_the_drivers_plugins_and_data_folder(host, faulty, 
     from clbench.suiterun import WorkerSetup
 
     monkeypatch.setenv("CLBENCH_DATA", "/data/of/the/driver")
-    setup = WorkerSetup.of(host)
+    setup = WorkerSetup.of()
     assert "faulty" not in setup.allow.split(",") and "clbench.strategies.naive" in setup.allow.split(",")
     monkeypatch.delenv("CLBENCH_DATA")
     worker_host = setup.host()  # what a worker process builds
@@ -197,7 +197,7 @@ def test_a_plugin_that_cannot_be_pickled_is_one_line(host):
 
     host.register(Local(), name="local-plugin")
     with pytest.raises(UserError, match="local-plugin cannot be sent to worker processes"):
-        WorkerSetup.of(host)
+        WorkerSetup.of()
 
 
 def test_executor_options_on_the_command_line(capsys, monkeypatch, tmp_path):

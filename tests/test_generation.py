@@ -95,12 +95,12 @@ def test_rank_classification_picks_the_likeliest_label(host):
     tok = text_tokenizer("bytes")
     pairs = [(f"is {w}?", lab) for w, lab in [("ab", "yes"), ("cd", "no"), ("ef", "yes"), ("gh", "no")]]
     stream = generative_stream("s", [TextTask("yn", pairs, pairs, metric="accuracy", labels=("yes", "no"))], tok, max_len=16)
-    (cell,) = parse_suite(make_suite(["naive"], model=DECODER), "t.toml", host).cells
+    (cell,) = parse_suite(make_suite(["naive"], model=DECODER), "t.toml").cells
     torch.manual_seed(3)
     model = Transformer(cell.model, input_kind="tokens", input_dim=257, n_classes=0, lm_head=True).eval()
     ctx = CellContext(cell, stream, model, torch.device("cpu"))
     got = Generation().evaluate(ctx, 0, ctx.tasks[0])
-    right = 0
+    right = right_norm = 0
     for (prompt, answer) in pairs:
         p = tok.encode_prompts([prompt])[0]
         scores = []
@@ -110,7 +110,62 @@ def test_rank_classification_picks_the_likeliest_label(host):
                 logp = model.lm_logits(model.hidden_states(torch.tensor([seq]))).log_softmax(-1)[0]
             scores.append(sum(float(logp[k - 1, seq[k]]) for k in range(len(p), len(seq))))
         right += ("yes", "no")[int(np.argmax(scores))] == answer
+        right_norm += ("yes", "no")[int(np.argmax([scores[0] / 3, scores[1] / 2]))] == answer  # by characters
     assert got["acc"] == got["accuracy"] == right / 4
+    assert got["acc_norm"] == right_norm / 4
+
+
+def test_bits_per_byte_count_the_bytes_of_the_scored_tokens():
+    """The denominator of bits per byte: in each document (cut to max_len tokens), the UTF-8
+    bytes of the tokens after the first, which no position predicts."""
+    from clbench.tasks.generative import scored_bytes
+
+    docs = ["\u00e9t\u00e9 chaud", "plain words here", "na\u00efve caf\u00e9 au lait, tr\u00e8s bien"]
+    task = TextTask("t", [("a", "b")], [("a", "b")])
+    tok = text_tokenizer("bytes")
+    s = generative_stream("s", [task], tok, max_len=12, general=docs)
+    kept = [d.encode("utf-8")[:12] for d in docs]  # one token a byte, cut to 12
+    assert scored_bytes(tok, s.general) == sum(len(k) - 1 for k in kept)  # "é" starts with 2 bytes: 1 is scored
+    bpe = text_tokenizer("bpe", docs * 20, vocab_size=300)
+    s = generative_stream("s", [task], bpe, max_len=64, general=docs)
+    ids = bpe.encode_prompts(docs)
+    assert scored_bytes(bpe, s.general) == sum(len(d.encode("utf-8")) - len(bpe.decode(i[:1]).encode("utf-8"))
+                                               for d, i in zip(docs, ids))
+
+
+class _Uniform(torch.nn.Module):
+    """A language model whose next-token distribution is uniform everywhere."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def hidden_states(self, x, lengths=None):
+        return torch.zeros(*x.shape, 1)
+
+    def lm_logits(self, h):
+        return torch.zeros(h.shape[0], self.vocab) + 0 * self.w
+
+
+def test_acc_norm_removes_the_length_bias_of_summed_log_probabilities(host):
+    """With uniform token probabilities the summed log-probability always picks the shortest
+    label; lm-evaluation-harness's ``acc_norm`` (divided by the label's length in characters)
+    does not: labels of 9, 9 and 8 bytes, every answer the first."""
+    from clbench.cell import CellContext
+    from clbench.suite import parse_suite
+
+    tok = text_tokenizer("bytes")
+    labels = ("aaaaaaaaa", "bbbbbbbbb", "cccccccc")
+    pairs = [(f"q{i}", labels[0]) for i in range(6)]
+    stream = generative_stream("s", [TextTask("t", pairs, pairs, metric="accuracy", labels=labels)], tok, max_len=24)
+    (cell,) = parse_suite(make_suite(["naive"], model=DECODER), "t.toml").cells
+    ctx = CellContext(cell, stream, _Uniform(257), torch.device("cpu"))
+    got = Generation().evaluate(ctx, 0, ctx.tasks[0])
+    # summed: -(n + 1) log 257 for n bytes and the end token, largest for the 8-byte label: always wrong
+    assert got["accuracy"] == 0.0
+    # per character: -(10/9) log 257 beats -(9/8) log 257; the two 9-byte labels tie and the first wins
+    assert got["acc_norm"] == 1.0
 
 
 def test_an_algorithmic_cell_learns_forgets_and_measures_its_general_text(run_suite_dict):
@@ -125,11 +180,15 @@ def test_an_algorithmic_cell_learns_forgets_and_measures_its_general_text(run_su
     assert R.loc[0, 0] > 0.7  # 'shift' is learned ...
     assert R.loc[1, 0] < R.loc[0, 0] - 0.3  # ... and forgotten once 'copy' is trained
     assert R.loc[1, 1] > 0.7
-    assert set(m[m.eval_task == -1].metric) == {"general_ppl"} and len(m[m.eval_task == -1]) == 3
+    assert set(m[m.eval_task == -1].metric) == {"general_ppl", "general_bpb"} and len(m[m.eval_task == -1]) == 6
     assert set(m[m.eval_task >= 0].metric) == {"acc", "exact_match", "loss", "train_loss"}
     s = tables.summary.iloc[0]
     g = m[m.metric == "general_ppl"].sort_values("train_task")["value"].to_numpy()
     assert s["general_ppl_change"] == pytest.approx((g[-1] - g[0]) / g[0])
+    # ASCII text, one byte a token: bits per byte is log2 of the perplexity per token
+    bpb = m[m.metric == "general_bpb"].sort_values("train_task")["value"].to_numpy()
+    assert bpb == pytest.approx(np.log2(g), rel=1e-9)
+    assert s["general_bpb_change"] == pytest.approx(bpb[-1] - bpb[0])
     assert cell["padding_fraction"] == 0.0 and cell["tokens_seen"] > 0  # shift and copy: one length
 
 
@@ -142,16 +201,18 @@ def test_strategies_run_on_a_language_model(run_suite_dict, strategy):
     assert cell["status"] == "ok", cell["traceback"]
 
 
-def test_der_and_a_bidirectional_model_are_refused_before_anything_runs(tmp_path):
+def test_der_and_a_bidirectional_model_are_refused_before_anything_runs(tmp_path, capsys):
     from clbench.cli import main
 
     base = ('name = "s"\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nmax_len = 32\n{causal}'
             '[[streams]]\nname = "algorithmic"\n[[strategies]]\nname = "{strategy}"\n')
-    for causal, strategy, why in (("causal = true\n", "der", "whole vocabulary at every answer token"),
+    for causal, strategy, why in (("causal = true\n", "der", "serves classification streams only"),
                                   ("", "naive", "need a causal model")):
         path = tmp_path / f"{strategy}.toml"
         path.write_text(base.format(causal=causal, strategy=strategy))
         assert main(["run", str(path), "--out", str(tmp_path / strategy), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
         assert not (tmp_path / strategy).exists()
 
 
@@ -161,8 +222,8 @@ def test_lwf_distils_the_vocabulary_at_answer_tokens(host):
     from clbench.suite import parse_suite
 
     (cell,) = parse_suite(make_suite(["lwf"], stream="algorithmic", stream_params={**TWO, "n_train": 20, "n_test": 8},
-                                     model=DECODER), "t.toml", host).cells
-    stream = build_stream(cell, host)
+                                     model=DECODER), "t.toml").cells
+    stream = build_stream(cell)
     ctx = CellContext(cell, stream, build_model(cell, stream), torch.device("cpu"))
     lwf = host.get("strategies", "lwf").obj()
     ctx.task_index = 1
@@ -178,7 +239,7 @@ def test_a_causal_checkpoint_generates_with_its_pretrained_head(tmp_path, run_su
     from safetensors.torch import load_file
 
     from clbench.loop import build_model, build_stream
-    from clbench.models.pretrain import PretrainConfig, pretrain
+    from clbench.pretrain import PretrainConfig, pretrain
     from clbench.suite import parse_suite
 
     text = tmp_path / "text.txt"
@@ -186,8 +247,8 @@ def test_a_causal_checkpoint_generates_with_its_pretrained_head(tmp_path, run_su
     ckpt = pretrain(tmp_path / "ckpt", text, model=ModelConfig(**DECODER), config=PretrainConfig(steps=5, batch_size=4, seq_len=32))
     suite = make_suite(["naive"], stream="algorithmic", stream_params={**TWO, "n_train": 20, "n_test": 8},
                        model={"init": str(tmp_path / "ckpt")}, training={"epochs": 1})
-    (config,) = parse_suite(suite, "t.toml", host).cells
-    model = build_model(config, build_stream(config, host))
+    (config,) = parse_suite(suite, "t.toml").cells
+    model = build_model(config, build_stream(config))
     saved = load_file(str(ckpt / "model.safetensors"))
     assert saved["lm_head.bias"].abs().sum() > 0
     for name in ("lm_head.bias", "lm_head.dense.weight", "embed.weight"):  # the pre-trained head, and the rest
@@ -209,7 +270,7 @@ def test_rank_classification_fits_the_longest_label_into_the_model(host):
     pairs = [("x" * 25, "no"), ("y" * 20, "yes")]
     stream = generative_stream("s", [TextTask("yn", pairs, pairs, metric="accuracy", labels=("no", "a much longer label"))],
                                tok, max_len=28)
-    (cell,) = parse_suite(make_suite(["naive"], model={**DECODER, "max_len": 28}), "t.toml", host).cells
+    (cell,) = parse_suite(make_suite(["naive"], model={**DECODER, "max_len": 28}), "t.toml").cells
     model = Transformer(cell.model, input_kind="tokens", input_dim=257, n_classes=0, lm_head=True).eval()
     ctx = CellContext(cell, stream, model, torch.device("cpu"))
     assert 0.0 <= Generation().evaluate(ctx, 0, ctx.tasks[0])["accuracy"] <= 1.0
@@ -217,7 +278,7 @@ def test_rank_classification_fits_the_longest_label_into_the_model(host):
 
 def test_a_checkpoint_pretrained_on_shorter_sequences_is_warned_about(tmp_path, host, capsys):
     """Positions past the pre-training's --seq-len have untrained position embeddings: one line."""
-    from clbench.models.pretrain import PretrainConfig, pretrain
+    from clbench.pretrain import PretrainConfig, pretrain
     from clbench.suite import parse_suite
     from clbench.suiterun import preflight
 
@@ -226,6 +287,6 @@ def test_a_checkpoint_pretrained_on_shorter_sequences_is_warned_about(tmp_path, 
     pretrain(tmp_path / "ckpt", text, model=ModelConfig(**DECODER), config=PretrainConfig(steps=2, batch_size=2, seq_len=8))
     suite = make_suite(["naive"], stream="algorithmic", stream_params={**TWO, "n_train": 10, "n_test": 4},
                        model={"init": str(tmp_path / "ckpt")})
-    preflight(parse_suite(suite, "t.toml", host), host)
+    preflight(parse_suite(suite, "t.toml"))
     err = capsys.readouterr().err
     assert err.count("pre-trained on sequences of at most 8 tokens") == 1, err

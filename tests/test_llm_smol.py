@@ -13,6 +13,7 @@ from clbench.cli import main
 from clbench.errors import UserError
 from clbench.suite import builtin_suites, load_suite
 from clbench.tasks.countries import COUNTRIES, GENERAL, QUESTIONS, countries
+from clbench.tasks.lmdata import default_general
 
 
 def pairs_of(stream, task, split="train"):
@@ -55,7 +56,7 @@ def test_countries_asks_each_question_of_the_same_held_out_countries():
         longest = max(len((" " + c[col]).encode()) for c in COUNTRIES)
         assert s.tasks[k].max_new_tokens == longest + 2
     assert not trained & set(tested)  # no test country is trained on, in any task
-    assert len(s.general) == len(GENERAL)
+    assert len(s.general) == len(GENERAL) == 6 and GENERAL == tuple(default_general()[:6])
     assert countries(n_test=12, seed=1).tasks[0].test.x.tolist() != s.tasks[0].test.x.tolist()  # seed draws them
     assert [t.name for t in countries(tasks=["continent", "capital"]).tasks] == ["continent", "capital"]
     assert countries(general=False).general is None
@@ -78,7 +79,7 @@ def test_llm_smol_is_built_in_and_parses(host, tiny_causal_lm, capsys):
     assert "llm-smol" in builtin_suites()
     assert main(["list"]) == 0
     assert "llm-smol" in capsys.readouterr().out
-    suite = load_suite("llm-smol", host, [f"model.init={tiny_causal_lm('llama')}"])
+    suite = load_suite("llm-smol", [f"model.init={tiny_causal_lm('llama')}"])
     assert {c.stream for c in suite.cells} == {"countries"} and {c.seed for c in suite.cells} == {0, 1}
     lr = {c.strategy.label: c.training.lr for c in suite.cells}
     assert lr == {"naive": 1e-4, "replay": 1e-4, "cumulative": 1e-4, "seq-lora": 1e-3, "o-lora": 1e-3, "lora": 1e-3}

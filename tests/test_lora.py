@@ -20,7 +20,7 @@ from conftest import TINY_MODEL, make_suite
 def one_cell(host, strategy, scenario="task-incremental", stream_params=None, **kw):
     stream_params = stream_params or {"patch_size": 4, "scenario": scenario}
     data = make_suite([strategy], stream_params=stream_params, **kw)
-    return parse_suite(data, "test.toml", host).cells[0]
+    return parse_suite(data, "test.toml").cells[0]
 
 
 def adapted_count(d: int, n_layers: int, mlp_ratio: int, rank: int, targets=("qkv", "proj", "fc")) -> int:
@@ -76,7 +76,7 @@ class Watch:
 )
 def test_a_wrong_parameter_is_one_line_naming_it(host, params, message):
     with pytest.raises(UserError, match=message) as exc:  # as `clbench run` checks a suite
-        preflight(parse_suite(make_suite([{"name": "lora", "params": params}]), "s.toml", host), host)
+        preflight(parse_suite(make_suite([{"name": "lora", "params": params}]), "s.toml"))
     assert "\n" not in str(exc.value) and str(exc.value).count("strategy 'lora'") == 1
 
 
@@ -84,16 +84,16 @@ def test_the_aliases_fix_the_mode(host):
     for name, mode in (("seq-lora", "seq"), ("inc-lora", "inc"), ("o-lora", "olora")):
         assert host.get("strategies", name).obj().mode == mode
         with pytest.raises(UserError, match="has no parameter 'mode'"):
-            parse_suite(make_suite([{"name": name, "params": {"mode": "seq"}}]), "s.toml", host)
+            parse_suite(make_suite([{"name": name, "params": {"mode": "seq"}}]), "s.toml")
     with pytest.raises(UserError, match="has no parameter 'lambda_orth'"):
-        parse_suite(make_suite([{"name": "inc-lora", "params": {"lambda_orth": 1.0}}]), "s.toml", host)
+        parse_suite(make_suite([{"name": "inc-lora", "params": {"lambda_orth": 1.0}}]), "s.toml")
 
 
 def test_per_task_adapters_are_refused_where_no_task_id_is_given_at_test_time(host):
     cell = one_cell(host, "lora", scenario="class-incremental")
-    res = run_cell(cell, host=host)  # run alone (no suite's preflight): that cell's failure
-    assert res.status == "failed" and "only task-incremental streams" in res.cell["error"]
-    assert "seq-lora" in res.cell["error"] and "\n" not in res.cell["error"]
+    res = run_cell(cell)  # run alone (no suite's preflight): that cell's failure
+    assert res.status == "failed" and "only task-incremental streams" in res.row["error"]
+    assert "seq-lora" in res.row["error"] and "\n" not in res.row["error"]
 
 
 def test_per_task_adapters_on_a_class_incremental_stream_stop_the_suite_before_it_runs(host, tmp_path, run_suite_dict):
@@ -110,8 +110,8 @@ def test_per_task_lora_leaves_every_base_weight_unchanged_and_trains_only_adapte
     rank = 4
     cell = one_cell(host, {"name": "lora", "params": {"rank": rank}}, seeds=[1])
     watch = Watch()
-    result = run_cell(cell, observers=[watch], host=host)
-    assert result.status == "ok", result.cell["traceback"]
+    result = run_cell(cell, observers=[watch])
+    assert result.status == "ok", result.row["traceback"]
 
     # bit for bit: every parameter the model had before LoRA, the original head included (in
     # per-task mode each task trains its own copy of the head)
@@ -132,14 +132,14 @@ def test_per_task_lora_leaves_every_base_weight_unchanged_and_trains_only_adapte
     head = d * 10 + 10
     n = adapted_count(d, TINY_MODEL["n_layers"], 4, rank) + head
     assert n == sum(p.numel() for p in expected)
-    assert result.cell["trainable_params"] == n == 2048 + 330
+    assert result.row["trainable_params"] == n == 2048 + 330
 
 
 def test_shared_modes_train_the_adapter_and_the_head(host):
     cell = one_cell(host, {"name": "inc-lora", "params": {"rank": 2, "target_modules": ["q", "v"]}}, scenario="class-incremental")
     watch = Watch()
-    result = run_cell(cell, observers=[watch], host=host)
-    assert result.status == "ok", result.cell["traceback"]
+    result = run_cell(cell, observers=[watch])
+    assert result.status == "ok", result.row["traceback"]
     for name, p, before in watch.before:
         if name.startswith("head."):
             assert not torch.equal(p.detach(), before), name  # the shared head trains
@@ -152,7 +152,7 @@ def test_shared_modes_train_the_adapter_and_the_head(host):
     for i, opt_params in enumerate(watch.trained):
         new = {id(p) for p in layers[0].parameters_of(f"task{i}")} | {id(p) for p in watch.model.head.parameters()}
         assert opt_params == new
-    assert result.cell["trainable_params"] == adapted_count(32, 1, 4, 2, ("q", "v")) + 330 == 256 + 330
+    assert result.row["trainable_params"] == adapted_count(32, 1, 4, 2, ("q", "v")) + 330 == 256 + 330
 
 
 def test_q_and_v_slices_of_the_fused_qkv_layer():
@@ -198,7 +198,7 @@ def test_olora_orthogonality_term_decreases_during_training(host):
             training={"epochs": 5, "batch_size": 32},
         )
         obs = Orth()
-        assert run_cell(cell, observers=[obs], host=host).status == "ok"
+        assert run_cell(cell, observers=[obs]).status == "ok"
         runs[name] = obs.values
     for task, values in runs["o-lora"].items():
         assert values[0] > 0
@@ -298,7 +298,7 @@ def test_per_task_adapters_do_not_forget_and_joint_stays_above(run_suite_dict):
         training={"epochs": 4, "batch_size": 32},
     )
     run, t = run_suite_dict(data)
-    assert all(r.status == "ok" for r in run.ran), [r.cell["error"] for r in run.ran]
+    assert all(r.status == "ok" for r in run.ran), [r.row["error"] for r in run.ran]
     ids = t.cells.set_index("strategy")["run_id"]
     R, _ = accuracy_matrix(t.measurements, ids["lora"])
     for j in range(5):  # R[i, j] for i >= j: exactly the accuracy right after learning task j
@@ -318,8 +318,8 @@ def test_lora_and_si_give_the_same_cell_in_either_order_and_si_sees_the_adapters
     made = []
     real = loop.make_strategies
 
-    def spy(cell, host=None):
-        out = real(cell, host)
+    def spy(cell):
+        out = real(cell)
         made.append(dict(out))
         return out
 

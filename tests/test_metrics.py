@@ -58,6 +58,25 @@ def test_forgetting_variants_differ_when_accuracy_peaks_after_learning():
     assert M.forgetting(R2) > M.forgetting_last(R2)
 
 
+def test_forgetting_takes_the_max_over_every_earlier_row_as_agem_does():
+    # Chaudhry et al. 2018 and A-GEM's compute_fgt: max over rows l < T, rows before task j was
+    # learned included (zero-shot accuracy of a pretrained model can be that max); no b row.
+    R3 = np.array([
+        [0.90, 0.45, 0.30, 0.00],
+        [0.70, 0.30, 0.50, 0.00],  # task 2 zero-shot at 0.50, above what learning it gives
+        [0.60, 0.25, 0.40, 0.10],
+        [0.50, 0.20, 0.35, 0.90],
+    ])
+    # task 0: 0.90 - 0.50; task 1: max(0.45, 0.30, 0.25) - 0.20; task 2: max(0.30, 0.50, 0.40) - 0.35
+    assert list(M.forgetting_terms(R3)) == pytest.approx([0.40, 0.25, 0.15])
+    assert M.forgetting(R3) == pytest.approx((0.40 + 0.25 + 0.15) / 3)
+    # the variant: rows from task j's own on (task 1: max(0.30, 0.25); task 2: max(0.40))
+    assert M.forgetting_since_learned(R3) == pytest.approx((0.40 + (0.30 - 0.20) + (0.40 - 0.35)) / 3)
+    assert M.forgetting_since_learned(R3) < M.forgetting(R3)
+    # where no task is better before it is learned, the two agree
+    assert M.forgetting_since_learned(R) == pytest.approx(M.forgetting(R))
+
+
 def test_intransigence_against_cumulative():
     assert M.intransigence(R, R_ref) == pytest.approx(((0.95 - 0.90) + (0.85 - 0.80) + (0.90 - 0.95)) / 3)
     assert math.isnan(M.intransigence(R, None))
@@ -70,7 +89,7 @@ def test_plasticity_is_the_diagonal_mean():
 def test_one_task_streams_have_undefined_transfer():
     R1 = np.array([[0.7]])
     assert M.acc(R1) == pytest.approx(0.7)
-    for fn in (M.bwt, M.forgetting, M.forgetting_last):
+    for fn in (M.bwt, M.forgetting, M.forgetting_since_learned, M.forgetting_last):
         assert math.isnan(fn(R1))
     assert math.isnan(M.fwt(R1, np.array([0.1])))
 

@@ -13,14 +13,8 @@ import pytest
 from clbench.cli import main
 from clbench.errors import UserError
 from clbench.results import Tables, load, summarize
-from clbench.results.report import (
-    accuracy_curves,
-    compare,
-    forgetting_per_task,
-    leaderboard,
-    write_html,
-    write_markdown,
-)
+from clbench.results.analysis import accuracy_curves, compare, forgetting_per_task, leaderboard
+from clbench.results.report import write_html, write_markdown
 from clbench.results.store import MEASUREMENT_COLUMNS, prepare_out, write_cell
 from clbench.loop import cell_row
 from clbench.suite import parse_suite
@@ -44,7 +38,7 @@ def build(host, matrices: dict, failed=(), seconds=None, stream_params=None) -> 
     strategies = sorted({s for s, _ in matrices} | {s for s, _ in failed})
     seeds = sorted({d for _, d in matrices} | {d for _, d in failed})
     stream_params = {"patch_size": 4, "n_tasks": 3, **(stream_params or {})}
-    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params=stream_params), "t.toml", host)
+    suite = parse_suite(make_suite(strategies, seeds=seeds, stream_params=stream_params), "t.toml")
     out = []
     for cell in suite.cells:
         key = (cell.strategy.label, cell.seed)
@@ -266,13 +260,13 @@ def _welch_sets(host):
 
 def test_compare_uses_welchs_t_test_over_seeds(host):
     a, b = map(tables_of, _welch_sets(host))
-    df = compare(a, b, ("acc",)).iloc[0]
-    assert (df["strategy"], df["a_n"], df["b_n"]) == ("naive", 3, 3)
+    df = compare(a, b, ("acc",), test="welch").iloc[0]
+    assert (df["strategy"], df["a_n"], df["b_n"], df["test"]) == ("naive", 3, 3, "welch")
     assert df["diff"] == pytest.approx(0.4)
     # t = 0.4 / sqrt(0.01/3 + 0.01/3); Welch-Satterthwaite df = 4; two-sided p from t(4)
     assert df["t"] == pytest.approx(4.898979, rel=1e-6)
     assert df["p"] == pytest.approx(0.0080499, rel=1e-4)
-    same = compare(a, a, ("acc",)).iloc[0]
+    same = compare(a, a, ("acc",), test="welch").iloc[0]
     assert same["diff"] == 0 and same["p"] == pytest.approx(1.0)
     with pytest.raises(UserError, match="no finished cells of strategy 'ewc'"):
         compare(a, b, strategy_a="naive", strategy_b="ewc")
@@ -280,6 +274,58 @@ def test_compare_uses_welchs_t_test_over_seeds(host):
         compare(a, b, ("accuracy",))
     # any summary metric can be compared: plasticity = mean diagonal, (0.8 + 0.8 + v) / 3
     assert compare(a, b, ("plasticity",)).iloc[0]["diff"] == pytest.approx(0.4 / 3)
+
+
+def test_compare_pairs_the_seeds_and_adjusts_by_holm(host, capsys):
+    a = tables_of(build(host, {("naive", s): flat_R(v) for s, v in enumerate([0.2, 0.3, 0.4])}))
+    b = tables_of(build(host, {("naive", s): flat_R(v) for s, v in enumerate([0.6, 0.75, 0.8])}))
+    df = compare(a, b, ("acc", "plasticity")).set_index("metric")
+    # the same seeds on both sides: the paired t-test. ACC differences 0.40, 0.45, 0.40: mean 5/12,
+    # sd 1/(20 sqrt 3), t = (5/12) / (1/60) = 25 on 2 degrees of freedom, p = 1 - t / sqrt(t^2 + 2)
+    acc = df.loc["acc"]
+    assert acc["test"] == "paired-t" and acc["t"] == pytest.approx(25.0)
+    assert acc["p"] == pytest.approx(1 - 25 / np.sqrt(627))
+    # plasticity differs by a third of ACC's differences: the same t and p
+    assert df.loc["plasticity", "p"] == pytest.approx(acc["p"])
+    # Holm over the two tests: both p doubled, then made non-decreasing
+    assert df["p_holm"].to_numpy() == pytest.approx([2 * acc["p"]] * 2)
+    # Wilcoxon's signed-rank test: three positive differences, exact two-sided p = 2 / 2^3
+    w = compare(a, b, ("acc",), test="wilcoxon").iloc[0]
+    assert w["test"] == "wilcoxon" and w["p"] == pytest.approx(0.25) and np.isnan(w["t"])
+    # seeds that do not pair up: Welch's test (auto), nothing (asked for a paired test)
+    b2 = tables_of(build(host, {("naive", s): flat_R(v) for s, v in [(0, 0.6), (1, 0.75), (5, 0.8)]}))
+    assert compare(a, b2, ("acc",)).iloc[0]["test"] == "welch"
+    assert np.isnan(compare(a, b2, ("acc",), test="paired-t").iloc[0]["p"])
+    with pytest.raises(UserError, match="unknown test 'sign'"):
+        compare(a, b, ("acc",), test="sign")
+    # a seed read twice (the same configuration and seed under another run id) is counted once
+    rows = build(host, {("naive", s): flat_R(v) for s, v in enumerate([0.2, 0.3, 0.4])})
+    row, meas = rows[0]
+    rows.append(({**row, "run_id": "other"}, [{**m, "run_id": "other", "value": 0.9} for m in meas]))
+    twice = tables_of(rows)
+    got = compare(twice, b, ("acc",)).iloc[0]
+    assert got["a_n"] == 3 and got["a_mean"] == pytest.approx(0.3) and got["test"] == "paired-t"
+    assert "repeat a configuration and seed already counted" in capsys.readouterr().err
+
+
+def test_holm_adjustment_by_hand():
+    from clbench.results.analysis import holm
+
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1: 0.03, 0.06, 0.04 -> non-decreasing 0.03, 0.06, 0.06
+    got = holm(np.array([0.01, 0.04, 0.03, np.nan]))
+    assert got[:3] == pytest.approx([0.03, 0.06, 0.06]) and np.isnan(got[3])
+    assert holm(np.array([0.5, 0.9])) == pytest.approx([1.0, 1.0])  # at most 1
+
+
+def test_seeds_and_the_values_behind_each_mean(host):
+    from clbench.results.summary import aggregate, fewer_values
+
+    t = tables_of(build(host, {("naive", s): naive_R(last) for s, last in [(0, 0.9), (1, 0.8), (2, 0.7)]}))
+    summary = t.summary.copy()
+    summary.loc[summary["seed"] == 2, "bwt"] = np.nan  # a metric undefined for one cell
+    row = aggregate(summary).iloc[0]
+    assert (row["seeds"], row["acc_n"], row["bwt_n"]) == (3, 3, 2)
+    assert fewer_values(row, "bwt") == " (n=2)" and fewer_values(row, "acc") == ""
 
 
 def test_report_and_compare_commands(host, tmp_path, capsys):
@@ -299,7 +345,10 @@ def test_report_and_compare_commands(host, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "acc"]) == 0
     out = capsys.readouterr().out
-    assert "naive" in out and "+40.0" in out and "0.00805 *" in out
+    assert "naive" in out and "+40.0" in out and "paired-t" in out  # the same seeds on both sides
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "acc", "--test", "welch"]) == 0
+    out = capsys.readouterr().out
+    assert "welch" in out and "0.00805 *" in out  # one test: Holm leaves p as it is
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip() == f"clbench: error: results folder not found: {tmp_path / 'missing'}"
 
@@ -312,12 +361,12 @@ def test_file_reporters_need_an_output_folder(host):
 
 
 def test_cost_error_bars_stop_at_zero(tables, monkeypatch):
-    from clbench.results import report
+    from clbench.results import figures
 
     figs = []
-    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    monkeypatch.setattr(figures, "png", lambda fig: figs.append(fig) or b"")
     board = leaderboard(tables.summary).assign(train_seconds_mean=[1.0, 2.0], train_seconds_std=[5.0, 1.0])
-    report.cost_bars("split-digits", "default", board)
+    figures.cost_bars("split-digits", "default", board)
     ax = figs[0].axes[0]
     lows = [seg[:, 0].min() for coll in ax.collections for seg in coll.get_segments()]
     assert lows and min(lows) >= 0  # mean 1 ± sd 5: the bar starts at 0, not at -4
@@ -325,7 +374,7 @@ def test_cost_error_bars_stop_at_zero(tables, monkeypatch):
 
 
 def test_training_loss_is_plotted(host, tmp_path, run_suite_dict):
-    from clbench.results.report import train_losses
+    from clbench.results.analysis import train_losses
 
     _, t = run_suite_dict(make_suite(["naive", "ewc"], stream_params={"patch_size": 4, "n_tasks": 2},
                                      training={"epochs": 2}))
@@ -385,12 +434,26 @@ def test_show_fits_100_columns(host, tmp_path, capsys, monkeypatch):
 
 
 def test_matrix_axes_show_task_names(tables, monkeypatch):
-    from clbench.results import report
+    from clbench.results import analysis, figures
 
     figs = []
-    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    monkeypatch.setattr(figures, "png", lambda fig: figs.append(fig) or b"")
     tables.cells = tables.cells.assign(tasks='["positive-negative", "2-3", "4-5"]')
-    report.heatmaps(tables, "split-digits", "default", report.mean_matrices(tables)[("split-digits", "", "default")])
+    figures.heatmaps(tables, "split-digits", "default", analysis.mean_matrices(tables)[("split-digits", "", "default")])
     ax = figs[0].axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["positive-ne…", "2-3", "4-5"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["positive-ne…", "2-3", "4-5"]
+
+
+def test_the_report_says_where_a_number_stands_in_for_a_papers(tables):
+    from clbench.results.report import blocks, stand_ins
+
+    assert stand_ins(tables) == []  # split-digits: nothing stands in
+    cells = tables.cells.copy()
+    cells.loc[cells.index[0], ["stream", "stream_params"]] = ["trace", '{"metrics": {"20Minuten": "trace_rouge_l", "FOMC": "strict_match"}}']
+    meas = pd.concat([tables.measurements, pd.DataFrame([{**tables.measurements.iloc[0].to_dict(), "eval_task": -1,
+                                                          "metric": "general_ppl", "value": 12.0}])])
+    lines = stand_ins(Tables(meas, cells, tables.summary))
+    assert len(lines) == 2 and "stand-in for the benchmarks (MMLU" in lines[0]
+    assert lines[1] == "TRACE's 20Minuten is scored by trace_rouge_l here, not by TRACE's sari."  # FOMC's is TRACE's
+    assert ("p", lines[1]) in blocks(Tables(meas, cells, tables.summary))

@@ -13,9 +13,9 @@ def test_run_cell_tells_on_evaluated_each_evaluation(host):
     from clbench.loop import run_cell
     from clbench.suite import parse_suite
 
-    cell = parse_suite(make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 2}), "s.toml", host).cells[0]
+    cell = parse_suite(make_suite(["naive"], stream_params={"patch_size": 4, "n_tasks": 2}), "s.toml").cells[0]
     seen = []
-    result = run_cell(cell, host=host, on_evaluated=lambda after, scores: seen.append((after, scores)))
+    result = run_cell(cell, on_evaluated=lambda after, scores: seen.append((after, scores)))
     assert [after for after, _ in seen] == [-1, 0, 1]
     acc = {(m["train_task"], m["eval_task"]): m["value"] for m in result.measurements if m["metric"] == "acc"}
     assert all(s["acc"] == acc[(after, j)] for after, scores in seen for j, s in enumerate(scores))
@@ -33,7 +33,7 @@ def test_every_task_is_evaluated_before_training_and_after_each_task(run_suite_d
     tl = m[m["metric"] == "train_loss"].set_index(["train_task", "eval_task"])["value"]
     assert sorted(tl.index) == [(i, e) for i in range(5) for e in range(3)]
     assert (tl > 0).all() and tl[(0, 2)] < tl[(0, 0)]  # the first task is learned over its epochs
-    R, b = accuracy_matrix(m, run.ran[0].cell["run_id"])
+    R, b = accuracy_matrix(m, run.ran[0].row["run_id"])
     assert R.shape == (5, 5) and b.shape == (5,)
     # class-incremental naive: the first task is learned, then forgotten
     assert R[0, 0] > 0.8
@@ -150,7 +150,7 @@ def test_a_failing_plugin_and_a_nan_loss_are_recorded_and_the_suite_goes_on(run_
 def test_task_incremental_masks_the_head_to_the_task_classes(run_suite_dict):
     data = make_suite(["naive"], stream_params={"patch_size": 4, "scenario": "task-incremental"})
     run, t = run_suite_dict(data)
-    R, b = accuracy_matrix(t.measurements, run.ran[0].cell["run_id"])
+    R, b = accuracy_matrix(t.measurements, run.ran[0].row["run_id"])
     # with the head masked to two classes, even a forgetful model is far above 1/10 on old tasks
     assert R[-1].mean() > 0.5
 

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from clbench.cli import main
-from clbench.search import Dim, resolve_space
+from clbench.search import Dim, SearchRequest, resolve_space
 from clbench.suite import parse_suite, to_toml
 from conftest import make_suite
 
@@ -47,9 +47,9 @@ def _space(host, entry: dict, suite_search: dict | None = None):
     data = make_suite([entry], stream_params=DIGITS)
     if suite_search is not None:
         data["search"] = suite_search
-    suite = parse_suite(data, "t.toml", host)
+    suite = parse_suite(data, "t.toml")
     c = suite.cells[0]
-    return resolve_space(c.strategy, c.training, suite.search[c.strategy.label], host)
+    return resolve_space(c.strategy, c.training, suite.search[c.strategy.label])
 
 
 def test_every_builtin_default_space_is_valid(host):
@@ -57,22 +57,39 @@ def test_every_builtin_default_space_is_valid(host):
     for name in host.names("strategies"):
         if getattr(host.get("strategies", name).obj, "search_space", None):
             spaces[name] = _space(host, {"name": name}).dims  # each dimension checked against the strategy
-    assert spaces["ewc"] == {("ewc", "lambda_"): Dim("log-uniform", (1.0, 1e6))}
+    lr = {("training", "lr"): Dim("log-uniform", (1e-4, 1e-2))}  # the suite's 1e-3, a decade either side
+    assert spaces["ewc"] == {("ewc", "lambda_"): Dim("log-uniform", (1.0, 1e6)), **lr}
     assert ("replay", "memory_size") not in spaces["replay"]  # the memory is the suite's budget, not searched
-    assert spaces["inc-lora"][("training", "lr")].kind == "log-uniform"  # LoRA's rank and learning rate
+    assert spaces["inc-lora"] == {("inc-lora", "rank"): Dim("choice", (2, 4, 8, 16)), **lr}  # no wider search of lr than the others'
     assert ("o-lora", "lambda_orth") in spaces["o-lora"]
 
 
+def test_every_strategy_searches_the_learning_rate_alike_unless_the_suite_fixes_it(host):
+    """Equal budget by default: naive, which has nothing of its own to search, searches the
+    learning rate as EWC and LoRA do, over the same range around the suite's rate."""
+    spaces = {n: _space(host, {"name": n}) for n in ("naive", "cumulative", "ewc", "seq-lora")}
+    assert {n: s.dims[("training", "lr")] for n, s in spaces.items()} == {n: Dim("log-uniform", (1e-4, 1e-2)) for n in spaces}
+    assert spaces["naive"].dims == {("training", "lr"): Dim("log-uniform", (1e-4, 1e-2))}
+    data = make_suite([{"name": "naive"}], stream_params=DIGITS, training={"lr": 3e-5})
+    c = parse_suite(data, "t.toml").cells[0]
+    assert resolve_space(c.strategy, c.training, SearchRequest.of({"name": "naive"}, ["naive"], {}, "x")).dims == {
+        ("training", "lr"): Dim("log-uniform", (3e-6, 3e-4))}  # relative to the suite's rate
+    for n in ("naive", "ewc"):  # the suite fixes it for all: nothing of the learning rate is searched
+        s = _space(host, {"name": n}, {"lr": 1e-3})
+        assert ("training", "lr") not in s.dims and s.fixed[("training", "lr")] == 1e-3
+
+
 def test_what_the_suite_sets_is_fixed_and_its_search_overrides_the_defaults(host):
-    assert _space(host, {"name": "ewc", "params": {"lambda": 100.0}}).dims == {}  # set in params: not searched
+    lr = {("training", "lr"): Dim("log-uniform", (1e-4, 1e-2))}  # every strategy's default search of the learning rate
+    assert _space(host, {"name": "ewc", "params": {"lambda": 100.0}}).dims == lr  # set in params: not searched
     s = _space(host, {"name": "ewc", "params": {"lambda": 100.0}, "search": {"lambda": {"uniform": [1.0, 5.0]}, "gamma": 1.0}})
-    assert s.dims == {("ewc", "lambda_"): Dim("uniform", (1.0, 5.0))} and s.fixed == {("ewc", "gamma"): 1.0}
+    assert s.dims == {("ewc", "lambda_"): Dim("uniform", (1.0, 5.0)), **lr} and s.fixed == {("ewc", "gamma"): 1.0}
     s = _space(host, {"name": "seq-lora", "training": {"lr": 1e-3}})
     assert ("training", "lr") not in s.dims  # the entry's own training table fixes the learning rate
     s = _space(host, {"name": "naive"}, {"lr": {"log-uniform": [1e-4, 1e-2]}, "epochs": {"int": [1, 3]}})
     assert s.dims == {("training", "lr"): Dim("log-uniform", (1e-4, 1e-2)), ("training", "epochs"): Dim("int", (1, 3))}
     s = _space(host, {"name": ["replay", "ewc"], "search": {"ewc": {"lambda": 5.0}}})
-    assert set(s.dims) == {("replay", "ratio")} and s.fixed == {("ewc", "lambda_"): 5.0}
+    assert set(s.dims) == {("replay", "ratio"), ("training", "lr")} and s.fixed == {("ewc", "lambda_"): 5.0}
 
 
 def test_to_toml_reads_back_as_the_same_data():

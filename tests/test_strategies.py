@@ -20,8 +20,8 @@ from clbench.suiterun import preflight
 def context(host, scenario: str = "class-incremental", seed: int = 0) -> CellContext:
     """A cell context as the loop builds it (without running the cell; no strategy on it)."""
     data = make_suite(["naive"], stream_params={"scenario": scenario, "patch_size": 4}, seeds=[seed])
-    cell = parse_suite(data, "t.toml", host).cells[0]
-    stream = build_stream(cell, host)
+    cell = parse_suite(data, "t.toml").cells[0]
+    stream = build_stream(cell)
     return CellContext(cell, stream, build_model(cell, stream), torch.device("cpu"))
 
 
@@ -316,7 +316,7 @@ def test_gdumb_retrains_from_the_initial_weights_on_a_balanced_memory(host):
 def test_a_wrong_parameter_is_one_line_naming_it(host, name, params, message):
     data = make_suite([{"name": name, "params": params}])
     with pytest.raises(UserError) as exc:
-        preflight(parse_suite(data, "bad.toml", host), host)
+        preflight(parse_suite(data, "bad.toml"))
     text = str(exc.value)
     assert "\n" not in text
     assert text.startswith("bad.toml: ")
@@ -325,7 +325,7 @@ def test_a_wrong_parameter_is_one_line_naming_it(host, name, params, message):
 
 
 def test_lambda_is_spelled_without_underscore_in_suites(host):
-    suite = parse_suite(make_suite([{"name": "ewc", "params": {"lambda": 7.0}}]), "t.toml", host)
+    suite = parse_suite(make_suite([{"name": "ewc", "params": {"lambda": 7.0}}]), "t.toml")
     (name, params), = suite.cells[0].strategy.parts
     assert params["lambda_"] == 7.0
     assert host.get("strategies", "ewc").obj(**params).lambda_ == 7.0

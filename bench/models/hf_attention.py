@@ -58,7 +58,7 @@ def _lengths(mask: torch.Tensor | None, causal: bool) -> tuple[bool, torch.Tenso
 
 
 def _sdpa():
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # optional: clbench[llm]
 
     return ALL_ATTENTION_FUNCTIONS["sdpa"]
 
@@ -102,13 +102,13 @@ def register() -> bool:
     global _registered
     if _registered is None:
         try:
-            from transformers.modeling_utils import AttentionInterface
+            from transformers.modeling_utils import AttentionInterface  # optional: clbench[llm]
         except ImportError:
             _registered = False
             return False
         AttentionInterface.register(NAME, clbench_attention)
         try:  # transformers >= 4.53 builds masks per implementation; an unknown one gets none
-            from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+            from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface  # optional
         except ImportError:  # before: the model builds its own (additive) masks, which we read too
             pass
         else:

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attention
+from .sampling import Sampling
 
 
 @dataclass
@@ -228,10 +229,12 @@ class Transformer(nn.Module):
         return self.lm_head(h, self.embed.weight)
 
     @torch.no_grad()
-    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:
+    def generate(self, x: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int, eos_id: int,
+                 sampling: Sampling | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Greedy continuations ``(B, max_new_tokens)`` of the right-padded prompts ``x``
         ``(B, N)`` of ``lengths`` tokens, with a KV cache; a sequence that produced ``eos_id``
-        gets ``eos_id`` from then on, and decoding stops when every sequence has."""
+        gets ``eos_id`` from then on, and decoding stops when every sequence has. With
+        ``sampling``, each token is drawn by :meth:`Sampling.pick` with ``generator`` instead."""
         B, N = x.shape
         new = min(max_new_tokens, self.cfg.max_len - N)
         out = torch.full((B, max(max_new_tokens, 0)), eos_id, dtype=torch.long, device=x.device)
@@ -244,7 +247,8 @@ class Transformer(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         cache.pos, cache.n_keys = lengths.clone(), N + 1
         for step in range(new):
-            tok = self.lm_logits(last).argmax(-1)
+            logits = self.lm_logits(last)
+            tok = logits.argmax(-1) if sampling is None else sampling.pick(logits, generator)
             tok = torch.where(done, torch.full_like(tok, eos_id), tok)
             out[:, step] = tok
             done |= tok == eos_id

@@ -51,7 +51,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention import autocast_inputs
+from ...errors import UserError
+from ..autocast import autocast_inputs
 
 
 def _interpreting() -> bool:
@@ -631,8 +632,6 @@ def dq_mode(device: torch.device | None = None) -> str:
     """
     mode = os.environ.get("CLBENCH_FLASH_DQ") or ("atomic" if device is not None and _hopper(device) else "split")
     if mode not in ("split", "atomic"):
-        from ...errors import UserError
-
         raise UserError(f"CLBENCH_FLASH_DQ={mode!r} is not one of: split, atomic")
     return mode
 

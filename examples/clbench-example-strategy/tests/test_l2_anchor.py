@@ -5,7 +5,7 @@ import torch
 
 import clbench_example_strategy
 from clbench.errors import UserError
-from clbench.host import DEFAULT_PLUGINS, Host
+from clbench.host import DEFAULT_PLUGINS, Host, use_host
 from clbench.results import load
 from clbench.suite import parse_suite
 from clbench.suiterun import run_suite
@@ -48,12 +48,12 @@ def host():
     the package is installed (the allow-list leaves installed entry points out)."""
     h = Host().load(",".join(DEFAULT_PLUGINS))
     h.register(clbench_example_strategy, name="l2-anchor")
-    yield h
-    h.unregister(name="l2-anchor")
+    with use_host(h):  # clbench reaches its plugins through the process's host
+        yield h
 
 
 def test_it_runs_in_a_suite(host, tmp_path):
-    suite = parse_suite({**SUITE, "strategies": [{"name": "l2-anchor", "params": {"strength": 0.1}}]}, "t.toml", host)
-    run = run_suite(suite, tmp_path, progress=False, host=host)
+    suite = parse_suite({**SUITE, "strategies": [{"name": "l2-anchor", "params": {"strength": 0.1}}]}, "t.toml")
+    run = run_suite(suite, tmp_path, progress=False)
     assert [r.status for r in run.ran] == ["ok"]
     assert load(tmp_path).summary["strategy"].tolist() == ["l2-anchor"]

@@ -30,11 +30,16 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
-from .backbones import CHECKPOINT_FORMAT, CONFIG, TOKENIZER, WEIGHTS, is_pretrained, latest_checkpoint, load_into, resolve
-from ..errors import UserError
-from .transformer import LMHead, ModelConfig, Transformer
-from ..params import device_from
+from .errors import UserError
+from .models.backbones import (CHECKPOINT_FORMAT, CONFIG, TOKENIZER, WEIGHTS, is_pretrained, latest_checkpoint,
+                               load_into, resolve)
+from .models.transformer import LMHead, ModelConfig, Transformer
+from .params import device_from
+
+from clbench.tasks.text import FORMATS, find_tasks, read_split
+from clbench.tasks.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
 
 TRAINER = "trainer.pt"
 
@@ -68,8 +73,6 @@ def read_corpus(path: str | Path) -> list[str]:
         docs = [line.strip() for p in files for line in p.read_text(encoding="utf-8", errors="replace").splitlines()]
         docs = [d for d in docs if d]
     else:
-        from clbench.tasks.text import FORMATS, find_tasks, read_split
-
         tasks = find_tasks(root, "auto") if root.is_dir() else {}
         docs = []
         for name, (folder, fmt) in tasks.items():
@@ -82,8 +85,6 @@ def read_corpus(path: str | Path) -> list[str]:
 
 
 def make_tokenizer(spec: str, docs: list[str], seq_len: int, vocab_size: int):
-    from clbench.tasks.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
-
     if spec == "bytes":
         return ByteTokenizer(max_len=seq_len)
     if spec == "bpe":
@@ -207,7 +208,6 @@ def pretrain(
     net.head.requires_grad_(False)  # the classification head is not pre-trained
     trainer = None
     if resume is not None:
-        from safetensors.torch import load_file
 
         state = load_file(str(resume / WEIGHTS))
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith("lm_head.")}, strict=False)
@@ -270,7 +270,6 @@ def pretrain(
 def _save(out: Path, step: int, net, head, opt, tok, meta: dict, keep: int) -> Path:
     """Write ``checkpoint-<step>`` atomically (a temporary folder renamed into place) and remove
     all but the newest ``keep``."""
-    from safetensors.torch import save_file
 
     final = out / f"checkpoint-{step:07d}"
     tmp = out / f".checkpoint-{step:07d}.tmp{os.getpid()}"
