@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "clbench.tasks.text",
     "clbench.tasks.hub",
     "clbench.tasks.algorithmic",
+    "clbench.tasks.countries",
     "clbench.tasks.instructions",
     "clbench.tasks.trace",
     "clbench.tasks.jsonl_instructions",
