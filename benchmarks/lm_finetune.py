@@ -26,10 +26,20 @@ the same model, against our Triton kernels.
 ``--model`` takes a real model instead of the random Llama (``smollm2``: SmolLM2-135M-Instruct,
 or any ``model.init``: a Hugging Face folder, a ``.gguf`` file); ``--precision fp32,bf16`` runs each side in each precision (``training.precision``
 for clbench, ``TrainingArguments(bf16=True)`` or ``fp16=True`` for the Trainer);
-``--no-trainer`` runs clbench only.
+``--sides clbench`` runs clbench only.
+
+Compute: in each side's process, after its first run's clock has stopped, every training step is
+run again (the same batches, forward and backward of the same loss, no optimizer step) under
+``torch.utils.flop_counter.FlopCounterMode``: that side's own count of the work it did (matrix
+products and attention, 2 FLOPs per multiply-add). The driver measures the device's peak in the
+same run: the best of a few square matrix products (2048² on a CPU) in each precision, on
+``--threads`` torch threads, before and after the sides. The table shows each side's GFLOP/s and
+its fraction of the peak of the precision it ran in, and the same for the "useful" work: the
+smallest count of any side (the same training with the least work), over that side's time.
+``--no-flops`` skips the counting and the peak.
 
     python benchmarks/lm_finetune.py [--data-dir ../shared/data/CL_Benchmark] [--steps 25]
-        [--threads 1] [--vocab 32000] [--device cpu|cuda] [--model smollm2] [--precision fp32,bf16]
+        [--threads 1] [--vocab 32000] [--device cpu|cuda] [--model smollm2] [--precision fp32,bf16] [--no-flops]
 """
 
 from __future__ import annotations
@@ -181,6 +191,69 @@ def memory_peak(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# -- compute: FLOPs counted, and the device's peak ---------------------------------------------------
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def flop_counter():
+    """torch's ``FlopCounterMode``, taught the CPU's fused attention kernel (what
+    ``scaled_dot_product_attention`` runs on a CPU, absent from torch's table) with torch's own
+    formulas for its GPU kernels: the full score matrix, causal or not, and in the backward pass
+    its recomputation. Matrix products count 2 FLOPs per multiply-add; elementwise work is not
+    counted."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    def backward(grad, q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad, q, k, v)
+
+    aten = torch.ops.aten
+    mapping = {getattr(aten, name): fn for name, fn in (("_scaled_dot_product_flash_attention_for_cpu", forward),
+                                                        ("_scaled_dot_product_flash_attention_for_cpu_backward", backward))
+               if hasattr(aten, name)}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def by_op(counter) -> tuple[int, dict[str, int]]:
+    """The counter's total and its FLOPs per aten operation (in the side's JSON, not printed)."""
+    return counter.get_total_flops(), {str(op).split(".", 1)[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def peak_gflops(precisions: list[str], threads: int, device: str, repeats: int = 5) -> dict[str, float]:
+    """The device's peak in each precision, GFLOP/s: the fastest of ``repeats`` products of two
+    square matrices (2048² on a CPU, 8192² on a GPU) on ``threads`` torch threads (the sides')."""
+    import torch
+
+    dev = torch.device(device)
+    n, inner = (8192, 10) if dev.type == "cuda" else (2048, 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {}
+    try:
+        for p in precisions:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            a, b = (torch.randn(n, n, generator=g).to(device=dev, dtype=getattr(torch, DTYPES[p])) for _ in range(2))
+            c = torch.empty_like(a)
+            torch.mm(a, b, out=c)  # warm: the first call's allocations and dispatch
+            best = float("inf")
+            for _ in range(repeats):
+                _sync(dev)
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    torch.mm(a, b, out=c)
+                _sync(dev)
+                best = min(best, (time.perf_counter() - t0) / inner)
+            out[p] = 2 * n**3 / best / 1e9
+            del a, b, c
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
 # -- the sides (each in its own process) -----------------------------------------------------------
 
 
@@ -188,6 +261,7 @@ def side_clbench(args) -> dict:
     import torch
     from dataclasses import replace
 
+    from clbench import hookimpl
     from clbench.cell import CellContext, cell_manager, make_strategies, refuse
     from clbench.host import get_host
     from clbench.loop import Tally, build_stream, train_task
@@ -210,7 +284,14 @@ def side_clbench(args) -> dict:
     stream = build_stream(cell)
     torch.manual_seed(0)
     model = load_causal_lm(resolve(str(args.model_dir)), attn_implementation=args.attn).to(device)
-    pm = cell_manager(make_strategies(cell))
+    trained = []  # (task, batch) of every step as it was trained, for the FLOP count after the clock stops
+
+    class Recorder:
+        @hookimpl
+        def after_backward(self, cell, batch):
+            trained.append((cell.task_index, batch))
+
+    pm = cell_manager(make_strategies(cell), observers=[Recorder()] if args.count_flops else [])
     refuse(cell, stream, pm)
     tasks = [replace(t, train=t.train.to(device), test=t.test.to(device)) for t in stream.tasks]
     ctx = CellContext(cell, stream, model, device, pm.hook, tasks)
@@ -232,6 +313,8 @@ def side_clbench(args) -> dict:
     out = {"tokens": int(tally.tokens), "seconds": seconds, "steps": tally.steps, "losses": losses, "peak_mb": peak,
            "increase_mb": peak - before, "padding": 1 - int(tally.tokens) / int(tally.positions), "attn": model.attn_implementation,
            "precision": ctx.precision}
+    if args.count_flops:
+        out["flops"], out["flops_by_op"] = count_clbench(ctx, trained)
     if args.attn == "clbench" and args.batching == "length" and not args.skip_eval:
         out["scores"] = scores(ctx)
         out["eval"] = evaluate(ctx, args)
@@ -242,6 +325,30 @@ def side_clbench(args) -> dict:
                 layer.active = []
             out["eval_base"] = evaluate(ctx, args)
     return out
+
+
+def count_clbench(ctx, trained: list) -> tuple[int, dict[str, int]]:
+    """The FLOPs of clbench's training: every recorded step's outputs, loss (with the strategies'
+    terms) and backward pass, as ``train_step`` computes them, without the optimizer step. FLOPs
+    depend on the batches' shapes and on which parameters train, not on their values; SeqLoRA
+    trains the same adapter in every task."""
+    from clbench.loop import autocast
+
+    ctx.model.train()
+    counter = flop_counter()
+    with counter:
+        for i, batch in trained:
+            ctx.task_index, ctx.task = i, ctx.tasks[i]
+            kind = ctx.kind
+            with autocast(ctx.precision, ctx.device):
+                logits = kind.logits(ctx, batch, ctx.model)
+                loss = kind.loss(ctx, batch, logits)
+                extra = [t for t in ctx.hook.loss_terms(cell=ctx, batch=batch, logits=logits, loss=loss) if t is not None]
+                total = loss + sum(extra) if extra else loss
+            total.backward()
+            ctx.model.zero_grad(set_to_none=True)
+    _sync(ctx.device)
+    return by_op(counter)
 
 
 def scores(ctx) -> dict:
@@ -337,11 +444,14 @@ def side_trainer(args) -> dict:
     warm_up(step, device, args.max_len, args.batch)
     seen = {"tokens": 0, "positions": 0}
     collate = tf.DataCollatorForSeq2Seq(hf_tok, padding=True, label_pad_token_id=-100)
+    trained = []  # every batch as collated, for the FLOP count after the clock stops
 
     def counting(features):
         batch = collate(features)
         seen["tokens"] += int(batch["attention_mask"].sum())
         seen["positions"] += batch["attention_mask"].numel()
+        if args.count_flops:
+            trained.append(dict(batch))
         return batch
 
     losses, steps = [], 0
@@ -365,19 +475,43 @@ def side_trainer(args) -> dict:
     _sync(device)
     seconds = time.perf_counter() - t0
     peak = memory_peak(device)
-    return {"tokens": seen["tokens"], "seconds": seconds, "steps": steps, "losses": losses, "peak_mb": peak,
-            "increase_mb": peak - before, "padding": 1 - seen["tokens"] / seen["positions"], "attn": "sdpa",
-            "precision": args.precision}
+    out = {"tokens": seen["tokens"], "seconds": seconds, "steps": steps, "losses": losses, "peak_mb": peak,
+           "increase_mb": peak - before, "padding": 1 - seen["tokens"] / seen["positions"], "attn": "sdpa",
+           "precision": args.precision}
+    if args.count_flops:
+        out["flops"], out["flops_by_op"] = count_trainer(model, trained, args.precision, device)
+    return out
+
+
+def count_trainer(model, trained: list[dict], precision: str, device) -> tuple[int, dict[str, int]]:
+    """The FLOPs of the Trainer's training: every collated batch's forward pass with its labels
+    (the model's loss over every position) and backward pass, under the autocast the Trainer
+    uses for ``bf16``/``fp16``, without the optimizer step."""
+    import torch
+
+    dtype = getattr(torch, DTYPES[precision])
+    model.train()
+    counter = flop_counter()
+    with counter:
+        for batch in trained:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
+                loss = model(**batch).loss
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+    _sync(device)
+    return by_op(counter)
 
 
 # -- the driver --------------------------------------------------------------------------------------
 
 
 def run_side(args, side: str, attn: str = "clbench", batching: str = "length", skip_eval: bool = False,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", count_flops: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--side", side, "--attn", attn, "--batching", batching, "--model-dir", str(args.model_dir),
            "--precision", precision]
     cmd += ["--skip-eval"] if skip_eval else []
+    cmd += ["--count-flops"] if count_flops else []
     cmd += ["--model", str(args.model)] if args.model else []
     for k in ("data_dir", "steps", "batch", "max_len", "threads", "device", "eval_n", "eval_batch", "eval_max_new"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
@@ -387,7 +521,7 @@ def run_side(args, side: str, attn: str = "clbench", batching: str = "length", s
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def report(args, runs: dict[str, list[dict]]) -> None:
+def report(args, runs: dict[str, list[dict]], peaks: list[dict[str, float]]) -> None:
     """The median run of each side (by tokens/s); the ratios' range over the repeats, against the
     first row (the Trainer's, when it ran)."""
     def tps(r):
@@ -410,6 +544,7 @@ def report(args, runs: dict[str, list[dict]]) -> None:
         print(f"| {name} | {r['precision']} | {r['attn']} | {r['steps']} | {r['tokens']} | {tps(r):,.0f} | {tps(r) / tps(base):.2f} "
               f"({lo:.2f}–{hi:.2f}) | {r['peak_mb']:,.0f} | {r['increase_mb']:,.0f} | {r['padding']:.2f} | "
               f"{', '.join(f'{x:.3f}' for x in r['losses'])} |")
+    report_compute(args, runs, rows, peaks)
     evaluated = {name: rs[0] for name, rs in runs.items() if "eval" in rs[0]}
     if not evaluated:
         return
@@ -432,6 +567,39 @@ def report(args, runs: dict[str, list[dict]]) -> None:
                   f"{whole if what == 'after training' else ' |  | '} |")
 
 
+def report_compute(args, runs: dict[str, list[dict]], rows: dict[str, dict], peaks: list[dict[str, float]]) -> None:
+    """Each row's counted GFLOP (from its first run: every repeat trains the same batches) over
+    its time, against the peak of the precision it ran in; the same for the useful work."""
+    counted = {name: rs[0]["flops"] for name, rs in runs.items() if rs[0].get("flops")}
+    if not counted:
+        return
+    peak = {p: max(pk[p] for pk in peaks) for p in peaks[0]} if peaks else {}
+    useful = min(counted.values())
+    print(f"\ncompute: the work each side did (its own count) and the useful work (the least count, "
+          f"{useful / 1e9:,.1f} GFLOP), per second of its training and as a fraction of the same precision's peak\n")
+    print("| | precision | tokens/s | GFLOP counted | × useful | GFLOP/s | of peak | useful GFLOP/s | useful, of peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        if name not in counted:
+            continue
+        f, pk = counted[name], peak.get(r["precision"])
+        rate, urate = f / r["seconds"] / 1e9, useful / r["seconds"] / 1e9
+        print(f"| {name} | {r['precision']} | {r['tokens'] / r['seconds']:,.0f} | {f / 1e9:,.1f} | {f / useful:.2f} | "
+              f"{rate:,.1f} | {f'{rate / pk:.1%}' if pk else '–'} | {urate:,.1f} | {f'{urate / pk:.1%}' if pk else '–'} |")
+    how = ("every training step run again after the clock stopped (the same batches, forward and backward of the same "
+           "loss, no optimizer step) under torch.utils.flop_counter.FlopCounterMode: matrix products and attention, "
+           "2 FLOPs per multiply-add, elementwise work, the optimizer and clipping not counted; GFLOP/s: that count over "
+           "the row's training seconds")
+    if args.device.startswith("cuda"):
+        how += "; clbench's Triton attention kernels are not seen by the counter (its rows leave attention out)"
+    print(f"\n(GFLOP counted: {how})")
+    if peaks:
+        size = "8192²" if args.device.startswith("cuda") else "2048²"
+        each = "; ".join(f"{when} " + ", ".join(f"{p} {v:,.0f}" for p, v in pk.items()) for when, pk in zip(("before", "after"), peaks))
+        print(f"(peak: the fastest of 5 products of two {size} matrices on {args.threads} torch thread(s), in this run "
+              f"before and after the sides, GFLOP/s: {each}; the higher of the two is each precision's peak)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "CL_Benchmark")
@@ -452,7 +620,10 @@ def main() -> None:
     ap.add_argument("--eval-n", type=int, default=100, help="test prompts per task")
     ap.add_argument("--eval-batch", type=int, default=32)
     ap.add_argument("--eval-max-new", type=int, default=50, help="generate's fixed max_new_tokens (O-LoRA's scripts: 50)")
+    ap.add_argument("--no-flops", action="store_true",
+                    help="skip the FLOP count (each side's first run computes every step's forward and backward again) and the peak")
     ap.add_argument("--side", choices=("clbench", "trainer"), help=argparse.SUPPRESS)
+    ap.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--attn", default="clbench", help=argparse.SUPPRESS)
     ap.add_argument("--batching", default="length", help=argparse.SUPPRESS)
     ap.add_argument("--skip-eval", action="store_true", help=argparse.SUPPRESS)
@@ -494,15 +665,20 @@ def main() -> None:
                     label, *how = kinds[k]
                     sides[label if len(precisions) == 1 else f"{label}, {p}"] = (*how, p)
         runs: dict[str, list[dict]] = {name: [] for name in sides}
+        peak_precisions = ["fp32"] + [p for p in precisions if p != "fp32"]
+        peaks = [] if args.no_flops else [peak_gflops(peak_precisions, args.threads, args.device)]
         for i in range(args.repeats):  # the sides alternate: a busy spell of the machine falls on each
             for name, (side, attn, batching, precision) in sides.items():
-                runs[name].append(run_side(args, side, attn, batching, skip_eval=i > 0, precision=precision))
+                runs[name].append(run_side(args, side, attn, batching, skip_eval=i > 0, precision=precision,
+                                           count_flops=i == 0 and not args.no_flops))
+        if peaks:
+            peaks.append(peak_gflops(peak_precisions, args.threads, args.device))
         if args.device.startswith("cuda"):
             for name, rs in runs.items():
                 if name.startswith("clbench") and "SDPA" not in name:
                     for r in rs:
                         r["attn"] = "clbench (Triton)"
-        report(args, runs)
+        report(args, runs, peaks)
         print(f"\nload average (1 min) at the start and the end: {load:.1f}, {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} CPUs")
 
