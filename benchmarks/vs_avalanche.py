@@ -26,8 +26,14 @@ On a CPU every run is a forked child of a parent that has imported everything an
 data, so each starts from the same heap; sides alternate, seed by seed. ``--threads 1`` keeps
 torch from oversubscribing a shared machine's cores.
 
+``--precision bf16`` trains and evaluates clbench's cells in bf16 (``training.precision``: autocast,
+as every clbench cell runs it); Avalanche's side stays fp32 (its loop is run as it comes, with no
+autocast). The table's precision column is what clbench's cells ran in (a device without bf16
+arithmetic runs fp32, with a warning).
+
     python benchmarks/vs_avalanche.py [--seeds 0 1 2] [--strategies naive replay ewc]
         [--streams split-digits text] [--data-dir ../shared/data/CL_Benchmark] [--epochs 3] [--threads 0]
+        [--precision fp32|bf16]
 """
 
 from __future__ import annotations
@@ -95,7 +101,7 @@ def memory_peak(device: torch.device, start: float) -> float:
 # -- the two sides ---------------------------------------------------------------------------
 
 
-def clbench_side(cell, stream, device) -> tuple[float, float, float, float]:
+def clbench_side(cell, stream, device) -> tuple[float, float, float, float, str]:
     start = memory_start(device)
     t0, c0 = time.perf_counter(), time.process_time()
     res = run_cell(cell, stream=stream)
@@ -104,7 +110,7 @@ def clbench_side(cell, stream, device) -> tuple[float, float, float, float]:
         raise RuntimeError(res.row["traceback"] or res.row["error"])
     T = stream.n_tasks
     final = [m["value"] for m in res.measurements if m["metric"] == "acc" and m["train_task"] == T - 1]
-    return wall, memory_peak(device, start), float(np.mean(final)), cpu
+    return wall, memory_peak(device, start), float(np.mean(final)), cpu, res.row["precision"]
 
 
 def avalanche_side(cell, stream, bench, strategy: str, args, device) -> tuple[float, float, float, float]:
@@ -206,9 +212,13 @@ def main() -> None:
     ap.add_argument("--ewc-lambda", type=float, default=50.0, help="Avalanche's ewc_lambda (clbench gets twice it)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="clbench's training.precision (Avalanche's side stays fp32)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"precision: clbench {args.precision} (training.precision), Avalanche fp32 (its own loop, no autocast); "
+          f"{torch.get_num_threads()} torch thread(s)", flush=True)
 
     import avalanche  # noqa: F401  (imported before timing: it takes seconds)
 
@@ -228,7 +238,8 @@ def main() -> None:
                 "seeds": args.seeds,
                 "model": MODEL,
                 # clbench's cells run on the same torch threads as Avalanche's loop in this process
-                "training": {**TRAINING, "epochs": args.epochs, "device": args.device, "threads": torch.get_num_threads()},
+                "training": {**TRAINING, "epochs": args.epochs, "device": args.device, "threads": torch.get_num_threads(),
+                             "precision": args.precision},
                 "streams": [{"name": sname, "params": params}],
                 "strategies": [clbench_strategy(s, args) for s in args.strategies],
             },
@@ -244,23 +255,24 @@ def main() -> None:
                 res["clbench"].append(isolated(clbench_side, cell, stream, device))
                 res["avalanche"].append(isolated(avalanche_side, cell, stream, bench, strategy, args, device))
                 c, a = res["clbench"][-1], res["avalanche"][-1]
-                print(f"  {sname} {strategy} seed {cell.seed}: clbench {c[0]:.1f}s (cpu {c[3]:.1f}s) {c[1]:.0f}MiB ACC {c[2]:.3f} | avalanche {a[0]:.1f}s (cpu {a[3]:.1f}s) {a[1]:.0f}MiB ACC {a[2]:.3f}", flush=True)
+                print(f"  {sname} {strategy} seed {cell.seed}: clbench ({c[4]}) {c[0]:.1f}s (cpu {c[3]:.1f}s) {c[1]:.0f}MiB ACC {c[2]:.3f} | avalanche {a[0]:.1f}s (cpu {a[3]:.1f}s) {a[1]:.0f}MiB ACC {a[2]:.3f}", flush=True)
             rows.append((sname, strategy, res))
 
     print()
-    print("| stream | strategy | clbench s | Avalanche s | time ratio | clbench CPU s | Avalanche CPU s | CPU ratio | clbench MiB | Avalanche MiB | clbench ACC | Avalanche ACC |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| stream | strategy | clbench precision | clbench s | Avalanche s | time ratio | clbench CPU s | Avalanche CPU s | CPU ratio | clbench MiB | Avalanche MiB | clbench ACC | Avalanche ACC |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for sname, strategy, res in rows:
         c, a = res["clbench"], res["avalanche"]
         ratio = statistics.median(x[0] for x in c) / statistics.median(x[0] for x in a)
         cratio = statistics.median(x[3] for x in c) / statistics.median(x[3] for x in a)
         print(
-            f"| {sname} | {strategy} | {fmt([x[0] for x in c], 1)} | {fmt([x[0] for x in a], 1)} | {ratio:.2f} | "
+            f"| {sname} | {strategy} | {'/'.join(sorted({x[4] for x in c}))} | {fmt([x[0] for x in c], 1)} | {fmt([x[0] for x in a], 1)} | {ratio:.2f} | "
             f"{fmt([x[3] for x in c], 1)} | {fmt([x[3] for x in a], 1)} | {cratio:.2f} | "
             f"{fmt([x[1] for x in c], 0)} | {fmt([x[1] for x in a], 0)} | {fmt([x[2] for x in c])} | {fmt([x[2] for x in a])} |"
         )
     print(f"\n(time and CPU ratio: median clbench / median Avalanche wall time and process CPU time over {len(args.seeds)} seed(s); "
-          f"memory: peak growth of the process's resident set (CPU) or CUDA allocation (GPU); ACC: mean ± std over seeds)")
+          f"memory: peak growth of the process's resident set (CPU) or CUDA allocation (GPU); ACC: mean ± std over seeds; "
+          f"Avalanche's side ran fp32)")
 
 
 if __name__ == "__main__":
