@@ -540,7 +540,13 @@ def load_causal_lm(backbone, attn_implementation: str = "clbench", dtype: torch.
         attn_implementation = "sdpa"
     major, minor = (int(v) for v in tf.__version__.split(".")[:2])
     kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = tf.AutoModelForCausalLM.from_pretrained(str(backbone.folder), attn_implementation=attn_implementation, **kw)
+    bars = tf.utils.logging.is_progress_bar_enabled()
+    tf.utils.logging.disable_progress_bar()  # a bar per cell ("Loading weights") would interleave with clbench's own
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = tf.AutoModelForCausalLM.from_pretrained(str(backbone.folder), attn_implementation=attn_implementation, **kw)
+    finally:
+        if bars:
+            tf.utils.logging.enable_progress_bar()
     return HFCausalLM(model, tokenizer_of(backbone.folder).pad_token_id)
