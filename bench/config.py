@@ -26,8 +26,10 @@ from .params import type_name, type_ok
 #: Bumped when a change makes earlier results incomparable (it is part of every config hash).
 #: 2: training.threads fixes a cell's CPU thread count. 3: generative tasks: TRACE's tasks scored as
 #: TRACE's scripts score them, rank classification's acc_norm, a default general text with its
-#: bits per byte (docs/results.md, "Results formats").
-RESULTS_FORMAT = 3
+#: bits per byte. 4: one evaluation pass per test example (a generated answer stops at max_len
+#: after its own prompt), bf16 evaluations, replay's memory matched to each batch's lengths
+#: (docs/results.md, "Results formats").
+RESULTS_FORMAT = 4
 
 
 @dataclass
