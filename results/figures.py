@@ -382,7 +382,7 @@ def general_curves(stream: str, order: str, df: pd.DataFrame, variant: str = "",
     training, ± sd over seeds, on a log scale (a strategy may multiply it by a thousand while
     another leaves it unchanged): above 1, the model lost general ability (TRACE's point)."""
     plt = pyplot()
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
     T = int(df["after_task"].max())
     fig, ax = plt.subplots(figsize=(min(MAX_WIDTH, max(6.5, 0.5 * T + 3.5)), 3.8), layout="constrained")
@@ -395,7 +395,11 @@ def general_curves(stream: str, order: str, df: pd.DataFrame, variant: str = "",
         ax.fill_between(s.index, band_lo, s["mean"] + s["std"], alpha=0.2)
     ax.axhline(1, color="black", linewidth=0.6)
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"×{v:g}"))
+    bottom, top = ax.get_ylim()
+    if top / bottom < 10:  # no decade but ×1 inside (a real model's +20%): ticks at round values instead
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"×{v:.3g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _p: ""))
     ax.set_xlabel("after training task")
     ax.set_ylabel("general text perplexity ÷ before training")

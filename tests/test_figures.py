@@ -117,3 +117,19 @@ def test_every_figure_of_a_generative_report_is_readable(run_suite_dict, drawn, 
     assert ax.get_yscale() == "log"  # ×1 to ×1000 on one axis
     assert [t.get_text() for t in ax.get_xticklabels()] == ["before", "reverse", "sort", "shift", "count"]
     assert len(figs["general"][0].legends) == 1 and ax.get_legend() is None
+
+
+def test_a_narrow_general_range_has_values_on_its_axis(drawn):
+    """A real model's general text moves by tens of percent, not by decades: the log axis then
+    has ticks at round values (×1.05, ×1.1, ...), not ×1 alone."""
+    import pandas as pd
+
+    rows = [{"strategy": s, "seed": k, "after_task": t, "change": c * t + 0.01 * k}
+            for s, c in (("naive", 0.1), ("lora", 0.05)) for k in (0, 1) for t in range(4)]
+    figures.general_curves("countries", "default", pd.DataFrame(rows))
+    ((fig, found),) = drawn
+    assert found == []
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    shown = [t.get_text() for t in ax.get_yticklabels() if t.get_text() and low <= t.get_position()[1] <= high]
+    assert len(shown) >= 3 and all(t.startswith("×") for t in shown), shown
