@@ -50,9 +50,9 @@ def spare_token_ids(tokenizer) -> list[int]:
     order, or ``[]`` when it has no such tokens (or not all of them).
 
     clbench's byte tokenizer: byte + 1. A ``tokenizers`` byte-level BPE (clbench's ``bpe``, a
-    Hugging Face byte-level tokenizer: GPT-2, Qwen2, Llama 3, SmolLM2): the tokens of those bytes'
-    characters (GPT-2's byte-to-character table maps each of these bytes to the character of the
-    same code point). A SentencePiece model with byte fallback (Llama 2, Mistral, Gemma):
+    Hugging Face byte-level tokenizer: GPT-2, Qwen2, Llama 3; not SmolLM2, whose vocabulary lacks
+    them): the tokens of those bytes' characters (GPT-2's byte-to-character table maps each of
+    these bytes to the character of the same code point). A SentencePiece model with byte fallback (Llama 2, Mistral, Gemma):
     ``<0xFF>`` ... ``<0xC0>``."""
     inner = getattr(tokenizer, "tok", None)
     if inner is None:
