@@ -43,6 +43,7 @@ from clbench import hookimpl
 from clbench.errors import UserError
 from clbench.params import require
 from clbench.tasks import Examples
+from clbench.tasks.batching import length_groups
 
 from .buffer import Buffer
 from .lora import LoRALinear, check_target_names, check_targets, inject
@@ -201,6 +202,7 @@ class ILoRA:
         fast, self._captured = self._captured, None
         if not fast:
             return None
+        fast = self._whole_batch(cell, batch, fast)
         mem = batch[self._new :]
         n = fast[0].shape[1]  # the positions the forward pass computed (a batch is trimmed to its longest)
         x = mem.x[:, :n]
@@ -220,6 +222,29 @@ class ILoRA:
             gap = (hf - target).float() ** 2  # (M, n, C); "max": zero where the fast one is larger
             terms.append(gap[valid].mean())
         return self.consistency_weight * torch.stack(terms).mean()
+
+    def _whole_batch(self, cell, batch, captured: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each block's output for the whole batch, ``(B, n, C)``. A batch of very different
+        lengths (new examples and memory) is computed in two passes of similar lengths
+        (``training.batching = "length"``, :func:`clbench.tasks.batching.length_groups`): the
+        blocks then ran once per pass, and their outputs are put back in the batch's row order,
+        zero beyond each pass's own length (positions the ``valid`` mask leaves out)."""
+        L = len(self.blocks)
+        if len(captured) == L:
+            return captured
+        groups = length_groups(batch.lengths) if cell.config.training.batching == "length" else None
+        if groups is None or len(captured) != L * len(groups):
+            raise RuntimeError(f"i-lora captured {len(captured)} block outputs for {L} blocks: "
+                               "the forward pass was not one pass, nor one per length group")
+        n = max(int(t.shape[1]) for t in captured)
+        out = []
+        for k in range(L):
+            parts = [captured[p * L + k] for p in range(len(groups))]
+            whole = parts[0].new_zeros(len(batch), n, parts[0].shape[-1])
+            for g, part in zip(groups, parts):
+                whole[g, : part.shape[1]] = part
+            out.append(whole)
+        return out
 
     @hookimpl
     def after_step(self, cell, step, loss):

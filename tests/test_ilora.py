@@ -198,3 +198,37 @@ def test_combinations_follow_the_rules(host):
     with pytest.raises(UserError, match="parameter 'target_modules' must be a list of") as exc:
         preflight(parse_suite(make_suite([{"name": "i-lora", "params": {"target_modules": ["q_proj"]}}]), "s.toml"))
     assert "\n" not in str(exc.value)
+
+
+def test_the_consistency_term_sees_a_batch_computed_in_two_length_groups_as_one(host):
+    """With length batching, a batch of new and memory examples of very different lengths is
+    computed in two passes (clbench.tasks.batching.length_groups): the blocks' outputs, put back
+    in the batch's order, are those of one pass over the whole batch, at every real position."""
+    from clbench.tasks import Examples
+    from clbench.tasks.batching import length_groups
+
+    cell = parse_suite(suite_on("decoder", [{"name": "i-lora", "params": {"memory_size": 16}}], batching="length"),
+                       "s.toml").cells[0]
+    stream = build_stream(cell)
+    strategy = ILoRA(memory_size=16)
+    ctx = CellContext(cell, stream, build_model(cell, stream), torch.device("cpu"), cell_manager([("i-lora", strategy)]).hook)
+    start(ctx, 0)
+    ctx.model.eval()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([6, 7, 6, 5, 20, 19, 20, 18])
+    batch = Examples(torch.randint(1, 200, (8, 20), generator=g), torch.zeros(8, dtype=torch.long), lengths,
+                     torch.zeros(8, dtype=torch.long), start=lengths - 2)
+    assert length_groups(batch.lengths) is not None  # two passes
+    with torch.no_grad():
+        strategy._captured = []
+        ctx.kind.logits(ctx, batch, ctx.model)
+        grouped = strategy._captured
+        strategy._captured = []
+        ctx.model.hidden_states(batch.x, batch.lengths)
+        whole = strategy._captured
+        strategy._captured = None
+    assert len(grouped) == 2 * len(strategy.blocks) and len(whole) == len(strategy.blocks)
+    valid = torch.arange(20)[None, :] < lengths[:, None]
+    for got, want in zip(strategy._whole_batch(ctx, batch, grouped), whole):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got[valid], want[valid], atol=1e-5, rtol=1e-4)
