@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import clbench
+
 # tests/test_kernels.py runs the Triton attention kernels in Triton's CPU interpreter, which must be
 # chosen before anything imports triton (some test dependencies do, e.g. avalanche through torch).
 if os.environ.get("CLBENCH_TEST_DEVICE", "cpu") == "cpu":
@@ -327,3 +329,29 @@ def smollm2_folder(tmp_path_factory):
 
     file = gguf.smollm2_file("smollm2")
     return gguf.hf_folder(file, file_digest(file), "smollm2", root=tmp_path_factory.mktemp("smollm2-cache"))
+
+
+def pairs_of(stream, task, split="train"):
+    """The (prompt, answer) texts of a generative task's examples, decoded from the stream's tokens."""
+    ex, tok = getattr(stream.tasks[task], split), stream.tokenizer
+    out = []
+    for i in range(len(ex)):
+        s, n = int(ex.start[i]), int(ex.lengths[i])
+        out.append((tok.decode(ex.x[i, :s].tolist()), tok.decode(ex.x[i, s:n - 1].tolist())))
+    return out
+
+
+class Snapshot:
+    """An observer: the cell's model and a copy of every parameter, taken before the first task
+    (observers run after strategies, so adapters a strategy injects there are not yet in it)."""
+
+    __test__ = False
+
+    def __init__(self):
+        self.before = self.model = None
+
+    @clbench.hookimpl
+    def before_task(self, cell, task):
+        if self.before is None:
+            self.model = cell.model
+            self.before = [(n, p, p.detach().clone()) for n, p in cell.model.named_parameters()]

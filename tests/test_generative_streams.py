@@ -19,19 +19,10 @@ from clbench.tasks.instructions import instructions
 from clbench.tasks.jsonl_instructions import jsonl_instructions
 from clbench.tasks.text import ORDERS, find_tasks, text_stream
 from clbench.tasks.trace import trace
-from conftest import CL_BENCHMARK, make_suite, shared_data
+from conftest import CL_BENCHMARK, make_suite, pairs_of, shared_data
 
 pytestmark = pytest.mark.usefixtures("isolated_data")
 
-
-def pairs_of(stream, task, split="train"):
-    """The (prompt, answer) texts of a task's examples, decoded from the stream's tokens."""
-    ex, tok = getattr(stream.tasks[task], split), stream.tokenizer
-    out = []
-    for i in range(len(ex)):
-        s, n = int(ex.start[i]), int(ex.lengths[i])
-        out.append((tok.decode(ex.x[i, :s].tolist()), tok.decode(ex.x[i, s:n - 1].tolist())))
-    return out
 
 
 def _toml(v) -> str:

@@ -15,7 +15,7 @@ from clbench.strategies.ilora import ILoRA, layer_stack
 from clbench.strategies.lora import lora_layers
 from clbench.suite import parse_suite
 from clbench.suiterun import preflight
-from conftest import make_suite
+from conftest import Snapshot, make_suite
 
 
 def context(host, strategy, observers=(), scenario="class-incremental") -> CellContext:
@@ -160,23 +160,11 @@ def suite_on(init, strategies, **training):
     return s
 
 
-class Watch:
-    __test__ = False
-
-    def __init__(self):
-        self.before = self.model = None
-
-    @clbench.hookimpl
-    def before_task(self, cell, task):
-        if self.before is None:
-            self.model = cell.model
-            self.before = [(n, p, p.detach().clone()) for n, p in cell.model.named_parameters()]
-
 
 @pytest.mark.parametrize("model", ["decoder", "llama"])
 def test_a_generative_cell_trains_the_fast_adapter_only(model, host, tiny_causal_lm):
     init = "decoder" if model == "decoder" else tiny_causal_lm("llama")
-    watch = Watch()
+    watch = Snapshot()
     res = run_cell(parse_suite(suite_on(init, [{"name": "i-lora", "params": {"memory_size": 16}}]), "s.toml").cells[0],
                    observers=[watch])
     assert res.status == "ok", res.row["traceback"]

@@ -14,15 +14,7 @@ from clbench.errors import UserError
 from clbench.suite import builtin_suites, load_suite
 from clbench.tasks.countries import COUNTRIES, GENERAL, QUESTIONS, countries
 from clbench.tasks.lmdata import default_general
-
-
-def pairs_of(stream, task, split="train"):
-    ex, tok = getattr(stream.tasks[task], split), stream.tokenizer
-    out = []
-    for i in range(len(ex)):
-        s, n = int(ex.start[i]), int(ex.lengths[i])
-        out.append((tok.decode(ex.x[i, :s].tolist()), tok.decode(ex.x[i, s:n - 1].tolist())))
-    return out
+from conftest import pairs_of
 
 
 def test_the_table_is_one_plain_answer_per_question():

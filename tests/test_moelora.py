@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import clbench
 from clbench.cell import CellContext, cell_manager
 from clbench.errors import UserError
 from clbench.loop import build_model, build_stream, make_optimizer, run_cell, train_step
@@ -17,7 +16,7 @@ from clbench.strategies.lora import LoRALinear
 from clbench.strategies.moelora import MoELoRA, MoELoRALinear, balancing_loss, moe_layers
 from clbench.suite import parse_suite
 from clbench.suiterun import preflight
-from conftest import make_suite
+from conftest import Snapshot, make_suite
 
 
 def moe_layer(parts, n=3, rank=2, seed=0) -> tuple[torch.nn.Linear, MoELoRALinear]:
@@ -109,18 +108,6 @@ def test_the_router_load_is_recorded_per_task_and_sums_to_one(host):
     assert res.row["trainable_params"] == 4 * rank * 2 * (d + h) + 4 * (d + h) + (d * 10 + 10)
 
 
-class Watch:
-    __test__ = False
-
-    def __init__(self):
-        self.before = self.model = None
-
-    @clbench.hookimpl
-    def before_task(self, cell, task):
-        if self.before is None:
-            self.model = cell.model
-            self.before = [(n, p, p.detach().clone()) for n, p in cell.model.named_parameters()]
-
 
 @pytest.mark.parametrize("model", ["decoder", "llama"])
 def test_a_generative_cell_trains_experts_and_routers_only(model, host, tiny_causal_lm):
@@ -132,7 +119,7 @@ def test_a_generative_cell_trains_experts_and_routers_only(model, host, tiny_cau
         s["streams"][0]["params"]["tokenizer"] = "bytes"
     else:
         s["model"] = {"init": str(tiny_causal_lm("llama"))}
-    watch = Watch()
+    watch = Snapshot()
     res = run_cell(parse_suite(s, "s.toml").cells[0], observers=[watch])
     assert res.status == "ok", res.row["traceback"]
     for name, p, before in watch.before:
