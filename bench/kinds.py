@@ -107,7 +107,7 @@ class Classification:
         return model
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor:
-        groups = _groups(cell, batch) if cell.stream.input_kind == "tokens" else None
+        groups = computed_groups(cell, batch) if cell.stream.input_kind == "tokens" else None
         if groups is not None:  # rows of very different lengths: two passes, the rows back in their order
             parts = [self._logits(cell, batch[g], model, masked) for g in groups]
             return torch.cat(parts)[torch.argsort(torch.cat(groups))]
@@ -154,9 +154,10 @@ def answer_mask(batch: Batch, n: int) -> torch.Tensor:
     return (pos >= batch.start[:, None] - 1) & (pos < batch.lengths[:, None] - 1)
 
 
-def _groups(cell, batch: Batch) -> list[torch.Tensor] | None:
-    """With ``training.batching = "length"``, the two groups of similar lengths a batch is
-    computed in (:func:`clbench.tasks.batching.length_groups`), or None."""
+def computed_groups(cell, batch: Batch) -> list[torch.Tensor] | None:
+    """With ``training.batching = "length"``, the two groups of similar lengths a batch of
+    tokens is computed in, one forward pass each, in this order
+    (:func:`clbench.tasks.batching.length_groups`), or None: one pass."""
     config = getattr(cell, "config", None)
     if config is None or config.training.batching != "length":
         return None
@@ -221,7 +222,7 @@ class Generation:
         return model
 
     def logits(self, cell: CellContext, batch: Batch, model: torch.nn.Module, masked: bool = True) -> torch.Tensor:
-        groups = _groups(cell, batch)
+        groups = computed_groups(cell, batch)
         if groups is not None:  # rows of very different lengths: two passes, the outputs back in their order
             parts = [self._logits(batch[g], model) for g in groups]
             count = batch.lengths - batch.start.clamp(min=1)  # each row's outputs (answer_mask)

@@ -40,10 +40,10 @@ import torch
 import torch.nn as nn
 
 from clbench import hookimpl
+from clbench.kinds import computed_groups
 from clbench.errors import UserError
 from clbench.params import require
 from clbench.tasks import Examples
-from clbench.tasks.batching import length_groups
 
 from .buffer import Buffer
 from .lora import LoRALinear, check_target_names, check_targets, inject
@@ -226,13 +226,13 @@ class ILoRA:
     def _whole_batch(self, cell, batch, captured: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each block's output for the whole batch, ``(B, n, C)``. A batch of very different
         lengths (new examples and memory) is computed in two passes of similar lengths
-        (``training.batching = "length"``, :func:`clbench.tasks.batching.length_groups`): the
-        blocks then ran once per pass, and their outputs are put back in the batch's row order,
-        zero beyond each pass's own length (positions the ``valid`` mask leaves out)."""
+        (:func:`clbench.kinds.computed_groups`): the blocks then ran once per pass, and their
+        outputs are put back in the batch's row order, zero beyond each pass's own length
+        (positions the ``valid`` mask leaves out)."""
         L = len(self.blocks)
         if len(captured) == L:
             return captured
-        groups = length_groups(batch.lengths) if cell.config.training.batching == "length" else None
+        groups = computed_groups(cell, batch)
         if groups is None or len(captured) != L * len(groups):
             raise RuntimeError(f"i-lora captured {len(captured)} block outputs for {L} blocks: "
                                "the forward pass was not one pass, nor one per length group")

@@ -190,7 +190,7 @@ def test_combinations_follow_the_rules(host):
 
 def test_the_consistency_term_sees_a_batch_computed_in_two_length_groups_as_one(host):
     """With length batching, a batch of new and memory examples of very different lengths is
-    computed in two passes (clbench.tasks.batching.length_groups): the blocks' outputs, put back
+    computed in two passes (clbench.kinds.computed_groups): the blocks' outputs, put back
     in the batch's order, are those of one pass over the whole batch, at every real position."""
     from clbench.tasks import Examples
     from clbench.tasks.batching import length_groups
